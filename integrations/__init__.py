@@ -1,0 +1,4 @@
+"""Framework adapters, imported as ``trajhook.integrations.<framework>``.
+
+Each module imports its framework itself; ``import trajhook`` imports none of them.
+"""

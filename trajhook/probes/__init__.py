@@ -1,0 +1,1 @@
+"""Probes: fixed inputs run through the model at every record."""
