@@ -1,0 +1,318 @@
+"""MazeProbe: the policy's action distribution with the mouse on every free cell of one maze.
+
+At setup the probe builds one procgen maze level, reads its grid from the serialized state
+(:mod:`trajhook.procgen_state`), and renders the 64x64 observation with the mouse on each free
+cell (all but the cheese) by patching the mouse position into the state and calling
+``set_state``. Each record is then one batched forward pass over those cached observations.
+
+Directions are ``left, right, up, down, no-op`` (:data:`DIRECTIONS`), with y pointing up (row 0
+is the bottom of the maze). The arrow at a cell is ``(P_right - P_left, P_up - P_down)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from trajhook.errors import TrajhookError
+from trajhook.probes.base import Probe
+from trajhook.procgen_state import MazeState, parse_maze_state
+
+N_ACTIONS = 15
+DIRECTIONS = ("left", "right", "up", "down", "no-op")
+# procgen's 15 actions: 0 LEFT+DOWN, 1 LEFT, 2 LEFT+UP, 3 DOWN, 4 none, 5 UP, 6 RIGHT+DOWN, 7 RIGHT,
+# 8 RIGHT+UP, 9-14 keys that do nothing in the maze. The maze drops vy when vx != 0.
+ACTION_DIRECTION = (0, 0, 0, 3, 4, 2, 1, 1, 1, 4, 4, 4, 4, 4, 4)
+DISTRIBUTION_MODES = ("easy", "hard")
+
+Preprocess = Callable[[torch.Tensor], Any]
+PolicyFn = Callable[[torch.nn.Module, Any], Any]
+
+
+def direction_matrix() -> np.ndarray:
+    """The ``(15, 5)`` 0/1 matrix that sums action probabilities into :data:`DIRECTIONS`.
+
+    >>> m = direction_matrix()
+    >>> m.sum(axis=0).tolist()  # left, right, up, down, no-op
+    [3.0, 3.0, 1.0, 1.0, 7.0]
+    >>> [DIRECTIONS[i] for i in m[[1, 7, 5, 3]].argmax(axis=1)]
+    ['left', 'right', 'up', 'down']
+    """
+    matrix = np.zeros((N_ACTIONS, len(DIRECTIONS)), dtype=np.float32)
+    matrix[np.arange(N_ACTIONS), ACTION_DIRECTION] = 1.0
+    return matrix
+
+
+def directions_to_vectors(direction_probs: np.ndarray) -> np.ndarray:
+    """``(..., 5)`` direction probabilities to ``(..., 2)`` arrows ``(P_right - P_left, P_up - P_down)``.
+
+    >>> directions_to_vectors(np.array([[0.0, 1.0, 0.0, 0.0, 0.0], [0.1, 0.1, 0.0, 0.5, 0.3]]))
+    array([[ 1. ,  0. ],
+           [ 0. , -0.5]])
+    """
+    p = np.asarray(direction_probs)
+    return np.stack([p[..., 1] - p[..., 0], p[..., 2] - p[..., 3]], axis=-1)
+
+
+def float_nchw(obs: torch.Tensor) -> torch.Tensor:
+    """Default preprocessing: uint8 ``(n, 64, 64, 3)`` to float32 ``(n, 3, 64, 64)`` in [0, 1].
+
+    >>> float_nchw(torch.full((1, 64, 64, 3), 255, dtype=torch.uint8)).shape
+    torch.Size([1, 3, 64, 64])
+    """
+    return obs.permute(0, 3, 1, 2).float().div(255.0).contiguous()
+
+
+def uint8_nhwc(obs: torch.Tensor) -> torch.Tensor:
+    """Preprocessing for agents that take raw frames (e.g. cleanrl's ``ppo_procgen``): unchanged."""
+    return obs
+
+
+PREPROCESSORS: dict[str, Preprocess] = {"float_nchw": float_nchw, "uint8_nhwc": uint8_nhwc}
+
+
+def make_maze_env(seed: int, distribution_mode: str = "hard") -> Any:
+    """A one-environment procgen maze fixed to level ``seed`` (imports procgen here, not at import)."""
+    from procgen import ProcgenGym3Env
+
+    return ProcgenGym3Env(
+        num=1,
+        env_name="maze",
+        start_level=int(seed),
+        num_levels=1,
+        distribution_mode=distribution_mode,
+        num_threads=1,
+    )
+
+
+def procgen_version() -> str:
+    """The installed procgen version, e.g. ``'0.10.7'``."""
+    import procgen
+
+    return str(getattr(procgen, "__version__", "unknown")).strip()
+
+
+@dataclass(frozen=True)
+class MazeLevel:
+    """One rendered level: the parsed state, the probed cells and their observations."""
+
+    seed: int
+    distribution_mode: str
+    state: MazeState
+    cells: np.ndarray  # (n, 2) int64 (row, col), every free cell except the cheese
+    observations: np.ndarray  # (n, 64, 64, 3) uint8, mouse on each cell, facing left
+
+
+def render_cells(env: Any, state: MazeState, cells: np.ndarray) -> np.ndarray:
+    """Observations ``(n, 64, 64, 3)`` uint8 with the mouse on each ``(row, col)``, facing left."""
+    frames = np.empty((len(cells), 64, 64, 3), dtype=np.uint8)
+    for i, (row, col) in enumerate(cells):
+        env.callmethod("set_state", [state.with_mouse(row, col, reflected=False)])
+        _, obs, _ = env.observe()
+        frames[i] = obs["rgb"][0]
+    env.callmethod("set_state", [state.data])  # leave the env as it was
+    return frames
+
+
+def check_distribution_mode(owner: str, distribution_mode: str) -> str:
+    """Return ``distribution_mode`` if the maze probe supports it, else raise.
+
+    >>> check_distribution_mode("MazeProbe", "easy")
+    'easy'
+    """
+    if distribution_mode not in DISTRIBUTION_MODES:
+        raise TrajhookError(
+            f"{owner}: distribution_mode {distribution_mode!r} is not supported. "
+            f"HINT: use one of {list(DISTRIBUTION_MODES)} (the modes that draw the whole maze)."
+        )
+    return distribution_mode
+
+
+def load_maze_level(seed: int, distribution_mode: str = "hard", env: Any = None) -> MazeLevel:
+    """Build level ``seed`` with procgen and render the mouse on every free non-cheese cell."""
+    check_distribution_mode("load_maze_level", distribution_mode)
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+        raise TrajhookError(
+            f"load_maze_level: seed {seed!r} is not a non-negative int. HINT: pass e.g. seed=0."
+        )
+    env = make_maze_env(int(seed), distribution_mode) if env is None else env
+    state = parse_maze_state(env.callmethod("get_state")[0])
+    cells = state.free_cells(include_cheese=False)
+    return MazeLevel(int(seed), distribution_mode, state, cells, render_cells(env, state, cells))
+
+
+def _as_probs(out: Any, probe: str) -> torch.Tensor:
+    """Turn a policy output (logits, a tuple led by logits, or a Categorical) into probabilities."""
+    if isinstance(out, torch.distributions.Categorical):
+        return out.probs.float()
+    if isinstance(out, tuple | list) and out:
+        out = out[0]
+        if isinstance(out, torch.distributions.Categorical):
+            return out.probs.float()
+    if not isinstance(out, torch.Tensor):
+        raise TrajhookError(
+            f"MazeProbe {probe!r}: the policy returned {type(out).__name__} {out!r:.80}, "
+            "not action logits. "
+            "HINT: make the model return logits of shape (batch, 15), a tuple whose first item is those "
+            "logits, or a torch.distributions.Categorical; or pass policy_fn=lambda model, obs: logits."
+        )
+    return torch.softmax(out.float(), dim=-1)
+
+
+class MazeProbe(Probe):
+    """Record a maze policy's action distribution with the mouse on every free cell of one level.
+
+    Args:
+        seed: procgen level seed (``start_level``) of the probed maze.
+        distribution_mode: ``"hard"`` (25x25 world) or ``"easy"`` (15x15).
+        name: probe name, the HDF5 group and W&B key part.
+        preprocess: turns the uint8 ``(n, 64, 64, 3)`` observation tensor (on the model's device)
+            into the model's input: a callable, ``"float_nchw"`` (default; float32 in [0, 1],
+            ``(n, 3, 64, 64)``) or ``"uint8_nhwc"`` (raw frames, e.g. for cleanrl agents).
+            Applied once at setup; the result is cached on the device.
+        policy_fn: ``policy_fn(model, obs_batch) -> logits`` (or a tuple led by logits, or a
+            ``Categorical``) when ``model(obs_batch)`` is not the policy.
+
+    Records ``action_probs`` ``(n, 15)``, ``direction_probs`` ``(n, 5)`` over
+    :data:`DIRECTIONS` and ``vectors`` ``(n, 2)`` = ``(P_right - P_left, P_up - P_down)``.
+    After :meth:`setup`: :attr:`cells` ``(n, 2)`` ``(row, col)`` with row 0 at the bottom,
+    :attr:`observations`, :attr:`grid` (procgen codes: empty 100, wall 51, cheese 2),
+    :attr:`cheese` and :attr:`start` as ``(row, col)``.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        distribution_mode: str = "hard",
+        name: str = "maze",
+        preprocess: Preprocess | str | None = None,
+        policy_fn: PolicyFn | None = None,
+    ) -> None:
+        super().__init__(name)
+        if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+            raise TrajhookError(
+                f"MazeProbe {name!r}: seed {seed!r} is not a non-negative int. HINT: pass seed=0."
+            )
+        self.seed = int(seed)
+        self.distribution_mode = check_distribution_mode(f"MazeProbe {name!r}", distribution_mode)
+        if preprocess is None:
+            preprocess = "float_nchw"
+        if isinstance(preprocess, str):
+            if preprocess not in PREPROCESSORS:
+                raise TrajhookError(
+                    f"MazeProbe {name!r}: preprocess {preprocess!r} is unknown. "
+                    f"HINT: use one of {sorted(PREPROCESSORS)} "
+                    "or a callable taking a uint8 (n, 64, 64, 3) tensor."
+                )
+            preprocess = PREPROCESSORS[preprocess]
+        if not callable(preprocess):
+            raise TrajhookError(
+                f"MazeProbe {name!r}: preprocess {preprocess!r} is not callable. "
+                "HINT: pass a function of the uint8 (n, 64, 64, 3) observation tensor, or 'float_nchw'."
+            )
+        if policy_fn is not None and not callable(policy_fn):
+            raise TrajhookError(
+                f"MazeProbe {name!r}: policy_fn {policy_fn!r} is not callable. "
+                "HINT: pass policy_fn=lambda model, obs: model.actor(obs), returning (n, 15) logits."
+            )
+        self.preprocess: Preprocess = preprocess
+        self.policy_fn = policy_fn
+        self.level: MazeLevel | None = None
+        self._inputs: Any = None
+        self._directions: torch.Tensor | None = None
+
+    # -- level facts, available after setup ---------------------------------------------------
+    def _level(self) -> MazeLevel:
+        if self.level is None:
+            raise TrajhookError(
+                f"MazeProbe {self.name!r}: the level is not built yet. "
+                "HINT: call probe.setup(model, device) (the Recorder does this) before reading it."
+            )
+        return self.level
+
+    @property
+    def cells(self) -> np.ndarray:
+        return self._level().cells
+
+    @property
+    def observations(self) -> np.ndarray:
+        return self._level().observations
+
+    @property
+    def grid(self) -> np.ndarray:
+        return self._level().state.grid
+
+    @property
+    def cheese(self) -> tuple[int, int]:
+        return self._level().state.cheese
+
+    @property
+    def start(self) -> tuple[int, int]:
+        return self._level().state.mouse
+
+    # -- the probe contract -------------------------------------------------------------------
+    def setup(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Render the level once (kept across setups) and cache the preprocessed batch on ``device``."""
+        if self.level is None:
+            self.level = load_maze_level(self.seed, self.distribution_mode)
+        level = self.level
+        n = len(level.cells)
+        obs = torch.from_numpy(level.observations).to(device)
+        self._inputs = self.preprocess(obs)
+        self._directions = torch.from_numpy(direction_matrix()).to(device)
+        self.add_output("action_probs", (n, N_ACTIONS), "float32")
+        self.add_output("direction_probs", (n, len(DIRECTIONS)), "float32")
+        self.add_output("vectors", (n, 2), "float32")
+        state = level.state
+        self.metadata.update(
+            cells=level.cells.copy(),
+            grid=state.grid.copy(),
+            cheese=list(state.cheese),
+            start=list(state.mouse),
+            seed=self.seed,
+            distribution_mode=self.distribution_mode,
+            maze_dim=state.maze_dim,
+            world_dim=state.world_dim,
+            procgen_version=procgen_version(),
+            directions=list(DIRECTIONS),
+        )
+
+    def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """One batched forward over all cells; returns action, direction probabilities and arrows."""
+        if self._inputs is None or self._directions is None:
+            self._level()
+            raise TrajhookError(
+                f"MazeProbe {self.name!r}: run before setup. HINT: call setup(model, device) first."
+            )
+        out = model(self._inputs) if self.policy_fn is None else self.policy_fn(model, self._inputs)
+        action_probs = _as_probs(out, self.name)
+        n = len(self.cells)
+        if tuple(action_probs.shape) != (n, N_ACTIONS):
+            raise TrajhookError(
+                f"MazeProbe {self.name!r}: the policy output has shape {tuple(action_probs.shape)}, expected "
+                f"({n}, {N_ACTIONS}) (one row of {N_ACTIONS} procgen action logits per probed cell). "
+                "HINT: give the model's head 15 outputs, or pass policy_fn mapping (model, obs) to "
+                "(batch, 15) logits; check preprocess if the batch size is wrong."
+            )
+        if not torch.isfinite(action_probs).all():
+            raise TrajhookError(
+                f"MazeProbe {self.name!r}: the policy output has non-finite values "
+                f"({action_probs.flatten()[:4]!r}...). "
+                "HINT: check the model for NaN weights or pass logits rather than log of zero probabilities."
+            )
+        action_probs = action_probs.to(self._directions.device)
+        direction_probs = action_probs @ self._directions
+        vectors = torch.stack(
+            [direction_probs[:, 1] - direction_probs[:, 0], direction_probs[:, 2] - direction_probs[:, 3]],
+            dim=1,
+        )
+        return {"action_probs": action_probs, "direction_probs": direction_probs, "vectors": vectors}
+
+    def __repr__(self) -> str:
+        return (
+            f"MazeProbe(seed={self.seed}, distribution_mode={self.distribution_mode!r}, name={self.name!r})"
+        )
