@@ -1,0 +1,228 @@
+"""PromptProbe records what a direct, one-prompt-at-a-time computation gives."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trajhook.errors import TrajhookError
+from trajhook.probes.prompts import PromptProbe
+
+CORPUS = [
+    "the cat sat on the mat",
+    "the dog sat on the log",
+    "a cat and a dog met on a mat",
+    "paris is the capital of france",
+    "berlin is the capital of germany",
+]
+PROMPTS = {
+    "capital": "paris is the capital of",
+    "cat": "the cat sat on the",
+    "short": "a",
+    "none": "the dog",
+}
+TARGETS = {
+    "capital": [" france", " germany", " xylophone"],  # " xylophone" splits into several BPE tokens
+    "cat": [" mat"],
+    "short": [" cat", " dog"],
+}
+
+
+def make_hf_tokenizer(padding_side: str):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        show_progress=False,
+        special_tokens=["<pad>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", padding_side=padding_side
+    )
+
+
+def make_gpt2(vocab_size: int):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=vocab_size, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+class TinyCausalLM(torch.nn.Module):
+    """A plain causal LM that takes only input_ids: embedding, one causal attention, unembedding."""
+
+    def __init__(self, vocab_size: int, d: int = 16, max_len: int = 64) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, d)
+        self.pos = torch.nn.Embedding(max_len, d)
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.unembed = torch.nn.Linear(d, vocab_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.unembed(x + F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def direct_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """log p(ids[t + 1] | ids[:t + 1]) for one unpadded sequence, with plain log_softmax."""
+    with torch.no_grad():
+        out = model(torch.tensor([ids]))
+    logits = out.logits if hasattr(out, "logits") else out
+    logp = torch.log_softmax(logits[0].double(), dim=-1)
+    return logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], dtype=torch.long)]
+
+
+def direct_last_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(torch.tensor([ids]))
+    return (out.logits if hasattr(out, "logits") else out)[0, -1]
+
+
+def check_against_direct(probe: PromptProbe, model, encode_prompt, encode_target) -> None:
+    probe.setup(model, torch.device("cpu"))
+    with torch.no_grad():
+        record = {k: v.numpy() for k, v in probe.run(model).items()}
+    names = list(PROMPTS)
+    max_len = max(len(encode_prompt(PROMPTS[n])) for n in names)
+    assert record["token_loss"].shape == (len(names), max_len - 1)
+    assert record["target_logprob"].shape == (len(names), 3)
+    for p, name in enumerate(names):
+        ids = encode_prompt(PROMPTS[name])
+        assert probe.metadata["prompt_token_ids"][p] == ids
+        expected_loss = -direct_logprobs(model, ids).numpy()
+        np.testing.assert_allclose(
+            record["token_loss"][p, : len(ids) - 1], expected_loss, rtol=1e-4, atol=1e-5
+        )
+        assert np.isnan(record["token_loss"][p, len(ids) - 1 :]).all()
+
+        last = direct_last_logits(model, ids)
+        expected_top = torch.log_softmax(last.double(), -1).topk(probe.top_k)
+        np.testing.assert_array_equal(record["topk_ids"][p], expected_top.indices.numpy())
+        np.testing.assert_allclose(
+            record["topk_logprob"][p], expected_top.values.numpy(), rtol=1e-4, atol=1e-5
+        )
+
+        targets = TARGETS.get(name, [])
+        for k, text in enumerate(targets):
+            target_ids = encode_target(text)
+            full = ids + target_ids
+            expected = direct_logprobs(model, full)[len(ids) - 1 :].sum().item()
+            assert math.isclose(record["target_logprob"][p, k], expected, rel_tol=1e-4, abs_tol=1e-4)
+            expected_logit = last[target_ids[0]].item()
+            assert math.isclose(
+                record["target_first_logit"][p, k], expected_logit, rel_tol=1e-4, abs_tol=1e-4
+            )
+        assert np.isnan(record["target_logprob"][p, len(targets) :]).all()
+        assert np.isnan(record["target_first_logit"][p, len(targets) :]).all()
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_gpt2_matches_direct_computation(padding_side):
+    tokenizer = make_hf_tokenizer(padding_side)
+    assert len(tokenizer.encode(" xylophone", add_special_tokens=False)) > 1
+    model = make_gpt2(len(tokenizer))
+    probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS, top_k=4)
+    check_against_direct(
+        probe, model, tokenizer.encode, lambda t: tokenizer.encode(t, add_special_tokens=False)
+    )
+    assert probe.padding_side == padding_side
+    assert "".join(probe.metadata["prompt_tokens"][0]) == PROMPTS["capital"]
+    assert probe.metadata["target_texts"][3] == []
+
+
+def test_plain_module_with_left_padding_tokenizer_is_right_padded_and_exact():
+    tokenizer = make_hf_tokenizer("left")
+    model = TinyCausalLM(len(tokenizer)).eval()
+    probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS, top_k=3)
+    check_against_direct(
+        probe, model, tokenizer.encode, lambda t: tokenizer.encode(t, add_special_tokens=False)
+    )
+    assert probe.padding_side == "right"
+
+
+def test_callable_tokenizer_list_targets_and_logits_fn():
+    torch.manual_seed(1)
+    vocab = {c: i for i, c in enumerate(" abcdefghijklmnopqrstuvwxyz")}
+
+    def encode(text: str) -> list[int]:
+        return [vocab[c] for c in text]
+
+    model = TinyCausalLM(len(vocab)).eval()
+    calls = []
+
+    def logits_fn(m, input_ids, attention_mask):
+        calls.append(attention_mask.clone())
+        return m(input_ids)
+
+    probe = PromptProbe(
+        list(PROMPTS.values()),
+        encode,
+        targets=[TARGETS.get(n, []) for n in PROMPTS],
+        logits_fn=logits_fn,
+        full_logits=True,
+    )
+    check_against_direct(probe, model, encode, encode)
+    assert probe.metadata["prompt_names"] == ["0", "1", "2", "3"]
+    assert probe.outputs["logits"].dtype == np.float16
+    with torch.no_grad():
+        record = probe.run(model)
+    expected = direct_last_logits(model, encode(PROMPTS["cat"]))
+    np.testing.assert_allclose(record["logits"][1].float().numpy(), expected.numpy(), rtol=2e-3, atol=2e-3)
+    assert calls and calls[0].sum().item() == sum(len(encode(p)) for p in PROMPTS.values()) + sum(
+        len(encode(PROMPTS[n])) + len(encode(t)) for n, ts in TARGETS.items() for t in ts
+    )
+
+
+def test_no_targets_declares_no_target_outputs():
+    probe = PromptProbe(["ab", "abc"], lambda t: [ord(c) - 97 for c in t])
+    model = TinyCausalLM(3).eval()
+    probe.setup(model, torch.device("cpu"))
+    assert set(probe.outputs) == {"token_loss", "topk_ids", "topk_logprob"}
+    assert probe.outputs["topk_ids"].shape == (2, 3)  # top_k clipped to the vocabulary
+    record = probe.run(model)
+    assert set(record) == set(probe.outputs)
+    assert record["token_loss"].shape == (2, 2)
+    assert torch.isnan(record["token_loss"][0, 1]) and not torch.isnan(record["token_loss"][1]).any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": []}, "prompts is empty"),
+        ({"prompts": {"bad name": "x"}}, "prompt name 'bad name'"),
+        ({"prompts": ["ab", ""]}, "not a non-empty string"),
+        ({"prompts": ["ab", "!!"]}, "returned no tokens"),
+        ({"prompts": ["ab"], "targets": {"nope": ["a"]}}, "'nope'"),
+        ({"prompts": ["ab"], "targets": [["a"], ["b"]]}, "2 entries for 1 prompts"),
+        ({"prompts": ["ab"], "top_k": 0}, "top_k=0"),
+    ],
+)
+def test_bad_input_raises_trajhook_error(kwargs, message):
+    with pytest.raises(TrajhookError, match="PromptProbe 'prompts'") as err:
+        PromptProbe(tokenizer=lambda t: [ord(c) - 97 for c in t if c.isalpha()], **kwargs)
+    assert message in str(err.value) and "HINT:" in str(err.value)
+
+
+def test_wrong_model_output_and_out_of_vocab_ids_raise():
+    probe = PromptProbe(["ab"], lambda t: [ord(c) - 97 for c in t])
+    with pytest.raises(TrajhookError, match=r"returned \(2, 5\)"):
+        probe.setup(
+            torch.nn.Sequential(torch.nn.Embedding(5, 5), torch.nn.Flatten(0, 1)), torch.device("cpu")
+        )
+    with pytest.raises(TrajhookError, match="outside the model's vocabulary of 1"):
+        probe.setup(TinyCausalLM(1), torch.device("cpu"))
+    with pytest.raises(TrajhookError, match="padding_side='left'"):
+        PromptProbe(["ab"], lambda t: [0, 1], padding_side="left").setup(TinyCausalLM(2), torch.device("cpu"))
