@@ -223,6 +223,7 @@ def test_wrong_model_output_and_out_of_vocab_ids_raise():
             torch.nn.Sequential(torch.nn.Embedding(5, 5), torch.nn.Flatten(0, 1)), torch.device("cpu")
         )
     with pytest.raises(TrajhookError, match="outside the model's vocabulary of 1"):
-        probe.setup(TinyCausalLM(1), torch.device("cpu"))
+        one_word = PromptProbe(["ab"], lambda t: [ord(c) - 97 for c in t], logits_fn=lambda m, i, a: m(i))
+        one_word.setup(lambda ids: torch.zeros(*ids.shape, 1), torch.device("cpu"))
     with pytest.raises(TrajhookError, match="padding_side='left'"):
         PromptProbe(["ab"], lambda t: [0, 1], padding_side="left").setup(TinyCausalLM(2), torch.device("cpu"))
