@@ -1,0 +1,102 @@
+"""Shortest paths in a maze grid and how often a policy's strongest direction follows one.
+
+Pure numpy on procgen's grid codes (empty 100, wall 51, cheese 2), ``grid[row, col]`` with
+row 0 at the bottom, so "up" is ``row + 1``. Directions are ordered as
+:data:`trajhook.probes.maze.DIRECTIONS`: left, right, up, down (then no-op, never on a path).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+WALL = 51
+# (d_row, d_col) of left, right, up, down; up is row + 1 because row 0 is the bottom.
+MOVES = ((0, -1), (0, 1), (1, 0), (-1, 0))
+
+
+def _free(grid: np.ndarray) -> np.ndarray:
+    return np.asarray(grid) != WALL
+
+
+def bfs_distances(grid: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """Steps from every cell to ``target`` through free cells; -1 for walls and unreachable cells.
+
+    >>> grid = np.array([[100, 100, 100], [51, 51, 100], [2, 100, 100]])
+    >>> bfs_distances(grid, (2, 0)).tolist()
+    [[6, 5, 4], [-1, -1, 3], [0, 1, 2]]
+    """
+    free = _free(grid)
+    dist = np.full(free.shape, -1, dtype=np.int64)
+    if not free[target]:
+        return dist
+    dist[target] = 0
+    queue = deque([target])
+    while queue:
+        row, col = queue.popleft()
+        for d_row, d_col in MOVES:
+            r, c = row + d_row, col + d_col
+            if 0 <= r < free.shape[0] and 0 <= c < free.shape[1] and free[r, c] and dist[r, c] < 0:
+                dist[r, c] = dist[row, col] + 1
+                queue.append((r, c))
+    return dist
+
+
+def shortest_path_moves(grid: np.ndarray, goal: tuple[int, int], cells: np.ndarray) -> np.ndarray:
+    """``(n, 4)`` bool: which of left, right, up, down starts a shortest path from each cell to ``goal``.
+
+    >>> grid = np.array([[100, 100, 100], [51, 51, 100], [2, 100, 100]])
+    >>> shortest_path_moves(grid, (2, 0), np.array([[0, 0], [2, 2]])).astype(int).tolist()
+    [[0, 1, 0, 0], [1, 0, 0, 0]]
+    """
+    dist = bfs_distances(grid, goal)
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    moves = np.zeros((len(cells), len(MOVES)), dtype=bool)
+    for k, (d_row, d_col) in enumerate(MOVES):
+        rows, cols = cells[:, 0] + d_row, cells[:, 1] + d_col
+        inside = (rows >= 0) & (rows < dist.shape[0]) & (cols >= 0) & (cols < dist.shape[1])
+        neighbour = np.full(len(cells), -1, dtype=np.int64)
+        neighbour[inside] = dist[rows[inside], cols[inside]]
+        here = dist[cells[:, 0], cells[:, 1]]
+        moves[:, k] = (neighbour >= 0) & (here > 0) & (neighbour == here - 1)
+    return moves
+
+
+def shortest_path(grid: np.ndarray, start: tuple[int, int], goal: tuple[int, int]) -> list[int]:
+    """Direction indices (0 left, 1 right, 2 up, 3 down) of one shortest path from start to goal.
+
+    >>> grid = np.array([[100, 100, 100], [51, 51, 100], [2, 100, 100]])
+    >>> shortest_path(grid, (0, 0), (2, 0))
+    [1, 1, 2, 2, 0, 0]
+    """
+    dist = bfs_distances(grid, goal)
+    if dist[start] < 0:
+        raise ValueError(f"no path from {start} to {goal}")
+    path, (row, col) = [], start
+    while dist[row, col] > 0:
+        for k, (d_row, d_col) in enumerate(MOVES):
+            r, c = row + d_row, col + d_col
+            if 0 <= r < dist.shape[0] and 0 <= c < dist.shape[1] and dist[r, c] == dist[row, col] - 1:
+                path.append(k)
+                row, col = r, c
+                break
+    return path
+
+
+def path_agreement(direction_probs: np.ndarray, on_path: np.ndarray) -> np.ndarray | float:
+    """Fraction of cells whose strongest direction (of 5, incl. no-op) starts a shortest path.
+
+    ``direction_probs`` is ``(n, 5)`` or a stack ``(steps, n, 5)``; ``on_path`` is ``(n, 4)`` from
+    :func:`shortest_path_moves`. Returns a float, or a ``(steps,)`` array for a stack.
+
+    >>> on_path = np.array([[False, True, False, False], [True, False, False, False]])
+    >>> path_agreement(np.array([[0.1, 0.6, 0.1, 0.1, 0.1], [0.1, 0.6, 0.1, 0.1, 0.1]]), on_path)
+    0.5
+    """
+    probs = np.asarray(direction_probs)
+    strongest = probs.argmax(axis=-1)  # (..., n)
+    on_path5 = np.concatenate([np.asarray(on_path, bool), np.zeros((len(on_path), 1), bool)], axis=1)
+    hits = np.take_along_axis(np.broadcast_to(on_path5, probs.shape), strongest[..., None], axis=-1)[..., 0]
+    agreement = hits.mean(axis=-1)
+    return float(agreement) if agreement.ndim == 0 else agreement

@@ -1,0 +1,281 @@
+"""Maze vector fields: one arrow per probed cell, drawn over the maze, and animated across steps.
+
+The core is :func:`vector_field` on plain arrays (grid, cells, vectors). Thin shells read the
+arrays from a loaded log (:func:`vector_field_from_log`) or a set-up
+:class:`~trajhook.probes.maze.MazeProbe` (:func:`vector_field_from_probe`).
+:func:`animate_vector_field` writes a GIF or MP4 over all recorded steps, and
+:func:`figure_to_rgb` turns any figure into an ``(H, W, 3)`` uint8 image (for W&B).
+
+Orientation: ``grid[row, col]`` has row 0 at the bottom, drawn with ``origin="lower"``; the
+arrow at ``(row, col)`` is ``(dx, dy) = (P_right - P_left, P_up - P_down)`` at ``x = col``,
+``y = row``, so "up" points up on screen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from trajhook.errors import TrajhookError
+
+WALL, EMPTY, CHEESE = 51, 100, 2
+ARROW_COLOR = "#d62728"
+_MAZE_CMAP = ListedColormap(["#3b3b3b", "#f4f1e8"])  # wall, free
+
+
+def figure_to_rgb(fig: Figure) -> np.ndarray:
+    """Render a matplotlib figure to an ``(H, W, 3)`` uint8 array.
+
+    >>> fig = plt.figure(figsize=(2, 1), dpi=50)
+    >>> figure_to_rgb(fig).shape, figure_to_rgb(fig).dtype
+    ((50, 100, 3), dtype('uint8'))
+    >>> plt.close(fig)
+    """
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _check_arrays(grid: Any, cells: Any, vectors: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    grid, cells, vectors = np.asarray(grid), np.asarray(cells), np.asarray(vectors, dtype=float)
+    if grid.ndim != 2:
+        raise TrajhookError(
+            f"vector_field: grid has shape {grid.shape}, expected (world_dim, world_dim). "
+            "HINT: pass probe.grid or log['maze'].metadata['grid']."
+        )
+    if cells.ndim != 2 or cells.shape[1] != 2 or vectors.shape != cells.shape:
+        raise TrajhookError(
+            f"vector_field: cells {cells.shape} and vectors {vectors.shape} must both be (n, 2). "
+            "HINT: pass one step's vectors, e.g. log['maze']['vectors'][-1], not the whole stack."
+        )
+    return grid, cells, vectors
+
+
+def vector_field(
+    grid: np.ndarray,
+    cells: np.ndarray,
+    vectors: np.ndarray,
+    cheese: Sequence[int] | None = None,
+    start: Sequence[int] | None = None,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    crop: bool = True,
+) -> Figure:
+    """Draw the maze (walls dark, free cells light, cheese and start marked) with one arrow per cell.
+
+    ``grid`` is ``(H, W)`` procgen codes, ``cells`` ``(n, 2)`` ``(row, col)`` with row 0 at the
+    bottom, ``vectors`` ``(n, 2)`` ``(dx, dy)`` with y up; an arrow of length 1 spans one cell.
+    ``crop`` trims the all-wall margin around the maze. Returns the figure (a new one unless
+    ``ax`` is given).
+
+    >>> grid = np.array([[51, 51, 51], [51, 100, 2], [51, 51, 51]])
+    >>> fig = vector_field(grid, np.array([[1, 1]]), np.array([[1.0, 0.0]]), cheese=(1, 2))
+    >>> fig.axes[0].get_xlim()
+    (0.5, 2.5)
+    >>> plt.close(fig)
+    """
+    grid, cells, vectors = _check_arrays(grid, cells, vectors)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    else:
+        fig = ax.figure
+    ax.imshow(grid != WALL, origin="lower", cmap=_MAZE_CMAP, vmin=0, vmax=1, interpolation="nearest")
+    ax.quiver(
+        cells[:, 1],
+        cells[:, 0],
+        vectors[:, 0],
+        vectors[:, 1],
+        angles="uv",
+        scale_units="xy",
+        scale=1.0,
+        color=ARROW_COLOR,
+        width=0.006,
+        headwidth=4,
+        headlength=4,
+        headaxislength=3.5,
+        pivot="middle",
+    )
+    if cheese is not None:
+        ax.plot(cheese[1], cheese[0], marker="o", color="#f2c200", markersize=11, markeredgecolor="k")
+    if start is not None:
+        ax.plot(start[1], start[0], marker="s", color="none", markersize=11, markeredgecolor="#1f77b4", mew=2)
+    if crop:
+        rows, cols = np.nonzero(grid != WALL)
+        if len(rows):
+            ax.set_xlim(cols.min() - 1.5, cols.max() + 1.5)
+            ax.set_ylim(rows.min() - 1.5, rows.max() + 1.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _probe_log(log: Any, probe: str) -> Any:
+    try:
+        return log[probe]
+    except KeyError:
+        names = sorted(log) if hasattr(log, "__iter__") else "?"
+        raise TrajhookError(
+            f"vector_field_from_log: probe {probe!r} is not in the log (probes: {names}). "
+            "HINT: pass probe=<the MazeProbe's name>."
+        ) from None
+
+
+def _record_index(steps: np.ndarray, step: int | None) -> int:
+    if len(steps) == 0:
+        raise TrajhookError(
+            "vector_field_from_log: the log has no records. HINT: record at least one step first."
+        )
+    if step is None:
+        return len(steps) - 1
+    hits = np.flatnonzero(np.asarray(steps) == step)
+    if len(hits) == 0:
+        raise TrajhookError(
+            f"vector_field_from_log: step {step!r} was not recorded (first {int(steps[0])}, last "
+            f"{int(steps[-1])}, {len(steps)} records). "
+            "HINT: pass one of log.steps, or step=None for the last."
+        )
+    return int(hits[-1])
+
+
+def vector_field_from_log(
+    log: Any, step: int | None = None, probe: str = "maze", ax: plt.Axes | None = None
+) -> Figure:
+    """:func:`vector_field` of one recorded step (``None``: the last) of a loaded log's maze probe.
+
+    ``log`` is anything with ``log[probe]["vectors"]`` ``(N, n, 2)``, ``log[probe].metadata``
+    (``grid``, ``cells``, ``cheese``, ``start``) and ``log.steps`` ``(N,)``, e.g.
+    ``trajhook.load(path)``.
+    """
+    probe_log = _probe_log(log, probe)
+    steps = np.asarray(log.steps)
+    index = _record_index(steps, step)
+    meta = probe_log.metadata
+    return vector_field(
+        meta["grid"],
+        meta["cells"],
+        np.asarray(probe_log["vectors"][index]),
+        cheese=meta.get("cheese"),
+        start=meta.get("start"),
+        ax=ax,
+        title=f"{probe} (seed {meta.get('seed', '?')}), step {int(steps[index])}",
+    )
+
+
+def vector_field_from_probe(
+    probe: Any, vectors: np.ndarray, ax: plt.Axes | None = None, title: str | None = None
+):
+    """:func:`vector_field` of a set-up MazeProbe and one record's ``vectors`` ``(n, 2)``."""
+    return vector_field(
+        probe.grid,
+        probe.cells,
+        np.asarray(vectors),
+        cheese=probe.cheese,
+        start=probe.start,
+        ax=ax,
+        title=title,
+    )
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad a frame with white to even height and width (H.264 in yuv420p needs both even)."""
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    if pad_h or pad_w:
+        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
+    return frame
+
+
+def vector_field_frames(log: Any, probe: str = "maze", progress: bool = True) -> list[np.ndarray]:
+    """One RGB frame per recorded step, with the step counter in the title (one figure, reused)."""
+    from tqdm.auto import tqdm
+
+    probe_log = _probe_log(log, probe)
+    steps = np.asarray(log.steps)
+    if len(steps) == 0:
+        raise TrajhookError(
+            "animate_vector_field: the log has no records. HINT: record at least one step first."
+        )
+    vectors = np.asarray(probe_log["vectors"], dtype=float)
+    meta = probe_log.metadata
+    fig = vector_field(
+        meta["grid"], meta["cells"], vectors[0], cheese=meta.get("cheese"), start=meta.get("start"), title=" "
+    )
+    ax = fig.axes[0]
+    quiver = ax.collections[-1]
+    frames = []
+    try:
+        for i in tqdm(range(len(steps)), desc=f"{probe} frames", disable=not progress, unit="frame"):
+            quiver.set_UVC(vectors[i, :, 0], vectors[i, :, 1])
+            ax.set_title(f"{probe}: step {int(steps[i]):,}  ({i + 1}/{len(steps)})")
+            frames.append(_even(figure_to_rgb(fig)))
+    finally:
+        plt.close(fig)
+    return frames
+
+
+def _write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """H.264 MP4 through imageio-ffmpeg's ``write_frames`` (imageio's own ffmpeg plugin needs
+    imageio-ffmpeg >= 0.4, and gym3 pins < 0.4). Frames must share one even size."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # imageio-ffmpeg 0.3 imports the deprecated pkg_resources
+        import imageio_ffmpeg
+
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        quality=7,
+        macro_block_size=2,
+        ffmpeg_log_level="error",
+    )
+    writer.send(None)
+    try:
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
+    finally:
+        writer.close()
+
+
+def animate_vector_field(
+    log: Any,
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    probe: str = "maze",
+    fps: float = 8.0,
+    progress: bool = True,
+) -> list[Path]:
+    """Write the vector field over all recorded steps as a GIF and/or MP4 (chosen by suffix).
+
+    ``path`` may be one path or several (e.g. ``["maze.gif", "maze.mp4"]``); frames are drawn
+    once. MP4 uses imageio-ffmpeg's bundled ffmpeg (H.264). Returns the written paths.
+    """
+    import imageio.v2 as imageio
+
+    paths = [Path(path)] if isinstance(path, str | os.PathLike) else [Path(p) for p in path]
+    for p in paths:
+        if p.suffix.lower() not in (".gif", ".mp4"):
+            raise TrajhookError(
+                f"animate_vector_field: path {str(p)!r} is neither .gif nor .mp4. HINT: e.g. 'runs/maze.gif'."
+            )
+    frames = vector_field_frames(log, probe, progress=progress)
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.suffix.lower() == ".gif":
+            imageio.mimsave(p, frames, duration=1000.0 / fps, loop=0)
+        else:
+            _write_mp4(p, frames, fps)
+    return paths
