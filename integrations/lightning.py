@@ -1,0 +1,138 @@
+"""PyTorch Lightning: ``TrajectoryCallback`` records the probes every N optimizer steps.
+
+>>> from trajhook.integrations.lightning import TrajectoryCallback
+>>> from trajhook import TensorProbe
+>>> import torch, tempfile
+>>> cb = TrajectoryCallback(tempfile.mkdtemp() + "/run.h5", [TensorProbe("x", torch.ones(1, 2))], every_n_steps=50)
+>>> cb.state_key.startswith("TrajectoryCallback")
+True
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from trajhook.errors import TrajhookError
+from trajhook.probes.base import Probe
+from trajhook.recorder import Recorder, check_recorder_args
+
+
+def _callback_base() -> type:
+    """The ``Callback`` of the Lightning package the user imported (a Trainer checks its own)."""
+    if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
+        return sys.modules["lightning.pytorch"].Callback
+    import pytorch_lightning
+
+    return pytorch_lightning.Callback
+
+
+_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+
+
+class TrajectoryCallback(_callback_base()):
+    """Record ``probes`` every ``every_n_steps`` optimizer steps (``trainer.global_step``).
+
+    Records once at the start of training and then exactly once per due optimizer step, also
+    under gradient accumulation; never during the sanity check. Logs the training loss as the
+    scalar ``loss`` once per optimizer step. Writes on global rank zero only, runs the probes
+    under the trainer's precision context, and resumes with the trainer's checkpoint.
+    Further keyword arguments go to :class:`trajhook.Recorder` (``metadata=``, ``wandb=``...).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        probes: Sequence[Probe],
+        every_n_steps: int = 100,
+        *,
+        log_loss: bool = True,
+        **recorder_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        check_recorder_args(path, probes, every_n_steps)
+        self.path = os.fspath(path)
+        self.probes = list(probes)
+        self.every_n_steps = every_n_steps
+        self.log_loss = log_loss
+        self.recorder_kwargs = recorder_kwargs
+        self.recorder: Recorder | None = None
+        self._loaded_state: Mapping[str, Any] = {}
+        self._last_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(path=self.path)
+
+    # -- hooks: one line each ---------------------------------------------------------------------
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._record_if_due(trainer, pl_module, outputs=None)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._record_if_due(trainer, pl_module, outputs)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._close()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.recorder.state_dict() if self.recorder is not None else dict(self._loaded_state)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded_state = dict(state_dict)
+        if self.recorder is not None:
+            self.recorder.load_state_dict(state_dict)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero or self.recorder is not None:
+            return
+        strategy = type(trainer.strategy).__name__
+        if any(s in strategy for s in _SHARDED):
+            raise TrajhookError(
+                f"TrajectoryCallback: strategy {strategy!r} shards the parameters, so a rank-zero probe "
+                "cannot run the model alone. HINT: use DDP or a single device, or record from a "
+                "checkpoint afterwards."
+            )
+        self.recorder = Recorder(
+            self.path,
+            self.probes,
+            self.every_n_steps,
+            forward_context=trainer.precision_plugin.forward_context,
+            **self.recorder_kwargs,
+        )
+        self.recorder.load_state_dict(self._loaded_state)
+        self.recorder.setup(pl_module)  # runs every probe once: bad inputs fail before training
+
+    def _record_if_due(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
+        step = trainer.global_step
+        if self.recorder is None or trainer.sanity_checking or step == self._last_step:
+            return  # the same global_step again: a micro-batch under gradient accumulation
+        self._last_step = step
+        loss = _loss_of(outputs) if self.log_loss and outputs is not None else None
+        if loss is not None:
+            self.recorder.maybe_record(pl_module, step, loss=loss)
+        else:
+            self.recorder.maybe_record(pl_module, step)
+
+    def _close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def _loss_of(outputs: Any) -> Any:
+    """The loss in what ``training_step`` returned: a tensor, or a dict with ``"loss"``."""
+    if isinstance(outputs, Mapping):
+        outputs = outputs.get("loss")
+    if hasattr(outputs, "numel") and outputs.numel() == 1:
+        return outputs.detach()
+    return None

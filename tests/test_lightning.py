@@ -1,0 +1,143 @@
+"""TrajectoryCallback in a real Lightning Trainer."""
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from trajhook import TensorProbe, TrajhookError, load
+from trajhook.integrations.lightning import TrajectoryCallback
+
+PROBE_X = torch.linspace(-1, 1, 12).reshape(3, 4)
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 1))
+        self.losses = {}
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.losses.setdefault(self.trainer.global_step, []).append(loss.item())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def data(n=64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+
+
+def trainer(tmp_path, callbacks, max_steps, **kwargs):
+    return pl.Trainer(
+        max_steps=max_steps,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        **kwargs,
+    )
+
+
+def test_records_once_per_due_optimizer_step_under_accumulation(tmp_path):
+    path = tmp_path / "run.h5"
+    model = Regressor()
+    cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=5)
+    trainer(tmp_path, [cb], max_steps=12, accumulate_grad_batches=2, num_sanity_val_steps=2).fit(model, data(), data(8))
+    log = load(path)
+    assert log.steps.tolist() == [0, 5, 10]
+    loss = log.scalars["loss"]
+    assert loss.steps.tolist() == list(range(1, 13))  # once per optimizer step, not per micro-batch
+    # the loss logged at step s is the (accumulation-normalized) last micro-batch loss that led to step s
+    for s, v in zip(loss.steps, loss.values, strict=True):
+        np.testing.assert_allclose(v, model.losses[s - 1][-1] / 2, rtol=1e-6)
+    model.eval()
+    with torch.no_grad():
+        final = model(PROBE_X).numpy()
+    assert not np.allclose(log["fixed"]["output"][-1], final)  # step 10 is before the last 2 steps
+
+
+def test_last_record_equals_the_trained_model_and_sanity_check_is_skipped(tmp_path):
+    path = tmp_path / "run.h5"
+    model = Regressor()
+    cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=4)
+    trainer(tmp_path, [cb], max_steps=8, num_sanity_val_steps=2, val_check_interval=4).fit(model, data(), data(8))
+    model.eval()
+    with torch.no_grad():
+        final = model(PROBE_X).numpy()
+    log = load(path)
+    assert log.steps.tolist() == [0, 4, 8]
+    np.testing.assert_array_equal(log["fixed"]["output"][-1], final)
+
+
+def test_resume_from_a_lightning_checkpoint_leaves_no_ghost_rows(tmp_path):
+    path = tmp_path / "run.h5"
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=6, save_top_k=-1)
+    cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=3)
+    t = trainer(tmp_path, [cb, ckpt_cb], max_steps=12)
+    t.fit(Regressor(), data())
+    assert load(path).steps.tolist() == [0, 3, 6, 9, 12]
+    ckpt = sorted((tmp_path / "ckpt").glob("*step=6*.ckpt"))[0]
+    assert cb.state_key in torch.load(ckpt, weights_only=False)["callbacks"]
+
+    # The checkpoint's callback state says step 6 was recorded, so the resumed run first writes at
+    # step 7 and drops the first run's records at 9 and 12.
+    resumed_model = Regressor()
+    cb2 = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=3)
+    with pytest.warns(UserWarning, match=r"dropped 2 record\(s\) at step >= 7"):
+        trainer(tmp_path, [cb2], max_steps=9).fit(resumed_model, data(), ckpt_path=ckpt)
+    log = load(path)
+    assert log.steps.tolist() == [0, 3, 6, 9]
+    assert log.scalars["loss"].steps.tolist() == list(range(1, 10))
+    resumed_model.eval()
+    with torch.no_grad():
+        np.testing.assert_array_equal(log["fixed"]["output"][-1], resumed_model(PROBE_X).numpy())
+
+
+def test_probes_run_under_the_trainer_precision_context(tmp_path):
+    path = tmp_path / "run.h5"
+    seen = []
+
+    def fn(model, x):
+        out = model(x)
+        seen.append(out.dtype)
+        return out
+
+    model = Regressor()
+    cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X, fn=fn)], every_n_steps=2)
+    trainer(tmp_path, [cb], max_steps=2, precision="bf16-mixed").fit(model, data())
+    assert set(seen) == {torch.bfloat16}
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        final = model(PROBE_X).float().numpy()
+    np.testing.assert_array_equal(load(path)["fixed"]["output"][-1], final)
+
+
+def test_bad_probe_fails_before_the_first_training_step(tmp_path):
+    model = Regressor()
+    cb = TrajectoryCallback(tmp_path / "run.h5", [TensorProbe("bad", torch.ones(2, 5))], every_n_steps=2)
+    with pytest.raises(TrajhookError, match="TensorProbe 'bad' failed on its first run at setup"):
+        trainer(tmp_path, [cb], max_steps=2).fit(model, data())
+    assert model.losses == {}
+
+
+def test_constructor_checks_arguments(tmp_path):
+    with pytest.raises(TrajhookError, match="every_n_steps=0"):
+        TrajectoryCallback(tmp_path / "run.h5", [TensorProbe("p", PROBE_X)], every_n_steps=0)

@@ -1,0 +1,162 @@
+"""The Recorder against direct computation: values, modes, RNG, bit-identical training."""
+
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import trajhook
+from trajhook import Probe, Recorder, TensorProbe, TrajhookError, load
+
+
+class Net(nn.Module):
+    """Dropout and BatchNorm: both would change training if a probe ran them in train mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class NoisyProbe(Probe):
+    """Draws from every RNG while it runs: the Recorder must hide that from training."""
+
+    def setup(self, model, device):
+        self.x = torch.linspace(-1, 1, 8, device=device).reshape(2, 4)
+        self.add_output("out", (2, 3))
+
+    def run(self, model):
+        torch.rand(5), np.random.rand(5), random.random()
+        assert not model.training and not torch.is_grad_enabled()
+        return {"out": model(self.x)}
+
+
+def train(steps, recorder=None, seed=0):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(steps):
+        x = torch.randn(16, 4) + float(np.random.rand()) + random.random()
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if recorder is not None:
+            recorder.maybe_record(model, step, loss=loss.detach())
+    return model
+
+
+def test_training_is_bit_identical_with_and_without_the_recorder(store_path):
+    plain = train(30)
+    with Recorder(store_path, [NoisyProbe("noisy")], every_n_steps=3, wandb=False) as rec:
+        probed = train(30, rec)
+    assert rec.recorded_steps == list(range(0, 30, 3))
+    for (name, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name  # weights and BatchNorm running stats, bit for bit
+
+
+def test_recorded_outputs_equal_a_direct_forward(store_path):
+    torch.manual_seed(0)
+    model = Net()
+    x = torch.randn(5, 4)
+    expected = {}
+    with Recorder(store_path, [TensorProbe("fixed", x)], every_n_steps=2, wandb=False) as rec:
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for step in range(7):
+            if rec.maybe_record(model, step):
+                model.eval()
+                with torch.no_grad():
+                    expected[step] = model(x).numpy().copy()
+                model.train()
+            loss = model(torch.randn(8, 4)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    log = load(store_path)
+    assert log.steps.tolist() == [0, 2, 4, 6]
+    recorded = log["fixed"]["output"]
+    for i, step in enumerate(log.steps):
+        np.testing.assert_array_equal(recorded[i], expected[int(step)])
+    assert not np.array_equal(recorded[0], recorded[-1])  # the model did change
+    assert np.all(np.diff(log.wall_time) >= 0)
+
+
+def test_module_modes_are_restored_exactly_not_set_to_train(store_path):
+    model = Net().train()
+    model.body[1].eval()  # a frozen BatchNorm inside a training model
+    with Recorder(store_path, [NoisyProbe("noisy")], every_n_steps=1, wandb=False) as rec:
+        rec.record(model, 0)
+    assert [m.training for m in model.modules()] == [True, True, True, False, True, True, True]
+
+
+def test_scalars_and_events_round_trip(store_path):
+    with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=5, wandb=False) as rec:
+        for step in range(12):
+            rec.maybe_record(nn.Linear(4, 1), step, loss=1.0 / (step + 1), lr=torch.tensor(0.1 * step))
+        rec.mark(6, "LR drop")
+        rec.mark(10, "fine-tuning starts")
+    log = load(store_path)
+    assert log.scalars["loss"].steps.tolist() == list(range(12))
+    np.testing.assert_allclose(log.scalars["loss"].values, 1.0 / (np.arange(12) + 1))
+    np.testing.assert_allclose(log.scalars["lr"].values, 0.1 * np.arange(12), rtol=1e-6)
+    assert [(e.step, e.label) for e in log.events] == [(6, "LR drop"), (10, "fine-tuning starts")]
+
+
+def test_user_metadata_and_probe_metadata_are_stored(store_path):
+    class Meta(TensorProbe):
+        def setup(self, model, device):
+            super().setup(model, device)
+            self.metadata.update(grid=np.arange(6).reshape(2, 3), seed=3, labels=["a", "b"])
+
+    with Recorder(store_path, [Meta("m", torch.ones(1, 4))], 1, metadata={"lr": 0.1}, wandb=False) as rec:
+        rec.record(nn.Linear(4, 2), 0)
+    log = load(store_path)
+    assert log.metadata == {"lr": 0.1}
+    assert log.attrs["trajhook_version"] == trajhook.__version__
+    np.testing.assert_array_equal(log["m"].metadata["grid"], np.arange(6).reshape(2, 3))
+    assert log["m"].metadata["seed"] == 3 and log["m"].metadata["labels"] == ["a", "b"]
+
+
+def test_nan_outputs_are_stored_as_they_are_with_one_warning(store_path):
+    probe = TensorProbe("nan", torch.ones(1, 2), fn=lambda model, x: x * float("nan"))
+    with (
+        pytest.warns(UserWarning, match="'nan' produced NaN") as caught,
+        Recorder(store_path, [probe], every_n_steps=1, wandb=False) as rec,
+    ):
+        for step in range(3):
+            rec.record(nn.Identity(), step)
+    assert sum("produced NaN" in str(w.message) for w in caught) == 1
+    assert np.isnan(load(store_path)["nan"]["output"]).all()
+
+
+def test_a_probe_that_breaks_its_declared_shape_later_raises(store_path):
+    class Shrinking(TensorProbe):
+        def run(self, model):
+            out = super().run(model)
+            return out if not getattr(self, "ran", False) else {"output": out["output"][:, :1]}
+
+    probe = Shrinking("s", torch.ones(1, 4))
+    with Recorder(store_path, [probe], every_n_steps=1, wandb=False) as rec:
+        rec.record(nn.Linear(4, 2), 0)
+        probe.ran = True
+        with pytest.raises(TrajhookError, match=r"output 'output' is \(1, 1\) at step 1, declared output\(1, 2\)"):
+            rec.record(nn.Linear(4, 2), 1)
+    assert load(store_path).steps.tolist() == [0]  # what was recorded is kept
+
+
+def test_import_trajhook_imports_no_framework():
+    code = (
+        "import sys, trajhook, trajhook.store, trajhook.recorder;"
+        "bad = [m for m in ('pytorch_lightning', 'lightning', 'wandb', 'procgen', 'transformers',"
+        " 'stable_baselines3', 'matplotlib') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,192 @@
+"""The HDF5 store: resume, truncation, crash safety, a reader in another process, bad files."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from trajhook import Recorder, TensorProbe, TrajhookError, load
+from trajhook.store import chunk_shape
+
+
+class Step(nn.Module):
+    """Outputs a known function of a settable step: x * step."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("step", torch.zeros(()))
+
+    def forward(self, x):
+        return x * self.step
+
+
+def probe():
+    return TensorProbe("p", torch.arange(6.0).reshape(2, 3))
+
+
+def run(path, steps, every=10, mark=None, **kwargs):
+    model = Step()
+    with Recorder(path, [probe()], every_n_steps=every, wandb=False, **kwargs) as rec:
+        for step in steps:
+            model.step.fill_(step)
+            rec.maybe_record(model, step, loss=float(step))
+            if mark is not None and step == mark[0]:
+                rec.mark(step, mark[1])
+
+
+def expected_rows(steps):
+    return np.stack([np.arange(6.0).reshape(2, 3) * s for s in steps]).astype(np.float32)
+
+
+def test_resuming_drops_ghost_rows_beyond_the_resume_step(store_path):
+    run(store_path, range(0, 101), mark=(70, "late event"))  # a run that got to step 100
+    with pytest.warns(UserWarning, match=r"dropped 6 record\(s\) at step >= 50"):
+        run(store_path, range(50, 81))  # restored from a step-50 checkpoint, ran to 80
+    log = load(store_path)
+    assert log.steps.tolist() == [0, 10, 20, 30, 40, 50, 60, 70, 80]
+    np.testing.assert_array_equal(log["p"]["output"], expected_rows(log.steps))
+    assert log.scalars["loss"].steps.tolist() == list(range(81))  # each step once, no ghosts
+    assert log.events == []  # the event at 70 came from the dropped future
+
+
+def test_overwrite_starts_fresh(store_path):
+    run(store_path, range(0, 31))
+    run(store_path, range(0, 11), overwrite=True)
+    assert load(store_path).steps.tolist() == [0, 10]
+
+
+def test_a_store_with_other_probes_is_refused_naming_the_difference(store_path):
+    run(store_path, range(0, 11))
+    other = TensorProbe("p", torch.ones(4, 3))
+    rec = Recorder(store_path, [other], every_n_steps=10, wandb=False)
+    with pytest.raises(
+        TrajhookError, match=r"probe 'p' output 'output': stored output\(2, 3\) float32, now output\(4, 3\)"
+    ):
+        rec.setup(Step())
+    rec2 = Recorder(store_path, [TensorProbe("q", torch.ones(2, 3))], every_n_steps=10, wandb=False)
+    with pytest.raises(TrajhookError, match="probe 'p' is in the store but not among the probes; probe 'q' is new"):
+        rec2.setup(Step())
+
+
+WRITER = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_store import Step, probe
+    from trajhook import Recorder
+    model = Step()
+    rec = Recorder({path!r}, [probe()], every_n_steps=10, wandb=False, flush_every_s=3600)
+    for step in range(0, 41):
+        model.step.fill_(step)
+        rec.maybe_record(model, step, loss=float(step))
+        if step == 20:
+            rec.flush()  # steps 0..20 are committed; 30 and 40 are only buffered
+    print("killing", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_killed_writer_loses_nothing_committed_and_the_store_resumes(store_path):
+    code = WRITER.format(tests=os.path.dirname(__file__), path=str(store_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with pytest.raises(OSError):  # HDF5 itself refuses the crashed file for writing...
+        h5py.File(store_path, "r+", libver="latest", locking=False)
+    log = load(store_path)  # ...but it reads, with exactly the committed rows
+    assert log.steps.tolist() == [0, 10, 20]
+    np.testing.assert_array_equal(log["p"]["output"], expected_rows([0, 10, 20]))
+    assert log.scalars["loss"].steps.tolist() == list(range(21))
+    run(store_path, range(21, 51))  # and resumes: the file is rebuilt from its committed rows
+    log = load(store_path)
+    assert log.steps.tolist() == [0, 10, 20, 30, 40, 50]
+    np.testing.assert_array_equal(log["p"]["output"], expected_rows(log.steps))
+    assert log.scalars["loss"].steps.tolist() == list(range(51))
+
+
+READER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from trajhook import load
+    log = load(sys.argv[1])
+    rows = log["p"]["output"]
+    ok = all(np.array_equal(r, np.arange(6.0).reshape(2, 3) * s) for r, s in zip(rows, log.steps))
+    print(len(log.steps), ok, len(log.scalars["loss"].steps))
+    """
+)
+
+
+def test_another_process_reads_the_file_while_the_writer_appends(store_path):
+    model = Step()
+    seen = []
+    with Recorder(store_path, [probe()], every_n_steps=1, wandb=False, flush_every_s=3600) as rec:
+        for step in range(4):
+            model.step.fill_(step)
+            rec.maybe_record(model, step, loss=float(step))
+            rec.flush()
+            out = subprocess.run(
+                [sys.executable, "-c", READER, str(store_path)], capture_output=True, text=True, check=True
+            )
+            seen.append(out.stdout.split())
+        model.step.fill_(4)
+        rec.record(model, 4)  # buffered, not flushed: a reader must not see it yet
+        out = subprocess.run([sys.executable, "-c", READER, str(store_path)], capture_output=True, text=True)
+        seen.append(out.stdout.split())
+    assert seen == [
+        ["1", "True", "1"],
+        ["2", "True", "2"],
+        ["3", "True", "3"],
+        ["4", "True", "4"],
+        ["4", "True", "4"],
+    ]
+    assert load(store_path).steps.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_whole_chunks_are_written_and_datasets_are_compressed(store_path):
+    run(store_path, range(0, 5000), every=1)
+    with h5py.File(store_path, "r") as f:
+        ds = f["probes/p/output"]
+        assert ds.chunks == chunk_shape((2, 3), 4) and ds.compression == "gzip"
+        assert ds.maxshape == (None, 2, 3) and ds.shape[0] == 5000
+        assert ds.id.get_storage_size() < ds.nbytes / 2  # compressed
+        raw = sum(d.nbytes for d in _datasets(f))
+    assert os.path.getsize(store_path) < 1.2 * raw + 64 * 1024  # no bloat from rewritten partial chunks
+
+
+def _datasets(group):
+    for item in group.values():
+        yield from _datasets(item) if isinstance(item, h5py.Group) else [item]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not an HDF5 file"),
+        (b"hello, this is a text file", "not an HDF5 file, or it is corrupt"),
+        ("plain-hdf5", "an HDF5 file but not a trajhook store"),
+    ],
+)
+def test_load_refuses_files_that_are_not_trajhook_stores(tmp_path, content, message):
+    path = tmp_path / "x.h5"
+    if content == "plain-hdf5":
+        with h5py.File(path, "w") as f:
+            f["data"] = np.ones(3)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(TrajhookError, match=message):
+        load(path)
+
+
+def test_load_reports_a_truncated_file_as_corrupt(store_path):
+    run(store_path, range(0, 2000), every=1)
+    data = store_path.read_bytes()
+    store_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TrajhookError, match="corrupt"):
+        load(store_path)

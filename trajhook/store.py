@@ -1,0 +1,532 @@
+"""The HDF5 trajectory store: the writer used by the Recorder, and ``load`` for reading.
+
+The format is documented in ``docs/FORMAT.md``. In short: every dataset is created before SWMR
+mode is switched on, rows are appended to chunked, compressed, resizable datasets, and the
+``committed`` dataset, written after the rows, says how many rows of each table are whole.
+Readers trust only ``committed``. This module knows nothing of torch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from trajhook.errors import TrajhookError
+from trajhook.probes.base import OutputSpec
+
+FORMAT_VERSION = 1
+SCALAR_NAME_BYTES = 128
+EVENT_LABEL_BYTES = 256
+_CHUNK_BYTES = 256 * 1024
+_MAX_CHUNK_BYTES = 1024 * 1024
+_MAX_CHUNK_ROWS = 4096
+# Indices into the `committed` dataset.
+RECORDS, SCALARS, EVENTS, SCALAR_NAMES = range(4)
+
+Schema = dict[str, dict[str, OutputSpec]]
+"""probe name -> output name -> spec."""
+
+
+def chunk_shape(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunk shape for a dataset of records of ``shape``: about 256 KiB, whole records if possible.
+
+    >>> chunk_shape((96, 2), 4)   # 768 B a record: 341 records a chunk
+    (341, 96, 2)
+    >>> chunk_shape((), 8)
+    (4096,)
+    >>> chunk_shape((4, 1000, 1000), 2)  # 8 MB a record: split the record itself
+    (1, 1, 500, 1000)
+    """
+    inner = [max(1, s) for s in shape]
+    row_bytes = int(np.prod(inner, dtype=np.int64)) * itemsize
+    rows = int(np.clip(_CHUNK_BYTES // max(row_bytes, 1), 1, _MAX_CHUNK_ROWS))
+    axis = 0
+    while row_bytes > _MAX_CHUNK_BYTES and axis < len(inner):
+        if inner[axis] > 1:
+            inner[axis] = (inner[axis] + 1) // 2
+            row_bytes = int(np.prod(inner, dtype=np.int64)) * itemsize
+        else:
+            axis += 1
+    return (rows, *inner)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _dump_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise TrajhookError(
+            f"{what} cannot be stored: {err}. HINT: use numpy arrays, numbers, strings, lists and dicts."
+        ) from None
+
+
+def open_for_reading(path: str | os.PathLike) -> h5py.File:
+    """Open a trajhook store read-only; works while a writer appends and after a writer crashed."""
+    try:
+        file = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+    except FileNotFoundError:
+        raise TrajhookError(f"load: no file at {str(path)!r}.") from None
+    except OSError as err:
+        try:  # files written without libver="latest" refuse SWMR reading: still say what they are
+            file = h5py.File(path, "r", locking=False)
+        except OSError:
+            raise TrajhookError(
+                f"{str(path)!r} is not an HDF5 file, or it is corrupt ({err}). "
+                "HINT: pass the .h5 file written by trajhook.Recorder."
+            ) from None
+    if "trajhook_format" not in file.attrs or "committed" not in file:
+        file.close()
+        raise TrajhookError(
+            f"{str(path)!r} is an HDF5 file but not a trajhook store (no 'trajhook_format' attribute). "
+            "HINT: pass a trajhook store, or choose another path so trajhook does not touch this file."
+        )
+    version = int(file.attrs["trajhook_format"])
+    if version > FORMAT_VERSION:
+        file.close()
+        raise TrajhookError(
+            f"{str(path)!r} has trajhook format {version}; this trajhook reads up to {FORMAT_VERSION}. "
+            "HINT: upgrade trajhook."
+        )
+    return file
+
+
+def read_schema(file: h5py.File) -> Schema:
+    """The probe schema stored in an open file."""
+    schema: Schema = {}
+    for name, group in file["probes"].items():
+        schema[name] = {
+            key: OutputSpec(key, tuple(ds.shape[1:]), ds.dtype)
+            for key, ds in group.items()
+            if isinstance(ds, h5py.Dataset)
+        }
+    return schema
+
+
+def schema_difference(stored: Schema, current: Schema) -> str | None:
+    """Describe how two schemas differ, or None if they are the same.
+
+    >>> f32 = np.dtype("float32")
+    >>> a = {"maze": {"vectors": OutputSpec("vectors", (96, 2), f32)}}
+    >>> b = {"maze": {"vectors": OutputSpec("vectors", (80, 2), f32)}}
+    >>> schema_difference(a, b)
+    "probe 'maze' output 'vectors': stored vectors(96, 2) float32, now vectors(80, 2) float32"
+    """
+    problems = []
+    for name in sorted(stored.keys() - current.keys()):
+        problems.append(f"probe {name!r} is in the store but not among the probes")
+    for name in sorted(current.keys() - stored.keys()):
+        problems.append(f"probe {name!r} is new (not in the store)")
+    for name in sorted(stored.keys() & current.keys()):
+        old, new = stored[name], current[name]
+        for key in sorted(old.keys() | new.keys()):
+            if key not in new:
+                problems.append(f"probe {name!r} no longer records {key!r}")
+            elif key not in old:
+                problems.append(f"probe {name!r} now records {key!r}, the store has no such dataset")
+            elif (old[key].shape, old[key].dtype) != (new[key].shape, new[key].dtype):
+                problems.append(
+                    f"probe {name!r} output {key!r}: stored {old[key].describe()}, now {new[key].describe()}"
+                )
+    return "; ".join(problems) or None
+
+
+def _create_appendable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
+    dtype = np.dtype(dtype)
+    maxshape = (None, *(None if s == 0 else s for s in shape))
+    compression = {} if dtype.kind == "S" else {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    return group.create_dataset(
+        name,
+        shape=(0, *shape),
+        maxshape=maxshape,
+        dtype=dtype,
+        chunks=chunk_shape(shape, dtype.itemsize),
+        **compression,
+    )
+
+
+def _append(ds: h5py.Dataset, start: int, rows: np.ndarray) -> None:
+    """Write rows at ``start``: over rows dropped by a resume, else growing the dataset."""
+    end = start + len(rows)
+    if ds.shape[0] < end:
+        ds.resize(end, axis=0)
+    ds[start:end] = rows
+    ds.flush()
+
+
+class StoreWriter:
+    """Appends records, scalars and events to one store. Used by the Recorder's writer thread.
+
+    Rows are buffered in memory and written in whole chunks, at ``flush()`` or when a buffer
+    holds a chunk's worth; ``committed`` is bumped after the rows, so a crash never exposes a
+    half-written record.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        schema: Schema,
+        probe_metadata: Mapping[str, Mapping[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        if self.path.exists() and not overwrite:
+            self.file, self.resumed_rows = self._resume(probe_metadata)
+        else:
+            self.file = self._create(self.path, probe_metadata, metadata or {})
+            self.resumed_rows = 0
+        self.file.swmr_mode = True
+        self.counts = [int(c) for c in self.file["committed"][:]]
+        self._scalar_names = [n.decode() for n in self.file["scalars/names"][: self.counts[SCALAR_NAMES]]]
+        self._scalar_index = {n: i for i, n in enumerate(self._scalar_names)}
+        self._pending_records: list[tuple[int, float, dict[str, dict[str, np.ndarray]]]] = []
+        self._pending_scalars: list[tuple[int, str, float]] = []
+        self._pending_events: list[tuple[int, str]] = []
+        self._chunk_rows = min(
+            (ds.chunks[0] for g in self.file["probes"].values() for ds in g.values() if hasattr(ds, "chunks")),
+            default=_MAX_CHUNK_ROWS,
+        )
+
+    # -- creating and resuming ------------------------------------------------------------------
+
+    def _create(
+        self, path: Path, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]
+    ) -> h5py.File:
+        file = h5py.File(path, "w", libver="latest", locking=False)
+        file.attrs["trajhook_format"] = FORMAT_VERSION
+        from trajhook import __version__
+
+        file.attrs["trajhook_version"] = __version__
+        file.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        file.attrs["metadata"] = _dump_json(dict(metadata), "Recorder metadata")
+        _create_appendable(file, "steps", (), np.int64)
+        _create_appendable(file, "wall_time", (), np.float64)
+        probes = file.create_group("probes")
+        for name, outputs in self.schema.items():
+            group = probes.create_group(name)
+            for spec in outputs.values():
+                _create_appendable(group, spec.name, spec.shape, spec.dtype)
+            self._write_probe_metadata(file, name, probe_metadata.get(name, {}))
+        scalars = file.create_group("scalars")
+        _create_appendable(scalars, "step", (), np.int64)
+        _create_appendable(scalars, "key", (), np.int32)
+        _create_appendable(scalars, "value", (), np.float64)
+        _create_appendable(scalars, "names", (), f"S{SCALAR_NAME_BYTES}")
+        events = file.create_group("events")
+        _create_appendable(events, "step", (), np.int64)
+        _create_appendable(events, "label", (), f"S{EVENT_LABEL_BYTES}")
+        # Allocated now, before SWMR: a lazily allocated counter breaks SWMR readers after a crash.
+        file.create_dataset("committed", data=np.zeros(4, np.int64))
+        file.flush()
+        return file
+
+    @staticmethod
+    def _write_probe_metadata(file: h5py.File, name: str, meta: Mapping[str, Any]) -> None:
+        static = file.require_group("static").create_group(name)
+        plain = {}
+        for key, value in meta.items():
+            if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+                static.create_dataset(key, data=value)
+            else:
+                plain[key] = value
+        static.attrs["metadata"] = _dump_json(plain, f"probe {name!r} metadata")
+
+    def _resume(self, probe_metadata: Mapping[str, Mapping[str, Any]]) -> tuple[h5py.File, int]:
+        with open_for_reading(self.path) as old:
+            difference = schema_difference(read_schema(old), self.schema)
+            if difference:
+                raise TrajhookError(
+                    f"Recorder: the store {str(self.path)!r} was written with other probes: {difference}. "
+                    "HINT: use a new path, or pass overwrite=True to replace the store."
+                )
+            rows = int(old["committed"][RECORDS])
+        try:  # a store that was closed cleanly reopens in place
+            file = h5py.File(self.path, "r+", libver="latest", locking=False)
+        except OSError:  # a writer that crashed leaves the file flagged open: rebuild it from its rows
+            self._rebuild(probe_metadata)
+            file = h5py.File(self.path, "r+", libver="latest", locking=False)
+        counts = file["committed"][:]
+        for ds, n in self._tables(file, counts):
+            if ds.shape[0] > n:  # drop rows a crash left beyond the commit mark
+                ds.resize(n, axis=0)
+        file.flush()
+        return file, rows
+
+    def _rebuild(self, probe_metadata: Mapping[str, Mapping[str, Any]]) -> None:
+        tmp = self.path.with_name(self.path.name + ".rebuild")
+        with open_for_reading(self.path) as old:
+            counts = old["committed"][:]
+            new = self._create(tmp, probe_metadata, json.loads(old.attrs["metadata"]))
+            for key in ("created", "trajhook_version"):
+                new.attrs[key] = old.attrs[key]
+            for ds, n in self._tables(old, counts):
+                _append(new[ds.name], 0, ds[:n])
+            del new["static"]
+            old.copy(old["static"], new, "static")
+            new["committed"][:] = counts
+            new.close()
+        os.replace(tmp, self.path)
+
+    @staticmethod
+    def _tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Dataset, int]]:
+        yield file["steps"], counts[RECORDS]
+        yield file["wall_time"], counts[RECORDS]
+        for group in file["probes"].values():
+            for ds in group.values():
+                yield ds, counts[RECORDS]
+        for key in ("step", "key", "value"):
+            yield file["scalars"][key], counts[SCALARS]
+        yield file["scalars/names"], counts[SCALAR_NAMES]
+        for key in ("step", "label"):
+            yield file["events"][key], counts[EVENTS]
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def drop_from(self, step: int) -> int:
+        """Forget committed rows with ``step`` or later in every table; returns records dropped."""
+        self.flush()
+        dropped = 0
+        for index, key in ((RECORDS, "steps"), (SCALARS, "scalars/step"), (EVENTS, "events/step")):
+            steps = self.file[key][: self.counts[index]]
+            later = np.flatnonzero(steps >= step)
+            if len(later):
+                if index == RECORDS:
+                    dropped = self.counts[index] - int(later[0])
+                self.counts[index] = int(later[0])
+        self._commit()
+        return dropped
+
+    def add_record(self, step: int, wall_time: float, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+        self._pending_records.append((step, wall_time, outputs))
+        if len(self._pending_records) >= self._chunk_rows:
+            self.flush()
+
+    def add_scalar(self, step: int, name: str, value: float) -> None:
+        self._pending_scalars.append((step, name, value))
+        if len(self._pending_scalars) >= _MAX_CHUNK_ROWS:
+            self.flush()
+
+    def add_event(self, step: int, label: str) -> None:
+        self._pending_events.append((step, label))
+
+    def flush(self) -> None:
+        """Write buffered rows, then bump ``committed``. Readers see all of it or none."""
+        if not (self._pending_records or self._pending_scalars or self._pending_events):
+            return
+        if self._pending_records:
+            self._write_records()
+        if self._pending_scalars:
+            self._write_scalars()
+        if self._pending_events:
+            steps, labels = zip(*self._pending_events, strict=True)
+            start = self.counts[EVENTS]
+            _append(self.file["events/step"], start, np.asarray(steps, np.int64))
+            _append(self.file["events/label"], start, np.array([s.encode() for s in labels]))
+            self.counts[EVENTS] += len(steps)
+            self._pending_events.clear()
+        self._commit()
+
+    def _write_records(self) -> None:
+        start = self.counts[RECORDS]
+        pending = self._pending_records
+        _append(self.file["steps"], start, np.array([r[0] for r in pending], np.int64))
+        _append(self.file["wall_time"], start, np.array([r[1] for r in pending], np.float64))
+        for probe, outputs in self.schema.items():
+            group = self.file["probes"][probe]
+            for key, spec in outputs.items():
+                rows = np.stack([r[2][probe][key] for r in pending]).astype(spec.dtype, copy=False)
+                _append(group[key], start, rows)
+        self.counts[RECORDS] += len(pending)
+        pending.clear()
+
+    def _write_scalars(self) -> None:
+        new_names = []
+        for _, name, _ in self._pending_scalars:
+            if name not in self._scalar_index:
+                self._scalar_index[name] = len(self._scalar_names)
+                self._scalar_names.append(name)
+                new_names.append(name.encode())
+        if new_names:
+            _append(self.file["scalars/names"], self.counts[SCALAR_NAMES], np.array(new_names))
+            self.counts[SCALAR_NAMES] += len(new_names)
+        start = self.counts[SCALARS]
+        steps, names, values = zip(*self._pending_scalars, strict=True)
+        _append(self.file["scalars/step"], start, np.asarray(steps, np.int64))
+        _append(self.file["scalars/key"], start, np.array([self._scalar_index[n] for n in names], np.int32))
+        _append(self.file["scalars/value"], start, np.asarray(values, np.float64))
+        self.counts[SCALARS] += len(steps)
+        self._pending_scalars.clear()
+
+    def _commit(self) -> None:
+        self.file["committed"][:] = self.counts
+        self.file["committed"].flush()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.flush()
+            self.file.close()
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    """One scalar's history: ``steps`` and ``values``, both (M,) numpy arrays."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class Event:
+    """A mark such as ``Event(step=3000, label="fine-tuning starts")``."""
+
+    step: int
+    label: str
+
+
+class ProbeLog(Mapping[str, np.ndarray]):
+    """The recorded datasets of one probe: ``probe_log["vectors"]`` is an (N, ...) numpy array."""
+
+    def __init__(self, name: str, data: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+        self.name = name
+        self._data = data
+        self.metadata = metadata
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise KeyError(f"probe {self.name!r} has no dataset {key!r}; it has {sorted(self._data)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}{v.shape}" for k, v in self._data.items())
+        return f"ProbeLog({self.name!r}: {shapes})"
+
+
+class TrajectoryLog(Mapping[str, ProbeLog]):
+    """A read-only snapshot of a store: the committed rows at the time of :func:`load`.
+
+    ``log.steps`` and ``log.wall_time`` are (N,) arrays; ``log["maze"]["vectors"]`` is
+    (N, ...) with ``log["maze"].metadata``; ``log.scalars["loss"]`` is a :class:`Series`;
+    ``log.events`` a list of :class:`Event`; ``log.metadata`` the Recorder's metadata.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        with open_for_reading(self.path) as file:
+            try:
+                self._read(file)
+            except (OSError, KeyError) as err:
+                raise TrajhookError(
+                    f"{str(self.path)!r} is corrupt: {err}. HINT: the file was damaged after trajhook wrote it; "
+                    "a copy taken while training ran is readable."
+                ) from None
+
+    def _read(self, file: h5py.File) -> None:
+        committed = file["committed"]
+        committed.refresh()  # the counter first: every row it counts is already on disk
+        counts = [int(c) for c in committed[:]]
+        n = counts[RECORDS]
+
+        def rows(ds: h5py.Dataset, count: int) -> np.ndarray:
+            ds.refresh()
+            if ds.shape[0] < count:
+                raise TrajhookError(
+                    f"{str(self.path)!r} is corrupt: {ds.name} has {ds.shape[0]} rows, "
+                    f"{count} were committed. HINT: the file was damaged after trajhook wrote it."
+                )
+            return ds[:count]
+
+        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()}
+        self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
+        self.steps = rows(file["steps"], n)
+        self.wall_time = rows(file["wall_time"], n)
+        self._probes = {}
+        for name, group in file["probes"].items():
+            static = file["static"][name]
+            meta = json.loads(static.attrs["metadata"])
+            meta.update({k: ds[()] for k, ds in static.items()})
+            data = {key: rows(ds, n) for key, ds in group.items()}
+            self._probes[name] = ProbeLog(name, data, meta)
+        names = [b.decode() for b in rows(file["scalars/names"], counts[SCALAR_NAMES])]
+        steps = rows(file["scalars/step"], counts[SCALARS])
+        keys = rows(file["scalars/key"], counts[SCALARS])
+        values = rows(file["scalars/value"], counts[SCALARS])
+        self.scalars = {name: Series(steps[keys == i], values[keys == i]) for i, name in enumerate(names)}
+        self.events = [
+            Event(int(s), label.decode())
+            for s, label in zip(
+                rows(file["events/step"], counts[EVENTS]),
+                rows(file["events/label"], counts[EVENTS]),
+                strict=True,
+            )
+        ]
+
+    def __getitem__(self, name: str) -> ProbeLog:
+        try:
+            return self._probes[name]
+        except KeyError:
+            raise KeyError(f"the store has no probe {name!r}; it has {sorted(self._probes)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._probes)
+
+    def __len__(self) -> int:
+        return len(self._probes)
+
+    def __repr__(self) -> str:
+        return f"TrajectoryLog({str(self.path)!r}: {len(self.steps)} records, probes {sorted(self._probes)})"
+
+
+def load(path: str | os.PathLike) -> TrajectoryLog:
+    """Read a trajhook store, also one that is still being written or whose writer crashed.
+
+    >>> import tempfile, torch, trajhook
+    >>> path = tempfile.mkdtemp() + "/run.h5"
+    >>> probe = trajhook.TensorProbe("linear", torch.ones(1, 2))
+    >>> model = torch.nn.Linear(2, 1)
+    >>> with trajhook.Recorder(path, [probe], every_n_steps=10, wandb=False) as rec:
+    ...     for step in range(25):
+    ...         recorded = rec.maybe_record(model, step, loss=1.0 / (step + 1))
+    >>> log = trajhook.load(path)
+    >>> log.steps.tolist(), log["linear"]["output"].shape, len(log.scalars["loss"].steps)
+    ([0, 10, 20], (3, 1, 1), 25)
+    """
+    return TrajectoryLog(path)
+
+
+def warn_dropped(path: Path, step: int, dropped: int) -> None:
+    if dropped:
+        warnings.warn(
+            f"Recorder: resuming {str(path)!r} at step {step}: dropped {dropped} record(s) at step >= {step} "
+            "left by an earlier run. HINT: pass overwrite=True, or a new path, to keep earlier runs apart.",
+            stacklevel=3,
+        )
