@@ -103,12 +103,15 @@ class TrajectoryCallback(_callback_base()):
                 "cannot run the model alone. HINT: use DDP or a single device, or record from a "
                 "checkpoint afterwards."
             )
+        kwargs = dict(self.recorder_kwargs)
+        if kwargs.get("wandb", "auto") == "auto":
+            kwargs["wandb"] = _wandb_logger_run(trainer) or "auto"
         self.recorder = Recorder(
             self.path,
             self.probes,
             self.every_n_steps,
             forward_context=trainer.precision_plugin.forward_context,
-            **self.recorder_kwargs,
+            **kwargs,
         )
         self.recorder.load_state_dict(self._loaded_state)
         self.recorder.setup(pl_module)  # runs every probe once: bad inputs fail before training
@@ -127,6 +130,14 @@ class TrajectoryCallback(_callback_base()):
     def _close(self) -> None:
         if self.recorder is not None:
             self.recorder.close()
+
+
+def _wandb_logger_run(trainer: Any) -> Any:
+    """The run of a ``WandbLogger`` among the trainer's loggers (started now if it is not yet)."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            return logger.experiment
+    return None
 
 
 def _loss_of(outputs: Any) -> Any:

@@ -126,15 +126,27 @@ def test_user_metadata_and_probe_metadata_are_stored(store_path):
 
 
 def test_nan_outputs_are_stored_as_they_are_with_one_warning(store_path):
-    probe = TensorProbe("nan", torch.ones(1, 2), fn=lambda model, x: x * float("nan"))
+    model = nn.Linear(2, 2)
     with (
-        pytest.warns(UserWarning, match="'nan' produced NaN") as caught,
-        Recorder(store_path, [probe], every_n_steps=1, wandb=False) as rec,
+        pytest.warns(UserWarning, match=r"'lin' produced NaN or inf in \['output'\] at step 2") as caught,
+        Recorder(store_path, [TensorProbe("lin", torch.ones(1, 2))], every_n_steps=1, wandb=False) as rec,
     ):
-        for step in range(3):
-            rec.record(nn.Identity(), step)
+        for step in range(4):
+            if step == 2:
+                model.weight.data.fill_(float("nan"))  # the run diverges
+            rec.record(model, step)
     assert sum("produced NaN" in str(w.message) for w in caught) == 1
-    assert np.isnan(load(store_path)["nan"]["output"]).all()
+    output = load(store_path)["lin"]["output"]
+    assert np.isfinite(output[:2]).all() and np.isnan(output[2:]).all()
+
+
+def test_nan_that_a_probe_returns_by_design_is_not_warned_about(store_path, recwarn):
+    padded = TensorProbe("padded", torch.ones(1, 2), fn=lambda m, x: torch.cat([m(x), x * float("nan")], 1))
+    with Recorder(store_path, [padded], every_n_steps=1, wandb=False) as rec:
+        for step in range(3):
+            rec.record(nn.Linear(2, 2), step)
+    assert not [w for w in recwarn if "produced NaN" in str(w.message)]
+    assert np.isnan(load(store_path)["padded"]["output"][:, 0, 2:]).all()
 
 
 def test_a_probe_that_breaks_its_declared_shape_later_raises(store_path):

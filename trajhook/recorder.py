@@ -145,6 +145,14 @@ def _start_copy_to_host(record: Mapping[str, Mapping[str, torch.Tensor]]) -> tup
     return host, event
 
 
+def _new_nonfinite(array: np.ndarray, at_setup: np.ndarray | None) -> bool:
+    """Whether ``array`` is NaN or inf anywhere the probe's setup run was finite."""
+    nonfinite = ~np.isfinite(array)
+    if at_setup is not None:
+        nonfinite &= ~at_setup
+    return bool(nonfinite.any())
+
+
 class _Writer(threading.Thread):
     """The one thread that writes the file and feeds the sinks."""
 
@@ -159,6 +167,7 @@ class _Writer(threading.Thread):
         self.drop_from_step: int | None = None
         self.error: BaseException | None = None
         self.nonfinite_warned: set[str] = set()
+        self.setup_nonfinite: dict[str, dict[str, np.ndarray]] = {}  # e.g. NaN padding, by design
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -212,7 +221,8 @@ class _Writer(threading.Thread):
         arrays = {p: {k: t.numpy() for k, t in outputs.items()} for p, outputs in host.items()}
         for probe, outputs in arrays.items():
             if probe not in self.nonfinite_warned:
-                bad = [k for k, a in outputs.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+                expected = self.setup_nonfinite.get(probe, {})
+                bad = [k for k, a in outputs.items() if a.dtype.kind == "f" and _new_nonfinite(a, expected.get(k))]
                 if bad:
                     self.nonfinite_warned.add(probe)
                     warnings.warn(
@@ -312,9 +322,13 @@ class Recorder:
         if self._closed:
             raise TrajhookError("Recorder: setup() after close(). HINT: create a new Recorder.")
         device = model_device(model)
+        setup_nonfinite = {}
         for probe in self.probes:
             with probing(model), self.forward_context():
-                self._first_run(probe, model, device)
+                record = self._first_run(probe, model, device)
+            setup_nonfinite[probe.name] = {
+                k: ~np.isfinite(t.detach().float().cpu().numpy()) for k, t in record.items() if t.is_floating_point()
+            }
         schema = {p.name: p.outputs for p in self.probes}
         store = StoreWriter(
             self.path,
@@ -325,6 +339,7 @@ class Recorder:
         )
         self._sinks.open(self.probes, self.metadata)
         self._writer = _Writer(store, self._sinks, self.flush_every_s, self.max_queue)
+        self._writer.setup_nonfinite = setup_nonfinite
         self._writer.start()
         _open_recorders.add(self)
         early, self._early = self._early, []
@@ -416,7 +431,7 @@ class Recorder:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _first_run(self, probe: Probe, model: torch.nn.Module, device: torch.device) -> None:
+    def _first_run(self, probe: Probe, model: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
         where = f"{type(probe).__name__} {probe.name!r}"
         try:
             probe.setup(model, device)
@@ -430,7 +445,7 @@ class Recorder:
             ) from err
         if not probe.outputs:
             raise TrajhookError(f"{where} declares no outputs. HINT: call self.add_output(...) in __init__ or setup.")
-        self._checked(probe, record, step=None)
+        return self._checked(probe, record, step=None)
 
     @staticmethod
     def _checked(probe: Probe, record: Any, step: int | None) -> dict[str, torch.Tensor]:

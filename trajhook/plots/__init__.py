@@ -1,0 +1,20 @@
+"""Figures and animations from a loaded log or from arrays (matplotlib)."""
+
+from trajhook.plots.maze import (
+    animate_vector_field,
+    figure_to_rgb,
+    vector_field,
+    vector_field_from_log,
+    vector_field_from_probe,
+)
+from trajhook.plots.prompts import pca_trajectory, target_curves
+
+__all__ = [
+    "animate_vector_field",
+    "figure_to_rgb",
+    "pca_trajectory",
+    "target_curves",
+    "vector_field",
+    "vector_field_from_log",
+    "vector_field_from_probe",
+]

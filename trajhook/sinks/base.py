@@ -7,6 +7,7 @@ training and the store go on.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -54,8 +55,12 @@ class SinkSet:
             return None
         if self.wandb == "auto" and getattr(sys.modules.get("wandb"), "run", None) is None:
             return None  # never import wandb for a user who has not
+        if os.environ.get("RANK", "0") != "0":
+            return None  # global rank zero logs; other ranks of a torchrun job stay quiet
         from trajhook.sinks.wandb import WandbSink
 
+        if isinstance(self.wandb, WandbSink):
+            return self.wandb
         return WandbSink(run=self.wandb)
 
     def record(self, step: int, outputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
