@@ -84,18 +84,22 @@ def shortest_path(grid: np.ndarray, start: tuple[int, int], goal: tuple[int, int
     return path
 
 
-def path_agreement(direction_probs: np.ndarray, on_path: np.ndarray) -> np.ndarray | float:
-    """Fraction of cells whose strongest direction (of 5, incl. no-op) starts a shortest path.
+def path_agreement(direction_probs: np.ndarray, on_path: np.ndarray, include_noop: bool = False) -> np.ndarray | float:
+    """Fraction of cells whose strongest direction starts a shortest path to the cheese.
 
-    ``direction_probs`` is ``(n, 5)`` or a stack ``(steps, n, 5)``; ``on_path`` is ``(n, 4)`` from
-    :func:`shortest_path_moves`. Returns a float, or a ``(steps,)`` array for a stack.
+    ``direction_probs`` is ``(n, 5)`` (left, right, up, down, no-op) or a stack ``(steps, n, 5)``;
+    ``on_path`` is ``(n, 4)`` from :func:`shortest_path_moves`. The strongest direction is taken
+    among the four moves (the arrow's dominant direction); with ``include_noop=True`` a no-op
+    that outweighs every move counts as a miss. Returns a float, or ``(steps,)`` for a stack.
 
     >>> on_path = np.array([[False, True, False, False], [True, False, False, False]])
-    >>> path_agreement(np.array([[0.1, 0.6, 0.1, 0.1, 0.1], [0.1, 0.6, 0.1, 0.1, 0.1]]), on_path)
-    0.5
+    >>> probs = np.array([[0.1, 0.3, 0.05, 0.05, 0.5], [0.1, 0.6, 0.1, 0.1, 0.1]])
+    >>> path_agreement(probs, on_path), path_agreement(probs, on_path, include_noop=True)
+    (0.5, 0.0)
     """
-    probs = np.asarray(direction_probs)
-    strongest = probs.argmax(axis=-1)  # (..., n)
+    probs = np.asarray(direction_probs, dtype=float)
+    moves = probs if include_noop else probs[..., :4]
+    strongest = moves.argmax(axis=-1)  # (..., n)
     on_path5 = np.concatenate([np.asarray(on_path, bool), np.zeros((len(on_path), 1), bool)], axis=1)
     hits = np.take_along_axis(np.broadcast_to(on_path5, probs.shape), strongest[..., None], axis=-1)[..., 0]
     agreement = hits.mean(axis=-1)
