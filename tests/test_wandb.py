@@ -160,7 +160,8 @@ SCRIPT = textwrap.dedent(
     mode = sys.argv[1]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with Recorder("run.h5", [TensorProbe("p", torch.ones(1, 2))], 1, wandb=True if mode == "true" else "auto") as rec:
+        wandb = True if mode == "true" else "auto"
+        with Recorder("run.h5", [TensorProbe("p", torch.ones(1, 2))], 1, wandb=wandb) as rec:
             rec.maybe_record(torch.nn.Linear(2, 1), 0, loss=1.0)
     print("imported" if "wandb" in sys.modules else "not-imported", file=sys.stderr)
     print(sum("logs offline" in str(w.message) for w in caught), file=sys.stderr)
