@@ -122,9 +122,7 @@ def icl_score(token_loss: np.ndarray, late: int = 500, early: int = 50) -> np.nd
     last_finite = np.maximum(last_finite, 0)
     late_idx = np.minimum(int(late), last_finite)
     early_idx = np.minimum(int(early), last_finite)
-    difference = (
-        np.take_along_axis(loss, late_idx, -1)[..., 0] - np.take_along_axis(loss, early_idx, -1)[..., 0]
-    )
+    difference = np.take_along_axis(loss, late_idx, -1)[..., 0] - np.take_along_axis(loss, early_idx, -1)[..., 0]
     with np.errstate(invalid="ignore"):
         score = np.nanmean(difference, axis=-1) if np.isfinite(difference).any() else difference.mean(axis=-1)
     return float(score) if np.ndim(score) == 0 else score
@@ -148,6 +146,38 @@ def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
     return out.reshape(values.shape)
 
 
+def _turns(coords: np.ndarray, smoothing: float, lag: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per record: the turning angle in degrees and the straightness of its two legs (NaN at the ends)."""
+    points = np.asarray(coords, dtype=np.float64)
+    points = points.reshape(len(points), -1)
+    n = len(points)
+    angles, straightness = np.full(n, np.nan), np.full(n, np.nan)
+    if n < 3:
+        return angles, straightness
+    path = smooth(points, smoothing)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+    if arc[-1] <= 0:
+        return angles, straightness
+    grid = np.linspace(0.0, arc[-1], n)
+    resampled = np.stack([np.interp(grid, arc, path[:, j]) for j in range(path.shape[1])], axis=1)
+    k = max(1, n // 10) if lag is None else max(1, int(lag))
+    if 2 * k >= n:
+        k = max(1, (n - 1) // 2)
+    before = resampled[k : n - k] - resampled[: n - 2 * k]
+    after = resampled[2 * k :] - resampled[k : n - k]
+    norm_before, norm_after = np.linalg.norm(before, axis=1), np.linalg.norm(after, axis=1)
+    cos = (before * after).sum(1) / np.maximum(norm_before * norm_after, 1e-300)
+    leg_angles = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    # A leg is straight when its chord is as long as the path it spans; jitter makes it short.
+    leg_straightness = np.minimum(norm_before, norm_after) / (k * (grid[1] - grid[0]))
+    # Each resampled point lies at arc length grid[j]; it belongs to the record nearest in arc length.
+    for j, angle, straight in zip(range(k, n - k), leg_angles, leg_straightness, strict=True):
+        record = int(np.argmin(np.abs(arc - grid[j])))
+        if not angle * straight <= angles[record] * straightness[record]:  # keep the strongest (NaN: False)
+            angles[record], straightness[record] = angle, straight
+    return angles, straightness
+
+
 def turning_angles(coords: np.ndarray, smoothing: float = 1.0, lag: int | None = None) -> np.ndarray:
     """How sharply a trajectory ``(n, d)`` turns at each record, in degrees (NaN at the ends).
 
@@ -160,33 +190,23 @@ def turning_angles(coords: np.ndarray, smoothing: float = 1.0, lag: int | None =
     >>> int(np.nanargmax(angles)), round(float(np.nanmax(angles)))
     (3, 90)
     """
-    points = np.asarray(coords, dtype=np.float64)
-    points = points.reshape(len(points), -1)
-    n = len(points)
-    angles = np.full(n, np.nan)
-    if n < 3:
-        return angles
-    path = smooth(points, smoothing)
-    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
-    if arc[-1] <= 0:
-        return angles
-    grid = np.linspace(0.0, arc[-1], n)
-    resampled = np.stack([np.interp(grid, arc, path[:, j]) for j in range(path.shape[1])], axis=1)
-    k = max(1, n // 10) if lag is None else max(1, int(lag))
-    if 2 * k >= n:
-        k = max(1, (n - 1) // 2)
-    before = resampled[k : n - k] - resampled[: n - 2 * k]
-    after = resampled[2 * k :] - resampled[k : n - k]
-    cos = (before * after).sum(1) / np.maximum(
-        np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1), 1e-300
-    )
-    resampled_angles = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-    # Each resampled point lies at arc length grid[j]; it belongs to the record nearest in arc length.
-    for j, angle in zip(range(k, n - k), resampled_angles, strict=True):
-        record = int(np.argmin(np.abs(arc - grid[j])))
-        if not angle <= angles[record]:  # keep the largest angle mapped to a record (NaN compares False)
-            angles[record] = angle
-    return angles
+    return _turns(coords, smoothing, lag)[0]
+
+
+def turning_scores(coords: np.ndarray, smoothing: float = 1.0, lag: int | None = None) -> np.ndarray:
+    """Turning angle (degrees) times the straightness (0..1) of the legs before and after.
+
+    A real stage boundary is a turn between two purposeful legs; the jitter of a trajectory
+    that has settled also turns a lot, but along legs whose chords are short for the path
+    they span. This is what :func:`turning_points` ranks by.
+
+    >>> corner = np.array([[0, 0], [1, 0], [2, 0], [3, 0], [3, 1], [3, 2], [3, 3]], float)
+    >>> jitter = np.array([[0, 0], [1, 0], [0, 0], [1, 0], [0, 0], [1, 0], [0, 0]], float)
+    >>> [round(float(np.nanmax(turning_scores(path, smoothing=0, lag=2)))) for path in (corner, jitter)]
+    [90, 0]
+    """
+    angles, straightness = _turns(coords, smoothing, lag)
+    return angles * straightness
 
 
 def turning_points(
@@ -198,6 +218,7 @@ def turning_points(
 ) -> np.ndarray:
     """Indices of the ``n`` sharpest turns of a trajectory, sharpest first: candidate stage boundaries.
 
+    Ranked by :func:`turning_scores` (the angle discounted for jittery legs).
     Turns closer than ``min_separation`` records (default: the lag) to a sharper one are
     skipped. Map the indices to steps with ``log.steps[indices]``.
 
@@ -206,11 +227,9 @@ def turning_points(
     >>> turning_points(path, n=1).tolist()
     [20]
     """
-    angles = turning_angles(coords, smoothing=smoothing, lag=lag)
+    angles = turning_scores(coords, smoothing=smoothing, lag=lag)
     n_records = len(angles)
-    separation = (
-        (max(1, n_records // 10) if lag is None else int(lag)) if min_separation is None else min_separation
-    )
+    separation = (max(1, n_records // 10) if lag is None else int(lag)) if min_separation is None else min_separation
     chosen: list[int] = []
     for index in np.argsort(-np.nan_to_num(angles, nan=-1.0)):
         if len(chosen) >= n or np.isnan(angles[index]):

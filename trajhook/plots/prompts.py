@@ -1,0 +1,202 @@
+"""Plots for the PromptProbe: target log-prob and logit curves, and the PCA trajectory.
+
+Each function takes either a loaded log (anything with ``.steps``, ``[probe][output]``,
+``[probe].metadata``, ``.scalars`` and ``.events``, as :func:`trajhook.load` returns) or
+plain arrays, draws with matplotlib (Agg-safe: no ``pyplot.show``) and returns the Figure.
+Events are ``(step, label)`` pairs or objects with ``.step`` and ``.label``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from trajhook.analysis.trajectory import trajectory_pca, turning_points
+
+
+def _events(events: Iterable[Any]) -> list[tuple[int, str]]:
+    """Normalise events to ``(step, label)`` pairs.
+
+    >>> from types import SimpleNamespace
+    >>> _events([(5, "a"), SimpleNamespace(step=9, label="b")])
+    [(5, 'a'), (9, 'b')]
+    """
+    result = []
+    for event in events or ():
+        if hasattr(event, "step"):
+            result.append((int(event.step), str(event.label)))
+        else:
+            step, label = event
+            result.append((int(step), str(label)))
+    return result
+
+
+def _draw_events(ax: Any, events: list[tuple[int, str]], label: bool = True) -> None:
+    for step, text in events:
+        ax.axvline(step, color="0.3", ls="--", lw=1)
+        if label:
+            ax.annotate(
+                text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
+                va="top", fontsize=8, color="0.3",
+            )  # fmt: skip
+
+
+def _is_log(obj: Any) -> bool:
+    return hasattr(obj, "steps") and hasattr(obj, "scalars")
+
+
+def pca_trajectory(
+    steps: Any,
+    data: np.ndarray | None = None,
+    events: Iterable[Any] = (),
+    ax: Any = None,
+    *,
+    probe: str = "prompts",
+    output: str = "token_loss",
+    n_turning_points: int = 1,
+    smoothing: float = 1.0,
+) -> Figure:
+    """PC1 against PC2 of the records ``data`` ``(n_records, ...)``, coloured by step.
+
+    Events are marked at the record nearest their step, and the ``n_turning_points``
+    sharpest turns (:func:`~trajhook.analysis.trajectory.turning_points`) are circled. Pass a
+    loaded log instead of ``steps`` (and no ``data``) to plot ``log[probe][output]`` with the
+    log's events.
+
+    >>> t = np.linspace(0, 1, 30)
+    >>> data = np.stack([t, np.where(t > 0.5, t - 0.5, 0.0), 0 * t], 1)
+    >>> fig = pca_trajectory(np.arange(30) * 10, data, events=[(150, "switch")])
+    >>> fig.axes[0].get_xlabel()[:3]
+    'PC1'
+    """
+    if data is None:
+        if not _is_log(steps):
+            raise TypeError("pca_trajectory: pass (steps, data) arrays or a loaded log")
+        log = steps
+        steps, data = log.steps, log[probe][output]
+        events = list(events) or log.events
+    steps = np.asarray(steps)
+    events = _events(events)
+    pca = trajectory_pca(np.asarray(data), n_components=2)
+    coords = pca.coords if pca.coords.shape[1] == 2 else np.pad(pca.coords, ((0, 0), (0, 1)))
+    fig = ax.figure if ax is not None else plt.figure(figsize=(5.5, 4.5))
+    ax = ax if ax is not None else fig.add_subplot()
+    ax.plot(coords[:, 0], coords[:, 1], color="0.75", lw=0.8, zorder=1)
+    points = ax.scatter(coords[:, 0], coords[:, 1], c=steps, cmap="viridis", s=12, zorder=2)
+    fig.colorbar(points, ax=ax, label="step")
+    if len(coords) >= 3 and n_turning_points > 0:
+        for index in turning_points(coords, n=n_turning_points, smoothing=smoothing):
+            ax.scatter(*coords[index], s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3)
+            right_half = coords[index, 0] > coords[:, 0].mean()
+            ax.annotate(
+                f"turn @ {steps[index]}", coords[index], xytext=(-10 if right_half else 10, -14),
+                textcoords="offset points", color="C3", ha="right" if right_half else "left",
+            )  # fmt: skip
+    for step, label in events:
+        index = int(np.argmin(np.abs(steps - step)))
+        ax.scatter(*coords[index], marker="x", s=70, color="k", zorder=3)
+        right_half = coords[index, 0] > coords[:, 0].mean()
+        ax.annotate(
+            f"{label} ({step})", coords[index], xytext=(-8 if right_half else 8, 6), textcoords="offset points",
+            fontsize=8, ha="right" if right_half else "left",
+        )  # fmt: skip
+    ratio = pca.explained_variance_ratio
+    ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.0%})" if len(ratio) > 1 else "PC2")
+    ax.set_title("PCA trajectory")
+    return fig
+
+
+def _target_labels(metadata: dict[str, Any]) -> list[list[str]]:
+    return [
+        [f"{name}: {text!r}" for text in texts]
+        for name, texts in zip(metadata["prompt_names"], metadata["target_texts"], strict=True)
+    ]
+
+
+def target_curves(
+    steps: Any,
+    target_logprob: np.ndarray | None = None,
+    target_first_logit: np.ndarray | None = None,
+    *,
+    labels: Sequence[Sequence[str]] | None = None,
+    loss: tuple[np.ndarray, np.ndarray] | None = None,
+    events: Iterable[Any] = (),
+    select: Sequence[str] | None = None,
+    probe: str = "prompts",
+) -> Figure:
+    """Log-prob and first-token logit of target continuations over steps, beside the loss.
+
+    ``target_logprob`` and ``target_first_logit`` are ``(n_records, n_prompts,
+    max_targets)`` (NaN where a prompt has fewer targets); ``labels[p][k]`` names target
+    ``k`` of prompt ``p``; ``loss`` is ``(steps, values)`` of the training loss; ``select``
+    keeps only the targets whose label contains one of its strings. Pass a loaded log
+    instead of ``steps`` to take all of these from it.
+
+    >>> lp = np.log(np.array([[[0.1, np.nan]], [[0.5, np.nan]], [[0.9, np.nan]]]))
+    >>> fig = target_curves([0, 10, 20], lp, 3 * lp, labels=[["capital: ' Paris'"]],
+    ...                     loss=([0, 10, 20], [3.0, 2.0, 1.0]), events=[(10, "fine-tuning starts")])
+    >>> [ax.get_title() for ax in fig.axes]
+    ['Training loss', 'Target log-probability', "Target's first-token logit"]
+    """
+    if target_logprob is None:
+        if not _is_log(steps):
+            raise TypeError("target_curves: pass (steps, target_logprob, ...) arrays or a loaded log")
+        log = steps
+        steps = log.steps
+        if "target_logprob" not in log[probe]:
+            raise ValueError(f"probe {probe!r} recorded no targets: give the PromptProbe targets=...")
+        target_logprob = log[probe]["target_logprob"]
+        target_first_logit = log[probe]["target_first_logit"]
+        labels = labels or _target_labels(log[probe].metadata)
+        if loss is None and "loss" in log.scalars:
+            loss = (log.scalars["loss"].steps, log.scalars["loss"].values)
+        events = list(events) or log.events
+    steps = np.asarray(steps)
+    events = _events(events)
+    logprob = np.asarray(target_logprob, dtype=float)
+    logprob = logprob.reshape(len(logprob), -1) if logprob.ndim > 1 else logprob[:, None]
+    n_slots = logprob.shape[1]
+    flat_labels = [label for row in labels for label in row] if labels is not None else []
+    if labels is not None and logprob.ndim == 2 and np.asarray(target_logprob).ndim == 3:
+        # labels are ragged per prompt; lay them out on the (n_prompts, max_targets) grid.
+        width = np.asarray(target_logprob).shape[2]
+        grid = [""] * n_slots
+        for p, row in enumerate(labels):
+            for k, label in enumerate(row):
+                grid[p * width + k] = label
+        flat_labels = grid
+    flat_labels = flat_labels or [f"target {i}" for i in range(n_slots)]
+    keep = [
+        i
+        for i in range(n_slots)
+        if np.isfinite(logprob[:, i]).any() and (select is None or any(s in flat_labels[i] for s in select))
+    ]
+    panels = [("Target log-probability", logprob, "log p(target | prompt)")]
+    if target_first_logit is not None:
+        logit = np.asarray(target_first_logit, dtype=float).reshape(len(logprob), -1)
+        panels.append(("Target's first-token logit", logit, "logit"))
+    n_axes = len(panels) + (loss is not None)
+    fig, axes = plt.subplots(1, n_axes, figsize=(5 * n_axes, 4), squeeze=False)
+    axes = list(axes[0])
+    if loss is not None:
+        ax = axes.pop(0)
+        ax.plot(np.asarray(loss[0]), np.asarray(loss[1]), lw=0.8, color="0.4")
+        ax.set(title="Training loss", xlabel="step", ylabel="loss")
+        _draw_events(ax, events)
+    for ax, (title, values, ylabel) in zip(axes, panels, strict=True):
+        for i in keep:
+            ax.plot(steps, values[:, i], label=flat_labels[i], lw=1.2)
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+        _draw_events(ax, events)
+    if keep:
+        axes[-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
