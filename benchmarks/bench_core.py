@@ -1,0 +1,169 @@
+"""What the Recorder costs the training thread, measured side by side in one run.
+
+    python benchmarks/bench_core.py
+
+1. ``maybe_record`` on a step that is not due, against an empty Python call.
+2. ``record`` (the training thread's share: probe forward, mode/RNG bookkeeping, queueing)
+   against a bare ``no_grad`` forward of the same inputs, the floor.
+3. A whole training loop with and without a Recorder that records every 10 steps.
+4. A training loop that records the MazeProbe every 10 steps, with W&B (offline run, an image
+   at every record, rendered on the sink's thread) against W&B off, beside the probe forward.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from trajhook import MazeProbe, Recorder, TensorProbe
+
+
+def timed(fn, repeat: int) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` calls, after one warm-up."""
+    fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 16 * 16, 15),
+    )
+
+
+def main() -> None:
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out = tempfile.mkdtemp()
+    rows = []
+
+    model = cnn()
+    x = torch.rand(96, 3, 64, 64)
+    rec = Recorder(f"{out}/core.h5", [TensorProbe("p", x)], every_n_steps=10**9, wandb=False)
+    rec.setup(model)
+
+    def empty(model, step):
+        return None
+
+    n = 100_000
+    start = time.perf_counter()
+    for step in range(1, n + 1):
+        rec.maybe_record(model, step)
+    not_due = (time.perf_counter() - start) / n
+    start = time.perf_counter()
+    for step in range(1, n + 1):
+        empty(model, step)
+    call = (time.perf_counter() - start) / n
+    rows.append(("maybe_record, step not due", f"{not_due * 1e6:.2f} µs", f"empty call {call * 1e6:.2f} µs"))
+
+    step = iter(range(10**9))
+    per_record = timed(lambda: rec.record(model, next(step)), repeat=30)
+    model.eval()
+
+    def bare():
+        with torch.no_grad():
+            model(x)
+
+    floor = timed(bare, repeat=30)
+    rec.close()
+    rows.append(("record: 96 images through a CNN", f"{per_record * 1e3:.1f} ms", f"bare forward {floor * 1e3:.1f} ms"))
+    rows.append(("  ratio record / bare forward", f"{per_record / floor:.2f}x", ""))
+
+    def train(recorder: Recorder | None, steps: int = 200) -> None:
+        torch.manual_seed(0)
+        net = cnn()
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        batch = torch.rand(32, 3, 64, 64)
+        target = torch.randint(0, 15, (32,))
+        for s in range(steps):
+            loss = nn.functional.cross_entropy(net(batch), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if recorder is not None:
+                recorder.maybe_record(net, s, loss=loss.detach())
+
+    plain = timed(lambda: train(None), repeat=3)
+    with Recorder(f"{out}/train.h5", [TensorProbe("p", x)], every_n_steps=10, wandb=False, overwrite=True) as r:
+        probed = timed(lambda: train(r), repeat=3)
+    rows.append(("200 training steps, record every 10", f"{probed:.2f} s", f"without trajhook {plain:.2f} s"))
+    rows.append(("  overhead", f"{(probed / plain - 1) * 100:+.1f} %", "(20 probe forwards of 96 images)"))
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    from trajhook.sinks.wandb import WandbSink
+
+    def maze_training(recorder: Recorder, records: int = 10, steps_between: int = 10) -> None:
+        torch.manual_seed(0)
+        opt = torch.optim.Adam(maze_model.parameters(), 1e-3)
+        batch = torch.rand(32, 3, 64, 64)
+        target = torch.randint(0, 15, (32,))
+        for s in range(records * steps_between):
+            loss = nn.functional.cross_entropy(maze_model(batch), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            recorder.maybe_record(maze_model, s)
+
+    maze_model = cnn()
+    loop_time = {}
+    for label in ("off", "on"):
+        run = wandb.init(dir=out, project="trajhook-bench") if label == "on" else None
+        sink = WandbSink(run, image_every_s=0) if run is not None else False  # an image at every record
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = MazeProbe(seed=0, distribution_mode="hard")
+            r = Recorder(f"{out}/wandb_{label}.h5", [probe], every_n_steps=10, wandb=sink)
+            r.setup(maze_model)
+            loop_time[label] = timed(lambda r=r: maze_training(r), repeat=3)
+            r.close()
+        if run is not None:
+            run.finish()
+    maze_model.eval()
+    obs = probe._inputs
+
+    def maze_forward():
+        with torch.no_grad():
+            maze_model(obs)
+
+    maze_floor = timed(maze_forward, repeat=20)
+    rows.append(
+        (
+            "100 steps + 10 MazeProbe records, W&B on",
+            f"{loop_time['on']:.2f} s",
+            f"W&B off {loop_time['off']:.2f} s",
+        )
+    )
+    rows.append(
+        (
+            "  W&B cost per record (training loop)",
+            f"{(loop_time['on'] - loop_time['off']) / 10 * 1e3:+.1f} ms",
+            f"probe forward alone {maze_floor * 1e3:.1f} ms",
+        )
+    )
+
+    width = max(len(r[0]) for r in rows)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>10}  {note}")
+
+
+if __name__ == "__main__":
+    main()
