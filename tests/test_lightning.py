@@ -141,3 +141,14 @@ def test_bad_probe_fails_before_the_first_training_step(tmp_path):
 def test_constructor_checks_arguments(tmp_path):
     with pytest.raises(TrajhookError, match="every_n_steps=0"):
         TrajectoryCallback(tmp_path / "run.h5", [TensorProbe("p", PROBE_X)], every_n_steps=0)
+
+
+def test_under_ddp_only_global_rank_zero_writes(tmp_path):
+    path = tmp_path / "run.h5"
+    cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=2)
+    trainer(tmp_path, [cb], max_steps=4, devices=2, strategy="ddp_spawn", use_distributed_sampler=True).fit(
+        Regressor(), data()
+    )
+    log = load(path)  # one writer: two would have collided on the file or doubled the rows
+    assert log.steps.tolist() == [0, 2, 4]
+    assert log.scalars["loss"].steps.tolist() == [1, 2, 3, 4]
