@@ -103,17 +103,13 @@ def check_against_direct(probe: PromptProbe, model, encode_prompt, encode_target
         ids = encode_prompt(PROMPTS[name])
         assert probe.metadata["prompt_token_ids"][p] == ids
         expected_loss = -direct_logprobs(model, ids).numpy()
-        np.testing.assert_allclose(
-            record["token_loss"][p, : len(ids) - 1], expected_loss, rtol=1e-4, atol=1e-5
-        )
+        np.testing.assert_allclose(record["token_loss"][p, : len(ids) - 1], expected_loss, rtol=1e-4, atol=1e-5)
         assert np.isnan(record["token_loss"][p, len(ids) - 1 :]).all()
 
         last = direct_last_logits(model, ids)
         expected_top = torch.log_softmax(last.double(), -1).topk(probe.top_k)
         np.testing.assert_array_equal(record["topk_ids"][p], expected_top.indices.numpy())
-        np.testing.assert_allclose(
-            record["topk_logprob"][p], expected_top.values.numpy(), rtol=1e-4, atol=1e-5
-        )
+        np.testing.assert_allclose(record["topk_logprob"][p], expected_top.values.numpy(), rtol=1e-4, atol=1e-5)
 
         targets = TARGETS.get(name, [])
         for k, text in enumerate(targets):
@@ -122,9 +118,7 @@ def check_against_direct(probe: PromptProbe, model, encode_prompt, encode_target
             expected = direct_logprobs(model, full)[len(ids) - 1 :].sum().item()
             assert math.isclose(record["target_logprob"][p, k], expected, rel_tol=1e-4, abs_tol=1e-4)
             expected_logit = last[target_ids[0]].item()
-            assert math.isclose(
-                record["target_first_logit"][p, k], expected_logit, rel_tol=1e-4, abs_tol=1e-4
-            )
+            assert math.isclose(record["target_first_logit"][p, k], expected_logit, rel_tol=1e-4, abs_tol=1e-4)
         assert np.isnan(record["target_logprob"][p, len(targets) :]).all()
         assert np.isnan(record["target_first_logit"][p, len(targets) :]).all()
 
@@ -135,9 +129,7 @@ def test_gpt2_matches_direct_computation(padding_side):
     assert len(tokenizer.encode(" xylophone", add_special_tokens=False)) > 1
     model = make_gpt2(len(tokenizer))
     probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS, top_k=4)
-    check_against_direct(
-        probe, model, tokenizer.encode, lambda t: tokenizer.encode(t, add_special_tokens=False)
-    )
+    check_against_direct(probe, model, tokenizer.encode, lambda t: tokenizer.encode(t, add_special_tokens=False))
     assert probe.padding_side == padding_side
     assert "".join(probe.metadata["prompt_tokens"][0]) == PROMPTS["capital"]
     assert probe.metadata["target_texts"][3] == []
@@ -147,9 +139,7 @@ def test_plain_module_with_left_padding_tokenizer_is_right_padded_and_exact():
     tokenizer = make_hf_tokenizer("left")
     model = TinyCausalLM(len(tokenizer)).eval()
     probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS, top_k=3)
-    check_against_direct(
-        probe, model, tokenizer.encode, lambda t: tokenizer.encode(t, add_special_tokens=False)
-    )
+    check_against_direct(probe, model, tokenizer.encode, lambda t: tokenizer.encode(t, add_special_tokens=False))
     assert probe.padding_side == "right"
 
 
@@ -219,11 +209,48 @@ def test_bad_input_raises_trajhook_error(kwargs, message):
 def test_wrong_model_output_and_out_of_vocab_ids_raise():
     probe = PromptProbe(["ab"], lambda t: [ord(c) - 97 for c in t])
     with pytest.raises(TrajhookError, match=r"returned \(2, 5\)"):
-        probe.setup(
-            torch.nn.Sequential(torch.nn.Embedding(5, 5), torch.nn.Flatten(0, 1)), torch.device("cpu")
-        )
+        probe.setup(torch.nn.Sequential(torch.nn.Embedding(5, 5), torch.nn.Flatten(0, 1)), torch.device("cpu"))
     with pytest.raises(TrajhookError, match="outside the model's vocabulary of 1"):
         one_word = PromptProbe(["ab"], lambda t: [ord(c) - 97 for c in t], logits_fn=lambda m, i, a: m(i))
         one_word.setup(lambda ids: torch.zeros(*ids.shape, 1), torch.device("cpu"))
     with pytest.raises(TrajhookError, match="padding_side='left'"):
         PromptProbe(["ab"], lambda t: [0, 1], padding_side="left").setup(TinyCausalLM(2), torch.device("cpu"))
+
+
+def test_recorded_log_round_trip_and_plots(tmp_path):
+    from trajhook import Recorder, load
+    from trajhook.plots.prompts import pca_trajectory, target_curves
+
+    tokenizer = make_hf_tokenizer("left")
+    model = make_gpt2(len(tokenizer))
+    probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS, top_k=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    batch = torch.tensor([tokenizer.encode(CORPUS[0])])
+    expected = []
+    with Recorder(tmp_path / "run.h5", [probe], every_n_steps=2, wandb=False) as rec:
+        rec.setup(model)
+        for step in range(7):
+            loss = model(batch, labels=batch).loss
+            rec.maybe_record(model, step, loss=loss.item())
+            if step % 2 == 0:
+                ids = tokenizer.encode(PROMPTS["capital"]) + tokenizer.encode(" xylophone", add_special_tokens=False)
+                n_prompt = len(tokenizer.encode(PROMPTS["capital"]))
+                expected.append(direct_logprobs(model.eval(), ids)[n_prompt - 1 :].sum().item())
+                model.train()
+            if step == 3:
+                rec.mark(step, "halfway")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    log = load(tmp_path / "run.h5")
+    assert log.steps.tolist() == [0, 2, 4, 6]
+    np.testing.assert_allclose(log["prompts"]["target_logprob"][:, 0, 2], expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(expected[0], expected[-1])  # training moved it
+    meta = log["prompts"].metadata
+    assert meta["prompt_names"] == list(PROMPTS)
+    assert meta["target_texts"][0] == TARGETS["capital"]
+    assert meta["prompt_token_ids"][1] == tokenizer.encode(PROMPTS["cat"])
+    fig = target_curves(log, select=["capital"])
+    assert [len(ax.lines) for ax in fig.axes] == [2, 4, 4]  # loss + event line; 3 targets + event line
+    fig = pca_trajectory(log)
+    assert fig.axes[0].get_xlabel().startswith("PC1")

@@ -2,7 +2,9 @@
 
 Each function takes either a loaded log (anything with ``.steps``, ``[probe][output]``,
 ``[probe].metadata``, ``.scalars`` and ``.events``, as :func:`trajhook.load` returns) or
-plain arrays, draws with matplotlib (Agg-safe: no ``pyplot.show``) and returns the Figure.
+plain arrays, draws with matplotlib and returns the Figure. Figures are made without pyplot
+(no global state, no backend switch, nothing to close), so a sink can call these at every
+record; ``wandb.Image(fig)`` and ``fig.savefig`` work, and Jupyter displays them.
 Events are ``(step, label)`` pairs or objects with ``.step`` and ``.label``.
 """
 
@@ -11,10 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -86,7 +84,7 @@ def pca_trajectory(
     events = _events(events)
     pca = trajectory_pca(np.asarray(data), n_components=2)
     coords = pca.coords if pca.coords.shape[1] == 2 else np.pad(pca.coords, ((0, 0), (0, 1)))
-    fig = ax.figure if ax is not None else plt.figure(figsize=(5.5, 4.5))
+    fig = ax.figure if ax is not None else Figure(figsize=(5.5, 4.5))
     ax = ax if ax is not None else fig.add_subplot()
     ax.plot(coords[:, 0], coords[:, 1], color="0.75", lw=0.8, zorder=1)
     points = ax.scatter(coords[:, 0], coords[:, 1], c=steps, cmap="viridis", s=12, zorder=2)
@@ -184,8 +182,8 @@ def target_curves(
         logit = np.asarray(target_first_logit, dtype=float).reshape(len(logprob), -1)
         panels.append(("Target's first-token logit", logit, "logit"))
     n_axes = len(panels) + (loss is not None)
-    fig, axes = plt.subplots(1, n_axes, figsize=(5 * n_axes, 4), squeeze=False)
-    axes = list(axes[0])
+    fig = Figure(figsize=(5 * n_axes, 4))
+    axes = list(fig.subplots(1, n_axes, squeeze=False)[0])
     if loss is not None:
         ax = axes.pop(0)
         ax.plot(np.asarray(loss[0]), np.asarray(loss[1]), lw=0.8, color="0.4")

@@ -106,9 +106,7 @@ class PromptProbe(Probe):
         self.logits_fn = logits_fn
         self.full_logits = bool(full_logits)
         if padding_side not in (None, "left", "right"):
-            self._fail(
-                f"padding_side={padding_side!r} is not 'left' or 'right'", "pass padding_side='right'."
-            )
+            self._fail(f"padding_side={padding_side!r} is not 'left' or 'right'", "pass padding_side='right'.")
         self.requested_padding_side = padding_side
         self.prompt_ids = [self._encode(text, f"prompt {n!r}", True) for n, text in self._named_prompts()]
         self.target_ids = [
@@ -133,13 +131,9 @@ class PromptProbe(Probe):
         elif isinstance(prompts, Sequence):
             names, texts = [str(i) for i in range(len(prompts))], list(prompts)
         else:
-            self._fail(
-                f"prompts of type {type(prompts).__name__} are not supported", "pass a dict or a list."
-            )
+            self._fail(f"prompts of type {type(prompts).__name__} are not supported", "pass a dict or a list.")
         if not texts:
-            self._fail(
-                "prompts is empty", "pass at least one prompt, e.g. prompts=['The capital of France is']."
-            )
+            self._fail("prompts is empty", "pass at least one prompt, e.g. prompts=['The capital of France is'].")
         for n in names:
             try:
                 check_name("prompt", n)
@@ -173,17 +167,13 @@ class PromptProbe(Probe):
                 )
             per_prompt = list(targets)
         else:
-            self._fail(
-                f"targets={targets!r} is not a dict or a list", "pass targets={'prompt name': [' Paris']}."
-            )
+            self._fail(f"targets={targets!r} is not a dict or a list", "pass targets={'prompt name': [' Paris']}.")
         result = []
         for name, texts in zip(self.prompt_names, per_prompt, strict=True):
             texts = [texts] if isinstance(texts, str) else list(texts)
             for t in texts:
                 if not isinstance(t, str) or not t:
-                    self._fail(
-                        f"target {t!r} of prompt {name!r} is not a non-empty string", "e.g. [' Paris']."
-                    )
+                    self._fail(f"target {t!r} of prompt {name!r} is not a non-empty string", "e.g. [' Paris'].")
             result.append(texts)
         return result
 
@@ -197,9 +187,7 @@ class PromptProbe(Probe):
         except TrajhookError:
             raise
         except Exception as err:
-            self._fail(
-                f"the tokenizer failed on {what}: {err!r}", "check that it maps a string to token ids."
-            )
+            self._fail(f"the tokenizer failed on {what}: {err!r}", "check that it maps a string to token ids.")
         if isinstance(ids, Mapping):
             ids = ids.get("input_ids")
         if isinstance(ids, torch.Tensor):
@@ -235,7 +223,7 @@ class PromptProbe(Probe):
             params = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
             return set()
-        return {p for p in ("attention_mask", "position_ids") if p in params}
+        return {p for p in ("attention_mask", "position_ids", "use_cache") if p in params}
 
     def _padding_side(self, takes: set[str]) -> str:
         if self.logits_fn is None and "attention_mask" not in takes:
@@ -258,6 +246,8 @@ class PromptProbe(Probe):
                 kwargs["attention_mask"] = mask
             if "position_ids" in self._takes:
                 kwargs["position_ids"] = self._batch["position_ids"]
+            if "use_cache" in self._takes:
+                kwargs["use_cache"] = False  # no key/value cache to build and throw away
             out = model(ids, **kwargs)
         if not isinstance(out, torch.Tensor):
             if hasattr(out, "logits"):
