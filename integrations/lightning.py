@@ -129,7 +129,9 @@ class TrajectoryCallback(_callback_base()):
 
     def _close(self) -> None:
         if self.recorder is not None:
-            self.recorder.close()
+            self._loaded_state = self.recorder.state_dict()
+            self.recorder, recorder = None, self.recorder
+            recorder.close()  # a later fit() opens a new Recorder, which resumes the store
 
 
 def _wandb_logger_run(trainer: Any) -> Any:

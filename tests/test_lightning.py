@@ -152,3 +152,16 @@ def test_under_ddp_only_global_rank_zero_writes(tmp_path):
     log = load(path)  # one writer: two would have collided on the file or doubled the rows
     assert log.steps.tolist() == [0, 2, 4]
     assert log.scalars["loss"].steps.tolist() == [1, 2, 3, 4]
+
+
+def test_a_second_fit_continues_the_same_store(tmp_path):
+    path = tmp_path / "run.h5"
+    model = Regressor()
+    cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=3)
+    trainer(tmp_path, [cb], max_steps=6).fit(model, data())
+    trainer(tmp_path, [cb], max_steps=6).fit(model, data())  # a new Trainer: global_step starts at 0 again
+    log = load(path)
+    assert log.steps.tolist() == [0, 3, 6]  # the second fit replaced the first's rows from step 0 on
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_array_equal(log["fixed"]["output"][-1], model(PROBE_X).numpy())

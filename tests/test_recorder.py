@@ -172,3 +172,13 @@ def test_import_trajhook_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_closed_recorder_refuses_to_record_instead_of_dropping_data(store_path):
+    rec = Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=1, wandb=False)
+    rec.record(nn.Linear(4, 1), 0)
+    rec.close()
+    rec.close()  # twice is fine
+    with pytest.raises(TrajhookError, match=r"Recorder.record after close\(\).*HINT: create a new Recorder"):
+        rec.maybe_record(nn.Linear(4, 1), 1)
+    assert load(store_path).steps.tolist() == [0]

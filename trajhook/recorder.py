@@ -319,8 +319,7 @@ class Recorder:
         """
         if self._writer is not None:
             return
-        if self._closed:
-            raise TrajhookError("Recorder: setup() after close(). HINT: create a new Recorder.")
+        self._check_open("setup")
         device = model_device(model)
         setup_nonfinite = {}
         for probe in self.probes:
@@ -357,6 +356,7 @@ class Recorder:
 
     def record(self, model: torch.nn.Module, step: int) -> None:
         """Run every probe now and queue the record for the writer."""
+        self._check_open("record")
         self.setup(model)
         self._start(step)
         record = {}
@@ -369,6 +369,7 @@ class Recorder:
 
     def log_scalars(self, step: int, **scalars: float | torch.Tensor) -> None:
         """Log scalars (floats or 0-d tensors, read off the device by the writer) at ``step``."""
+        self._check_open("log_scalars")
         values = {}
         for name, value in scalars.items():
             if len(name.encode()) > SCALAR_NAME_BYTES:
@@ -387,6 +388,7 @@ class Recorder:
 
     def mark(self, step: int, label: str) -> None:
         """Mark an event such as ``"fine-tuning starts"`` at ``step``; plots draw it as a line."""
+        self._check_open("mark")
         if not isinstance(label, str) or not label or len(label.encode()) > EVENT_LABEL_BYTES:
             raise TrajhookError(
                 f"Recorder.mark: label {label!r} must be a non-empty string of at most {EVENT_LABEL_BYTES} bytes."
@@ -430,6 +432,13 @@ class Recorder:
         self.recorded_steps = list(state.get("recorded_steps", []))
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise TrajhookError(
+                f"Recorder.{method} after close(): {str(self.path)!r} is closed. "
+                "HINT: create a new Recorder on the same path; it resumes the store."
+            )
 
     def _first_run(self, probe: Probe, model: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
         where = f"{type(probe).__name__} {probe.name!r}"
