@@ -28,9 +28,7 @@ def test_pca_recovers_the_plane_and_the_turn():
     assert pca.kept_columns.sum() == 29 and not pca.kept_columns[-1]
     assert pca.coords.shape == (100, 3) and np.isfinite(pca.coords).all()
     assert pca.explained_variance_ratio[:2].sum() > 0.99
-    assert (
-        pca.explained_variance_ratio[0] >= pca.explained_variance_ratio[1] >= pca.explained_variance_ratio[2]
-    )
+    assert pca.explained_variance_ratio[0] >= pca.explained_variance_ratio[1] >= pca.explained_variance_ratio[2]
     # The first two components span u and v (restricted to the kept columns).
     plane = pca.components[:2]
     for direction in (u[:29], v[:29]):
