@@ -26,8 +26,8 @@ would add them, and ``encode(target, add_special_tokens=False)`` for targets. Ta
 tokenized *on their own* and their ids appended to the prompt's ids: the prompt's tokens stay
 exactly those recorded in ``token_loss`` and the boundary cannot merge into one token. Write
 a target as it continues the text, usually with its leading space (``" Paris"``). Any other
-callable ``text -> ids`` (a list, a 1-D tensor, or a dict with ``"input_ids"``) is used as is
-for both.
+callable ``text -> ids`` (a list, a 1-D tensor, or a dict with ``"input_ids"``), or an
+``encode`` that takes no ``add_special_tokens`` (tiktoken), is used as is for both.
 
 **Padding.** Rows are padded to one length by the probe itself. A model whose ``forward``
 takes ``attention_mask`` (Hugging Face models) gets the mask and, if it takes
@@ -181,7 +181,10 @@ class PromptProbe(Probe):
         tok = self.tokenizer
         try:
             if hasattr(tok, "encode") and not isinstance(tok, type):
-                ids = tok.encode(text) if is_prompt else tok.encode(text, add_special_tokens=False)
+                try:
+                    ids = tok.encode(text) if is_prompt else tok.encode(text, add_special_tokens=False)
+                except TypeError:  # an encode without add_special_tokens (e.g. tiktoken)
+                    ids = tok.encode(text)
             else:
                 ids = tok(text)
         except TrajhookError:
