@@ -8,6 +8,7 @@ from trajhook.analysis.trajectory import (
     trajectory_pca,
     turning_angles,
     turning_points,
+    turning_scores,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "trajectory_pca",
     "turning_angles",
     "turning_points",
+    "turning_scores",
 ]
