@@ -329,3 +329,31 @@ def test_parse_maze_state_reads_mouse_and_round_trips(levels):
     np.testing.assert_array_equal(patched.grid, state.grid)
     assert len(patched.data) == len(state.data) and patched.data != state.data
     assert parse_maze_state(state.with_mouse(*state.mouse)).data == state.data
+
+
+def test_example_smoke_run_writes_store_animation_and_a_curve_from_the_store(tmp_path):
+    """examples/maze_lightning.py --fast: the printed curve equals one recomputed from the store."""
+    from trajhook import load
+    from trajhook.analysis.maze import shortest_path_moves
+
+    out = subprocess.run(
+        [sys.executable, "examples/maze_lightning.py", "--fast", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for name in ("maze.h5", "maze.gif", "maze.mp4", "maze_vector_field.png", "maze_agreement.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    log = load(tmp_path / "maze.h5")
+    assert log.steps.tolist() == [0, 10, 20, 30]
+    probs = log["maze"]["direction_probs"]  # (4, n, 5)
+    meta = log["maze"].metadata
+    on_path = shortest_path_moves(np.asarray(meta["grid"]), tuple(meta["cheese"]), np.asarray(meta["cells"]))
+    hand = [np.mean([on_path[i, np.argmax(p[i, :4])] for i in range(len(p))]) for p in probs]
+    printed = [float(line.split()[1]) for line in out.stdout.splitlines() if line[:5].strip().isdigit()]
+    np.testing.assert_allclose(printed, hand, atol=0.006)
+    vectors = np.stack([probs[..., 1] - probs[..., 0], probs[..., 2] - probs[..., 3]], axis=-1)
+    np.testing.assert_allclose(log["maze"]["vectors"], vectors, atol=1e-6)
+    assert meta["seed"] == 1 and meta["distribution_mode"] == "easy"

@@ -78,10 +78,11 @@ def vector_field(
     ``crop`` trims the all-wall margin around the maze. Returns the figure (a new one unless
     ``ax`` is given).
 
-    >>> grid = np.array([[51, 51, 51], [51, 100, 2], [51, 51, 51]])
-    >>> fig = vector_field(grid, np.array([[1, 1]]), np.array([[1.0, 0.0]]), cheese=(1, 2))
-    >>> fig.axes[0].get_xlim()
-    (0.5, 2.5)
+    >>> grid = np.full((6, 6), 51)
+    >>> grid[2, 2], grid[2, 3] = 100, 2  # one free cell, the cheese to its right
+    >>> fig = vector_field(grid, np.array([[2, 2]]), np.array([[1.0, 0.0]]), cheese=(2, 3))
+    >>> fig.axes[0].get_xlim(), fig.axes[0].get_ylim()  # cropped to the maze plus one wall ring
+    ((0.5, 4.5), (0.5, 3.5))
     >>> plt.close(fig)
     """
     grid, cells, vectors = _check_arrays(grid, cells, vectors)
@@ -134,9 +135,7 @@ def _probe_log(log: Any, probe: str) -> Any:
 
 def _record_index(steps: np.ndarray, step: int | None) -> int:
     if len(steps) == 0:
-        raise TrajhookError(
-            "vector_field_from_log: the log has no records. HINT: record at least one step first."
-        )
+        raise TrajhookError("vector_field_from_log: the log has no records. HINT: record at least one step first.")
     if step is None:
         return len(steps) - 1
     hits = np.flatnonzero(np.asarray(steps) == step)
@@ -149,9 +148,7 @@ def _record_index(steps: np.ndarray, step: int | None) -> int:
     return int(hits[-1])
 
 
-def vector_field_from_log(
-    log: Any, step: int | None = None, probe: str = "maze", ax: plt.Axes | None = None
-) -> Figure:
+def vector_field_from_log(log: Any, step: int | None = None, probe: str = "maze", ax: plt.Axes | None = None) -> Figure:
     """:func:`vector_field` of one recorded step (``None``: the last) of a loaded log's maze probe.
 
     ``log`` is anything with ``log[probe]["vectors"]`` ``(N, n, 2)``, ``log[probe].metadata``
@@ -173,9 +170,7 @@ def vector_field_from_log(
     )
 
 
-def vector_field_from_probe(
-    probe: Any, vectors: np.ndarray, ax: plt.Axes | None = None, title: str | None = None
-):
+def vector_field_from_probe(probe: Any, vectors: np.ndarray, ax: plt.Axes | None = None, title: str | None = None):
     """:func:`vector_field` of a set-up MazeProbe and one record's ``vectors`` ``(n, 2)``."""
     return vector_field(
         probe.grid,
@@ -203,9 +198,7 @@ def vector_field_frames(log: Any, probe: str = "maze", progress: bool = True) ->
     probe_log = _probe_log(log, probe)
     steps = np.asarray(log.steps)
     if len(steps) == 0:
-        raise TrajhookError(
-            "animate_vector_field: the log has no records. HINT: record at least one step first."
-        )
+        raise TrajhookError("animate_vector_field: the log has no records. HINT: record at least one step first.")
     vectors = np.asarray(probe_log["vectors"], dtype=float)
     meta = probe_log.metadata
     fig = vector_field(

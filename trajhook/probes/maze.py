@@ -136,9 +136,7 @@ def load_maze_level(seed: int, distribution_mode: str = "hard", env: Any = None)
     """Build level ``seed`` with procgen and render the mouse on every free non-cheese cell."""
     check_distribution_mode("load_maze_level", distribution_mode)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise TrajhookError(
-            f"load_maze_level: seed {seed!r} is not a non-negative int. HINT: pass e.g. seed=0."
-        )
+        raise TrajhookError(f"load_maze_level: seed {seed!r} is not a non-negative int. HINT: pass e.g. seed=0.")
     env = make_maze_env(int(seed), distribution_mode) if env is None else env
     state = parse_maze_state(env.callmethod("get_state")[0])
     cells = state.free_cells(include_cheese=False)
@@ -194,9 +192,7 @@ class MazeProbe(Probe):
     ) -> None:
         super().__init__(name)
         if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-            raise TrajhookError(
-                f"MazeProbe {name!r}: seed {seed!r} is not a non-negative int. HINT: pass seed=0."
-            )
+            raise TrajhookError(f"MazeProbe {name!r}: seed {seed!r} is not a non-negative int. HINT: pass seed=0.")
         self.seed = int(seed)
         self.distribution_mode = check_distribution_mode(f"MazeProbe {name!r}", distribution_mode)
         if preprocess is None:
@@ -285,9 +281,7 @@ class MazeProbe(Probe):
         """One batched forward over all cells; returns action, direction probabilities and arrows."""
         if self._inputs is None or self._directions is None:
             self._level()
-            raise TrajhookError(
-                f"MazeProbe {self.name!r}: run before setup. HINT: call setup(model, device) first."
-            )
+            raise TrajhookError(f"MazeProbe {self.name!r}: run before setup. HINT: call setup(model, device) first.")
         out = model(self._inputs) if self.policy_fn is None else self.policy_fn(model, self._inputs)
         action_probs = _as_probs(out, self.name)
         n = len(self.cells)
@@ -313,6 +307,4 @@ class MazeProbe(Probe):
         return {"action_probs": action_probs, "direction_probs": direction_probs, "vectors": vectors}
 
     def __repr__(self) -> str:
-        return (
-            f"MazeProbe(seed={self.seed}, distribution_mode={self.distribution_mode!r}, name={self.name!r})"
-        )
+        return f"MazeProbe(seed={self.seed}, distribution_mode={self.distribution_mode!r}, name={self.name!r})"
