@@ -357,3 +357,24 @@ def test_example_smoke_run_writes_store_animation_and_a_curve_from_the_store(tmp
     vectors = np.stack([probs[..., 1] - probs[..., 0], probs[..., 2] - probs[..., 3]], axis=-1)
     np.testing.assert_allclose(log["maze"]["vectors"], vectors, atol=1e-6)
     assert meta["seed"] == 1 and meta["distribution_mode"] == "easy"
+
+
+def test_recorder_round_trip_stores_hand_computed_vectors_and_metadata(tmp_path):
+    from trajhook import Recorder, load
+
+    logits = torch.tensor([0.0] * 6 + [2.0, 1.0, 0.0] + [0.0] * 6)  # favours RIGHT+DOWN, RIGHT
+    model = ConstantPolicy(logits)
+    probe = MazeProbe(seed=2, distribution_mode="easy")
+    with Recorder(tmp_path / "run.h5", [probe], every_n_steps=5, wandb=False) as rec:
+        rec.setup(model)
+        for step in range(11):
+            rec.maybe_record(model, step, loss=1.0)
+    log = load(tmp_path / "run.h5")
+    p = np.exp(logits.numpy().astype(float))
+    p /= p.sum()
+    expected = [p[6:9].sum() - p[0:3].sum(), p[5] - p[3]]
+    assert log.steps.tolist() == [0, 5, 10]
+    np.testing.assert_allclose(log["maze"]["vectors"], np.tile(expected, (3, len(probe.cells), 1)), rtol=1e-5)
+    np.testing.assert_array_equal(log["maze"].metadata["cells"], probe.cells)
+    np.testing.assert_array_equal(log["maze"].metadata["grid"], probe.grid)
+    assert model.training  # the Recorder restored the mode it found
