@@ -165,6 +165,21 @@ def _datasets(group):
         yield from _datasets(item) if isinstance(item, h5py.Group) else [item]
 
 
+def test_frequent_flushes_leave_no_dead_space_in_the_closed_file(store_path):
+    big = TensorProbe("big", torch.rand(70, 15))  # 4 KiB a record, like a maze probe's action probs
+    with Recorder(store_path, [big], every_n_steps=1, wandb=False) as rec:
+        for step in range(60):
+            rec.record(nn.Linear(15, 15), step)
+            rec.flush()  # as a timer flush between slow records: rewrites the growing chunk each time
+        with h5py.File(store_path, "r", libver="latest", swmr=True, locking=False) as f:
+            live = sum(d.id.get_storage_size() for d in _datasets(f))
+        assert os.path.getsize(store_path) > 3 * live  # bloated while open: SWMR never reuses space
+    with h5py.File(store_path, "r") as f:
+        live = sum(d.id.get_storage_size() for d in _datasets(f))
+    assert os.path.getsize(store_path) < 1.25 * live + 64 * 1024
+    assert load(store_path).steps.tolist() == list(range(60))
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

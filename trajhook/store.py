@@ -26,9 +26,11 @@ from trajhook.probes.base import OutputSpec
 FORMAT_VERSION = 1
 SCALAR_NAME_BYTES = 128
 EVENT_LABEL_BYTES = 256
-_CHUNK_BYTES = 256 * 1024
+_CHUNK_BYTES = 64 * 1024
+_STRING_CHUNK_ROWS = 64
 _MAX_CHUNK_BYTES = 1024 * 1024
 _MAX_CHUNK_ROWS = 4096
+_COMPACT_MIN_BYTES = 256 * 1024
 # Indices into the `committed` dataset.
 RECORDS, SCALARS, EVENTS, SCALAR_NAMES = range(4)
 
@@ -37,10 +39,10 @@ Schema = dict[str, dict[str, OutputSpec]]
 
 
 def chunk_shape(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """Chunk shape for a dataset of records of ``shape``: about 256 KiB, whole records if possible.
+    """Chunk shape for a dataset of records of ``shape``: about 64 KiB, whole records if possible.
 
-    >>> chunk_shape((96, 2), 4)   # 768 B a record: 341 records a chunk
-    (341, 96, 2)
+    >>> chunk_shape((96, 2), 4)   # 768 B a record: 85 records a chunk
+    (85, 96, 2)
     >>> chunk_shape((), 8)
     (4096,)
     >>> chunk_shape((4, 1000, 1000), 2)  # 8 MB a record: split the record itself
@@ -151,15 +153,12 @@ def schema_difference(stored: Schema, current: Schema) -> str | None:
 def _create_appendable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
     dtype = np.dtype(dtype)
     maxshape = (None, *(None if s == 0 else s for s in shape))
-    compression = {} if dtype.kind == "S" else {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-    return group.create_dataset(
-        name,
-        shape=(0, *shape),
-        maxshape=maxshape,
-        dtype=dtype,
-        chunks=chunk_shape(shape, dtype.itemsize),
-        **compression,
-    )
+    if dtype.kind == "S":  # names and labels: few rows, so small uncompressed chunks
+        chunks, compression = (_STRING_CHUNK_ROWS, *shape), {}
+    else:
+        chunks = chunk_shape(shape, dtype.itemsize)
+        compression = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    return group.create_dataset(name, shape=(0, *shape), maxshape=maxshape, dtype=dtype, chunks=chunks, **compression)
 
 
 def _append(ds: h5py.Dataset, start: int, rows: np.ndarray) -> None:
@@ -382,9 +381,19 @@ class StoreWriter:
         self.file["committed"].flush()
 
     def close(self) -> None:
-        if self.file.id.valid:
-            self.flush()
-            self.file.close()
+        """Flush and close; compact the file if partial-chunk rewrites left much dead space.
+
+        A flush before a chunk is full rewrites that compressed chunk, and an SWMR writer never
+        reuses the space it freed. Rebuilding from the committed rows gives that space back.
+        """
+        if not self.file.id.valid:
+            return
+        self.flush()
+        live = sum(ds.id.get_storage_size() for ds, _ in self._tables(self.file, self.counts))
+        self.file.close()
+        dead = self.path.stat().st_size - live
+        if dead > max(_COMPACT_MIN_BYTES, live // 4):
+            self._rebuild({})
 
 
 # -- reading --------------------------------------------------------------------------------------
