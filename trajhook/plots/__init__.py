@@ -1,8 +1,8 @@
 """Figures and animations from a loaded log or from arrays (matplotlib)."""
 
+from trajhook.plots.figures import figure_to_rgb, new_figure
 from trajhook.plots.maze import (
     animate_vector_field,
-    figure_to_rgb,
     vector_field,
     vector_field_from_log,
     vector_field_from_probe,
@@ -12,6 +12,7 @@ from trajhook.plots.prompts import pca_trajectory, target_curves
 __all__ = [
     "animate_vector_field",
     "figure_to_rgb",
+    "new_figure",
     "pca_trajectory",
     "target_curves",
     "vector_field",

@@ -18,32 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from trajhook.errors import TrajhookError
+from trajhook.plots.figures import figure_to_rgb, new_figure
 
 WALL, EMPTY, CHEESE = 51, 100, 2
 ARROW_COLOR = "#d62728"
 _MAZE_CMAP = ListedColormap(["#3b3b3b", "#f4f1e8"])  # wall, free
-
-
-def figure_to_rgb(fig: Figure) -> np.ndarray:
-    """Render a matplotlib figure to an ``(H, W, 3)`` uint8 array.
-
-    >>> fig = plt.figure(figsize=(2, 1), dpi=50)
-    >>> figure_to_rgb(fig).shape, figure_to_rgb(fig).dtype
-    ((50, 100, 3), dtype('uint8'))
-    >>> plt.close(fig)
-    """
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _check_arrays(grid: Any, cells: Any, vectors: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,7 +52,7 @@ def vector_field(
     vectors: np.ndarray,
     cheese: Sequence[int] | None = None,
     start: Sequence[int] | None = None,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     title: str | None = None,
     crop: bool = True,
 ) -> Figure:
@@ -83,11 +68,11 @@ def vector_field(
     >>> fig = vector_field(grid, np.array([[2, 2]]), np.array([[1.0, 0.0]]), cheese=(2, 3))
     >>> fig.axes[0].get_xlim(), fig.axes[0].get_ylim()  # cropped to the maze plus one wall ring
     ((0.5, 4.5), (0.5, 3.5))
-    >>> plt.close(fig)
     """
     grid, cells, vectors = _check_arrays(grid, cells, vectors)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+        fig = new_figure((5, 5), dpi=100)
+        ax = fig.add_subplot()
     else:
         fig = ax.figure
     ax.imshow(grid != WALL, origin="lower", cmap=_MAZE_CMAP, vmin=0, vmax=1, interpolation="nearest")
@@ -148,7 +133,7 @@ def _record_index(steps: np.ndarray, step: int | None) -> int:
     return int(hits[-1])
 
 
-def vector_field_from_log(log: Any, step: int | None = None, probe: str = "maze", ax: plt.Axes | None = None) -> Figure:
+def vector_field_from_log(log: Any, step: int | None = None, probe: str = "maze", ax: Axes | None = None) -> Figure:
     """:func:`vector_field` of one recorded step (``None``: the last) of a loaded log's maze probe.
 
     ``log`` is anything with ``log[probe]["vectors"]`` ``(N, n, 2)``, ``log[probe].metadata``
@@ -170,7 +155,7 @@ def vector_field_from_log(log: Any, step: int | None = None, probe: str = "maze"
     )
 
 
-def vector_field_from_probe(probe: Any, vectors: np.ndarray, ax: plt.Axes | None = None, title: str | None = None):
+def vector_field_from_probe(probe: Any, vectors: np.ndarray, ax: Axes | None = None, title: str | None = None):
     """:func:`vector_field` of a set-up MazeProbe and one record's ``vectors`` ``(n, 2)``."""
     return vector_field(
         probe.grid,
@@ -207,13 +192,10 @@ def vector_field_frames(log: Any, probe: str = "maze", progress: bool = True) ->
     ax = fig.axes[0]
     quiver = ax.collections[-1]
     frames = []
-    try:
-        for i in tqdm(range(len(steps)), desc=f"{probe} frames", disable=not progress, unit="frame"):
-            quiver.set_UVC(vectors[i, :, 0], vectors[i, :, 1])
-            ax.set_title(f"{probe}: step {int(steps[i]):,}  ({i + 1}/{len(steps)})")
-            frames.append(_even(figure_to_rgb(fig)))
-    finally:
-        plt.close(fig)
+    for i in tqdm(range(len(steps)), desc=f"{probe} frames", disable=not progress, unit="frame"):
+        quiver.set_UVC(vectors[i, :, 0], vectors[i, :, 1])
+        ax.set_title(f"{probe}: step {int(steps[i]):,}  ({i + 1}/{len(steps)})")
+        frames.append(_even(figure_to_rgb(fig)))
     return frames
 
 

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from trajhook.analysis.trajectory import trajectory_pca, turning_points
+from trajhook.plots.figures import new_figure
 
 
 def _events(events: Iterable[Any]) -> list[tuple[int, str]]:
@@ -45,13 +45,6 @@ def _draw_events(ax: Any, events: list[tuple[int, str]], label: bool = True) -> 
                 text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
                 va="top", fontsize=8, color="0.3",
             )  # fmt: skip
-
-
-def _new_figure(figsize: tuple[float, float]) -> Figure:
-    """A Figure on its own Agg canvas: no pyplot, yet ``canvas.buffer_rgba()`` works (``wandb.Image``)."""
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _is_log(obj: Any) -> bool:
@@ -94,7 +87,7 @@ def pca_trajectory(
     events = _events(events)
     pca = trajectory_pca(np.asarray(data), n_components=2)
     coords = pca.coords if pca.coords.shape[1] == 2 else np.pad(pca.coords, ((0, 0), (0, 1)))
-    fig = ax.figure if ax is not None else _new_figure((5.5, 4.5))
+    fig = ax.figure if ax is not None else new_figure((5.5, 4.5))
     ax = ax if ax is not None else fig.add_subplot()
     ax.plot(coords[:, 0], coords[:, 1], color="0.75", lw=0.8, zorder=1)
     points = ax.scatter(coords[:, 0], coords[:, 1], c=steps, cmap="viridis", s=12, zorder=2)
@@ -192,7 +185,7 @@ def target_curves(
         logit = np.asarray(target_first_logit, dtype=float).reshape(len(logprob), -1)
         panels.append(("Target's first-token logit", logit, "logit"))
     n_axes = len(panels) + (loss is not None)
-    fig = _new_figure((5 * n_axes, 4))
+    fig = new_figure((5 * n_axes, 4))
     axes = list(fig.subplots(1, n_axes, squeeze=False)[0])
     if loss is not None:
         ax = axes.pop(0)

@@ -243,18 +243,14 @@ class _MazePanels(_Panels):
         self.last_step = step
 
         def render() -> np.ndarray:
-            import matplotlib.pyplot as plt
-
-            from trajhook.plots.maze import figure_to_rgb, vector_field
+            from trajhook.plots.figures import figure_to_rgb
+            from trajhook.plots.maze import vector_field
 
             m = self.metadata
-            fig = vector_field(
-                m["grid"], m["cells"], record["vectors"], m["cheese"], m["start"], title=f"{self.probe}, step {step}"
+            title = f"{self.probe}, step {step}"
+            return figure_to_rgb(
+                vector_field(m["grid"], m["cells"], record["vectors"], m["cheese"], m["start"], title=title)
             )
-            try:
-                return figure_to_rgb(fig)
-            finally:
-                plt.close(fig)
 
         return [(f"trajhook/{self.probe}/vector_field", render)]
 
@@ -302,16 +298,10 @@ class _PromptPanels(_Panels):
         steps, history = np.array(self.steps), np.stack(self.history)
 
         def render() -> np.ndarray:
-            import matplotlib.pyplot as plt
-
-            from trajhook.plots.maze import figure_to_rgb
+            from trajhook.plots.figures import figure_to_rgb
             from trajhook.plots.prompts import pca_trajectory
 
-            fig = pca_trajectory(steps, history)
-            try:
-                return figure_to_rgb(fig)
-            finally:
-                plt.close(fig)
+            return figure_to_rgb(pca_trajectory(steps, history))
 
         return [(f"trajhook/{self.probe}/pca_trajectory", render)]
 
