@@ -2,6 +2,7 @@
 
 from trajhook.plots.figures import figure_to_rgb, new_figure
 from trajhook.plots.maze import (
+    VectorFieldRenderer,
     animate_vector_field,
     vector_field,
     vector_field_from_log,
@@ -10,6 +11,7 @@ from trajhook.plots.maze import (
 from trajhook.plots.prompts import pca_trajectory, target_curves
 
 __all__ = [
+    "VectorFieldRenderer",
     "animate_vector_field",
     "figure_to_rgb",
     "new_figure",

@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.quiver import Quiver
 
 from trajhook.errors import TrajhookError
 from trajhook.plots.figures import figure_to_rgb, new_figure
@@ -55,6 +56,7 @@ def vector_field(
     ax: Axes | None = None,
     title: str | None = None,
     crop: bool = True,
+    dpi: float = 100,
 ) -> Figure:
     """Draw the maze (walls dark, free cells light, cheese and start marked) with one arrow per cell.
 
@@ -71,7 +73,7 @@ def vector_field(
     """
     grid, cells, vectors = _check_arrays(grid, cells, vectors)
     if ax is None:
-        fig = new_figure((5, 5), dpi=100)
+        fig = new_figure((5, 5), dpi=dpi)
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -176,6 +178,38 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+class VectorFieldRenderer:
+    """Draws the maze once, then redraws only the arrows: many frames of one level, cheaply.
+
+    >>> grid = np.full((5, 5), WALL); grid[1:4, 1:4] = EMPTY
+    >>> cells = np.argwhere(grid == EMPTY)
+    >>> renderer = VectorFieldRenderer(grid, cells)
+    >>> frame = renderer.render(np.tile([1.0, 0.0], (len(cells), 1)), "step 10")
+    >>> frame.shape, frame.dtype
+    ((500, 500, 3), dtype('uint8'))
+    """
+
+    def __init__(
+        self,
+        grid: np.ndarray,
+        cells: np.ndarray,
+        cheese: Sequence[int] | None = None,
+        start: Sequence[int] | None = None,
+        dpi: float = 100,
+    ) -> None:
+        zeros = np.zeros((len(cells), 2))
+        self.figure = vector_field(grid, cells, zeros, cheese=cheese, start=start, title=" ", dpi=dpi)
+        self.ax = self.figure.axes[0]
+        self.quiver = next(c for c in self.ax.collections if isinstance(c, Quiver))
+
+    def render(self, vectors: np.ndarray, title: str) -> np.ndarray:
+        """The ``(H, W, 3)`` uint8 frame of one record's ``vectors`` ``(n, 2)``."""
+        vectors = np.asarray(vectors, dtype=float)
+        self.quiver.set_UVC(vectors[:, 0], vectors[:, 1])
+        self.ax.set_title(title)
+        return figure_to_rgb(self.figure)
+
+
 def vector_field_frames(log: Any, probe: str = "maze", progress: bool = True) -> list[np.ndarray]:
     """One RGB frame per recorded step, with the step counter in the title (one figure, reused)."""
     from tqdm.auto import tqdm
@@ -186,17 +220,11 @@ def vector_field_frames(log: Any, probe: str = "maze", progress: bool = True) ->
         raise TrajhookError("animate_vector_field: the log has no records. HINT: record at least one step first.")
     vectors = np.asarray(probe_log["vectors"], dtype=float)
     meta = probe_log.metadata
-    fig = vector_field(
-        meta["grid"], meta["cells"], vectors[0], cheese=meta.get("cheese"), start=meta.get("start"), title=" "
-    )
-    ax = fig.axes[0]
-    quiver = ax.collections[-1]
-    frames = []
-    for i in tqdm(range(len(steps)), desc=f"{probe} frames", disable=not progress, unit="frame"):
-        quiver.set_UVC(vectors[i, :, 0], vectors[i, :, 1])
-        ax.set_title(f"{probe}: step {int(steps[i]):,}  ({i + 1}/{len(steps)})")
-        frames.append(_even(figure_to_rgb(fig)))
-    return frames
+    renderer = VectorFieldRenderer(meta["grid"], meta["cells"], cheese=meta.get("cheese"), start=meta.get("start"))
+    return [
+        _even(renderer.render(vectors[i], f"{probe}: step {int(steps[i]):,}  ({i + 1}/{len(steps)})"))
+        for i in tqdm(range(len(steps)), desc=f"{probe} frames", disable=not progress, unit="frame")
+    ]
 
 
 def _write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:

@@ -239,18 +239,20 @@ class _Panels:
 
 
 class _MazePanels(_Panels):
+    def __init__(self, probe: Probe) -> None:
+        super().__init__(probe)
+        self._renderer: Any = None  # built on the W&B thread at the first image
+
     def images(self, step: int, record: Mapping[str, np.ndarray]) -> list[tuple[str, Any]]:
         self.last_step = step
 
         def render() -> np.ndarray:
-            from trajhook.plots.figures import figure_to_rgb
-            from trajhook.plots.maze import vector_field
+            if self._renderer is None:
+                from trajhook.plots.maze import VectorFieldRenderer
 
-            m = self.metadata
-            title = f"{self.probe}, step {step}"
-            return figure_to_rgb(
-                vector_field(m["grid"], m["cells"], record["vectors"], m["cheese"], m["start"], title=title)
-            )
+                m = self.metadata
+                self._renderer = VectorFieldRenderer(m["grid"], m["cells"], m["cheese"], m["start"], dpi=64)
+            return self._renderer.render(record["vectors"], f"{self.probe}, step {step:,}")
 
         return [(f"trajhook/{self.probe}/vector_field", render)]
 
