@@ -46,12 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="torch seed")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--out-dir", type=Path, default=Path("runs"))
-    p.add_argument("--figures-dir", type=Path, default=Path("docs/images"), help="where the PNG figures go")
+    p.add_argument("--figures-dir", type=Path, default=None, help="where the PNG figures go (default: --out-dir)")
     p.add_argument("--fast", action="store_true", help="tiny smoke run (few levels and steps, figures in out-dir)")
     args = p.parse_args(argv)
     if args.fast:
         args.steps, args.train_levels, args.every, args.channels = 30, 8, 10, (4, 8, 8)
-        args.figures_dir = args.out_dir
+    args.figures_dir = args.figures_dir or args.out_dir
     if args.first_train_level <= args.probe_level < args.first_train_level + args.train_levels:
         p.error(f"--probe-level {args.probe_level} is one of the training levels; pick a held-out seed")
     return args
