@@ -186,3 +186,33 @@ def test_wandb_modes_without_credentials(tmp_path, mode):
         (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
         history, _, _ = read_run(run_dir)
         assert [row["trajhook/loss"] for row in history if "trajhook/loss" in row] == [1.0]
+
+
+def test_events_scalars_and_the_image_rate_limit_in_a_plain_loop(tmp_path):
+    import wandb
+
+    run = wandb.init(dir=tmp_path, mode="offline", project="trajhook-test")
+    maze = MazeProbe(seed=5, distribution_mode="easy", policy_fn=lambda model, obs: model(obs.flatten(1)))
+    model = nn.Linear(3 * 64 * 64, 15)
+    sink = WandbSink(run, image_every_s=3600)  # at most one image an hour: only the first record's
+    with Recorder(tmp_path / "run.h5", [maze, TensorProbe("bias", torch.ones(1, 3 * 64 * 64))], 2, wandb=sink) as rec:
+        for step in range(7):
+            rec.maybe_record(model, step, loss=1.0 / (step + 1))
+            if step == 3:
+                rec.mark(step, "fine-tuning starts")
+    run.finish()
+    history, metrics, _ = read_run(run.dir.removesuffix("/files"))
+    images = [row[STEP_KEY] for row in history if "trajhook/maze/vector_field/path" in row]
+    assert images == [0]
+    events = [(row[STEP_KEY], row["trajhook/event"]) for row in history if "trajhook/event" in row]
+    assert events == [(3, "fine-tuning starts")] and metrics["trajhook/event"] == STEP_KEY
+    losses = {row[STEP_KEY]: row["trajhook/loss"] for row in history if "trajhook/loss" in row}
+    assert losses == {s: 1.0 / (s + 1) for s in range(7)}
+    assert (
+        sorted(
+            row[STEP_KEY]
+            for row in history
+            if "trajhook/maze/vector_field/path" not in row and any(k.startswith("trajhook/bias") for k in row)
+        )
+        == []
+    )  # a (1, 15) output is not a scalar panel
