@@ -208,11 +208,4 @@ def test_events_scalars_and_the_image_rate_limit_in_a_plain_loop(tmp_path):
     assert events == [(3, "fine-tuning starts")] and metrics["trajhook/event"] == STEP_KEY
     losses = {row[STEP_KEY]: row["trajhook/loss"] for row in history if "trajhook/loss" in row}
     assert losses == {s: 1.0 / (s + 1) for s in range(7)}
-    assert (
-        sorted(
-            row[STEP_KEY]
-            for row in history
-            if "trajhook/maze/vector_field/path" not in row and any(k.startswith("trajhook/bias") for k in row)
-        )
-        == []
-    )  # a (1, 15) output is not a scalar panel
+    assert not any(k.startswith("trajhook/bias") for row in history for k in row)  # (1, 15) is not a scalar panel
