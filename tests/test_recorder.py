@@ -182,3 +182,45 @@ def test_a_closed_recorder_refuses_to_record_instead_of_dropping_data(store_path
     with pytest.raises(TrajhookError, match=r"Recorder.record after close\(\).*HINT: create a new Recorder"):
         rec.maybe_record(nn.Linear(4, 1), 1)
     assert load(store_path).steps.tolist() == [0]
+
+
+def test_flush_after_close_raises_instead_of_hanging(store_path):
+    rec = Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=1, wandb=False)
+    rec.record(nn.Linear(4, 1), 0)
+    rec.close()
+    with pytest.raises(TrajhookError, match=r"Recorder.flush after close\(\)"):
+        rec.flush()
+
+
+def test_scalars_logged_with_no_record_ever_are_warned_about(store_path):
+    rec = Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=100, wandb=False)
+    for step in range(1, 50):  # a loop that stops before its first due step, never calling setup
+        rec.log_scalars(step, loss=1.0)
+    with pytest.warns(UserWarning, match=r"49 scalar/event call\(s\) were not written.*HINT: call rec.setup"):
+        rec.close()
+
+
+def test_a_tensor_updated_in_place_is_logged_with_its_value_at_the_call(store_path):
+    running = torch.zeros(())
+    with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=100, wandb=False) as rec:
+        rec.setup(nn.Linear(4, 1))
+        for step in range(5):
+            running += 1
+            rec.log_scalars(step, running=running)
+    assert load(store_path).scalars["running"].values.tolist() == [1, 2, 3, 4, 5]
+
+
+def test_an_empty_existing_file_is_a_new_store(store_path):
+    store_path.touch()  # e.g. from tempfile.mkstemp
+    with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=1, wandb=False) as rec:
+        rec.record(nn.Linear(4, 1), 0)
+    assert load(store_path).steps.tolist() == [0]
+
+
+def test_a_bad_output_name_names_the_probe():
+    class Bad(Probe):
+        def setup(self, model, device):
+            self.add_output("a/b", (1,))
+
+    with pytest.raises(TrajhookError, match=r"Bad 'bad': output name 'a/b' is not valid"):
+        Bad("bad").setup(nn.Linear(1, 1), torch.device("cpu"))

@@ -178,7 +178,6 @@ class _Writer(threading.Thread):
                     item = self.records.get(timeout=max(0.0, min(0.2, next_flush - time.monotonic())))
                 except queue.Empty:
                     item = None
-                self._apply_drop()
                 self._drain_small()
                 if isinstance(item, _FlushMarker):
                     self.store.flush()
@@ -195,14 +194,13 @@ class _Writer(threading.Thread):
         except BaseException as err:  # surfaced on the training thread at the next call
             self.error = err
 
-    def _apply_drop(self) -> None:
-        if self.drop_from_step is not None:
-            step, self.drop_from_step = self.drop_from_step, None
-            warn_dropped(self.store.path, step, self.store.drop_from(step))
-
     def _drain_small(self) -> None:
-        with self.small_lock:
+        """Apply a pending resume drop, then write the scalars and events queued so far."""
+        with self.small_lock:  # taken together, so a drop never falls after this session's own rows
+            drop, self.drop_from_step = self.drop_from_step, None
             items, self.small = self.small, []
+        if drop is not None:
+            warn_dropped(self.store.path, drop, self.store.drop_from(drop))
         for kind, payload in items:
             if kind == "scalars":
                 step, values = payload
@@ -380,7 +378,7 @@ class Recorder:
                         f"Recorder: scalar {name!r} has shape {tuple(value.shape)}. "
                         "HINT: pass one number, e.g. loss=loss.detach()."
                     )
-                value = value.detach()
+                value = value.detach().clone()  # a running total updated in place must log its value now
             elif not isinstance(value, int | float | np.number) or isinstance(value, bool):
                 raise TrajhookError(f"Recorder: scalar {name}={value!r} is not a number. HINT: pass a float.")
             values[name] = value
@@ -397,12 +395,15 @@ class Recorder:
 
     def flush(self) -> None:
         """Wait until everything queued so far is written and committed."""
+        self._check_open("flush")
         if self._writer is None:
             return
         done = threading.Event()
         self._put_record(_FlushMarker(done))
         while not done.wait(0.05):
             self._raise_if_writer_failed()
+            if not self._writer.is_alive():
+                raise TrajhookError(f"Recorder: the writer of {str(self.path)!r} stopped. HINT: create a new Recorder.")
 
     def close(self) -> None:
         """Write everything queued, close the store and the sinks. Safe to call twice."""
@@ -410,13 +411,23 @@ class Recorder:
             return
         self._closed = True
         _open_recorders.discard(self)
-        if self._writer is not None:
-            self._writer.stop()
-            self._writer.join()
-            self._writer.store.close()
-        self._sinks.close()
-        if self._writer is not None:
-            self._raise_if_writer_failed()
+        if self._writer is None:
+            if self._early:
+                warnings.warn(
+                    f"Recorder: {len(self._early)} scalar/event call(s) were not written: no record ever ran, so "
+                    f"{str(self.path)!r} was never opened. HINT: call rec.setup(model) before training.",
+                    stacklevel=2,
+                )
+            self._sinks.close()
+            return
+        self._writer.stop()
+        self._writer.join()
+        try:
+            if self._writer.error is None:
+                self._writer.store.close()
+        finally:
+            self._sinks.close()
+        self._raise_if_writer_failed()
 
     def __enter__(self) -> Recorder:
         return self
@@ -485,8 +496,9 @@ class Recorder:
         if not self._started:
             self._started = True
             assert self._writer is not None
-            if self._writer.store.counts != [0, 0, 0, 0]:
-                self._writer.drop_from_step = int(step)
+            if any(self._writer.store.counts):
+                with self._writer.small_lock:
+                    self._writer.drop_from_step = int(step)
 
     def _put_small(self, kind: str, payload: Any) -> None:
         if self._writer is None:  # before setup: keep it until the store is open
