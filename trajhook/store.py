@@ -31,8 +31,9 @@ _STRING_CHUNK_ROWS = 64
 _MAX_CHUNK_BYTES = 1024 * 1024
 _MAX_CHUNK_ROWS = 4096
 _COMPACT_MIN_BYTES = 256 * 1024
-# Indices into the `committed` dataset.
-RECORDS, SCALARS, EVENTS, SCALAR_NAMES = range(4)
+# Indices into the `committed` dataset: four row counts, then the generation, bumped by every
+# resume drop, so that a reader can tell that rows it read may have been rewritten meanwhile.
+RECORDS, SCALARS, EVENTS, SCALAR_NAMES, GENERATION = range(5)
 
 Schema = dict[str, dict[str, OutputSpec]]
 """probe name -> output name -> spec."""
@@ -189,13 +190,14 @@ class StoreWriter:
     ) -> None:
         self.path = Path(path)
         self.schema = schema
-        if self.path.exists() and not overwrite:
+        if self.path.exists() and self.path.stat().st_size > 0 and not overwrite:
             self.file, self.resumed_rows = self._resume(probe_metadata)
         else:
             self.file = self._create(self.path, probe_metadata, metadata or {})
             self.resumed_rows = 0
         self.file.swmr_mode = True
-        self.counts = [int(c) for c in self.file["committed"][:]]
+        committed = [int(c) for c in self.file["committed"][:]]
+        self.counts, self.generation = committed[:GENERATION], committed[GENERATION]
         self._scalar_names = [n.decode() for n in self.file["scalars/names"][: self.counts[SCALAR_NAMES]]]
         self._scalar_index = {n: i for i, n in enumerate(self._scalar_names)}
         self._pending_records: list[tuple[int, float, dict[str, dict[str, np.ndarray]]]] = []
@@ -235,7 +237,7 @@ class StoreWriter:
         _create_appendable(events, "step", (), np.int64)
         _create_appendable(events, "label", (), f"S{EVENT_LABEL_BYTES}")
         # Allocated now, before SWMR: a lazily allocated counter breaks SWMR readers after a crash.
-        file.create_dataset("committed", data=np.zeros(4, np.int64))
+        file.create_dataset("committed", data=np.zeros(5, np.int64))
         file.flush()
         return file
 
@@ -312,6 +314,7 @@ class StoreWriter:
                 if index == RECORDS:
                     dropped = self.counts[index] - int(later[0])
                 self.counts[index] = int(later[0])
+        self.generation += 1  # rows past the new counts will be overwritten: readers must notice
         self._commit()
         return dropped
 
@@ -377,7 +380,7 @@ class StoreWriter:
         self._pending_scalars.clear()
 
     def _commit(self) -> None:
-        self.file["committed"][:] = self.counts
+        self.file["committed"][:] = [*self.counts, self.generation]
         self.file["committed"].flush()
 
     def close(self) -> None:
@@ -452,14 +455,19 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
         self.path = Path(path)
         with open_for_reading(self.path) as file:
             try:
-                self._read(file)
+                for _ in range(10):  # a seqlock: read again if a resume rewrote rows meanwhile
+                    generation = self._read(file)
+                    file["committed"].refresh()
+                    if int(file["committed"][GENERATION]) == generation:
+                        break
             except (OSError, KeyError) as err:
                 raise TrajhookError(
                     f"{str(self.path)!r} is corrupt: {err}. HINT: the file was damaged after trajhook wrote it; "
                     "a copy taken while training ran is readable."
                 ) from None
 
-    def _read(self, file: h5py.File) -> None:
+    def _read(self, file: h5py.File) -> int:
+        """Read the committed rows; returns the generation they belong to."""
         committed = file["committed"]
         committed.refresh()  # the counter first: every row it counts is already on disk
         counts = [int(c) for c in committed[:]]
@@ -498,6 +506,7 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
                 strict=True,
             )
         ]
+        return counts[GENERATION]
 
     def __getitem__(self, name: str) -> ProbeLog:
         try:
