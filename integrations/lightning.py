@@ -35,10 +35,14 @@ _SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
 class TrajectoryCallback(_callback_base()):
     """Record ``probes`` every ``every_n_steps`` optimizer steps (``trainer.global_step``).
 
-    Records once at the start of training and then exactly once per due optimizer step, also
+    Records at the start of training (step 0, or the step a checkpoint resumed at: the first
+    write of a session drops the rows an earlier run left from there on, see
+    :class:`~trajhook.Recorder`) and then exactly once per due optimizer step, also
     under gradient accumulation; never during the sanity check. Logs the training loss as the
-    scalar ``loss`` once per optimizer step. Writes on global rank zero only, runs the probes
-    under the trainer's precision context, and resumes with the trainer's checkpoint.
+    scalar ``loss`` once per optimizer step, at the step whose weights computed it (the step the
+    record of those weights carries, and the step Lightning's own loggers use). Writes on global
+    rank zero only, runs the probes under the trainer's precision context, and resumes with the
+    trainer's checkpoint.
     Further keyword arguments go to :class:`trajhook.Recorder` (``metadata=``, ``wandb=``...).
     """
 
@@ -72,7 +76,7 @@ class TrajectoryCallback(_callback_base()):
         self._setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self._record_if_due(trainer, pl_module, outputs=None)
+        self._record_start(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._record_if_due(trainer, pl_module, outputs)
@@ -116,16 +120,21 @@ class TrajectoryCallback(_callback_base()):
         self.recorder.load_state_dict(self._loaded_state)
         self.recorder.setup(pl_module)  # runs every probe once: bad inputs fail before training
 
+    def _record_start(self, trainer: Any, pl_module: Any) -> None:
+        """Record the weights training starts from: step 0, or the step a checkpoint resumed at."""
+        if self.recorder is not None:
+            self._last_step = trainer.global_step
+            self.recorder.record(pl_module, trainer.global_step)
+
     def _record_if_due(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
         step = trainer.global_step
         if self.recorder is None or trainer.sanity_checking or step == self._last_step:
             return  # the same global_step again: a micro-batch under gradient accumulation
         self._last_step = step
-        loss = _loss_of(outputs) if self.log_loss and outputs is not None else None
-        if loss is not None:
-            self.recorder.maybe_record(pl_module, step, loss=loss)
-        else:
-            self.recorder.maybe_record(pl_module, step)
+        loss = _loss_of(outputs) if self.log_loss else None
+        if loss is not None:  # at the step whose weights computed it, as Lightning's own loggers do
+            self.recorder.log_scalars(step - 1, loss=loss)
+        self.recorder.maybe_record(pl_module, step)
 
     def _close(self) -> None:
         if self.recorder is not None:

@@ -64,10 +64,10 @@ def test_records_once_per_due_optimizer_step_under_accumulation(tmp_path):
     log = load(path)
     assert log.steps.tolist() == [0, 5, 10]
     loss = log.scalars["loss"]
-    assert loss.steps.tolist() == list(range(1, 13))  # once per optimizer step, not per micro-batch
-    # the loss logged at step s is the (accumulation-normalized) last micro-batch loss that led to step s
+    assert loss.steps.tolist() == list(range(12))  # once per optimizer step, not per micro-batch
+    # the loss at step s is that of the last micro-batch run on the weights of step s, (accumulation-normalized)
     for s, v in zip(loss.steps, loss.values, strict=True):
-        np.testing.assert_allclose(v, model.losses[s - 1][-1] / 2, rtol=1e-6)
+        np.testing.assert_allclose(v, model.losses[s][-1] / 2, rtol=1e-6)
     model.eval()
     with torch.no_grad():
         final = model(PROBE_X).numpy()
@@ -97,15 +97,15 @@ def test_resume_from_a_lightning_checkpoint_leaves_no_ghost_rows(tmp_path):
     ckpt = sorted((tmp_path / "ckpt").glob("*step=6*.ckpt"))[0]
     assert cb.state_key in torch.load(ckpt, weights_only=False)["callbacks"]
 
-    # The checkpoint's callback state says step 6 was recorded, so the resumed run first writes at
-    # step 7 and drops the first run's records at 9 and 12.
+    # The resumed run records the weights it starts from, at step 6, which drops the first run's
+    # rows from step 6 on: the records at 6, 9 and 12, and the losses of steps 6 to 11.
     resumed_model = Regressor()
     cb2 = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=3)
-    with pytest.warns(UserWarning, match=r"dropped 2 record\(s\) at step >= 7"):
+    with pytest.warns(UserWarning, match=r"dropped 3 record\(s\) at step >= 6"):
         trainer(tmp_path, [cb2], max_steps=9).fit(resumed_model, data(), ckpt_path=ckpt)
     log = load(path)
     assert log.steps.tolist() == [0, 3, 6, 9]
-    assert log.scalars["loss"].steps.tolist() == list(range(1, 10))
+    assert log.scalars["loss"].steps.tolist() == list(range(9))
     resumed_model.eval()
     with torch.no_grad():
         np.testing.assert_array_equal(log["fixed"]["output"][-1], resumed_model(PROBE_X).numpy())
@@ -151,7 +151,7 @@ def test_under_ddp_only_global_rank_zero_writes(tmp_path):
     )
     log = load(path)  # one writer: two would have collided on the file or doubled the rows
     assert log.steps.tolist() == [0, 2, 4]
-    assert log.scalars["loss"].steps.tolist() == [1, 2, 3, 4]
+    assert log.scalars["loss"].steps.tolist() == [0, 1, 2, 3]
 
 
 def test_a_second_fit_continues_the_same_store(tmp_path):

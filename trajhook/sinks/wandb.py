@@ -10,6 +10,7 @@ HDF5 store never wait on W&B.
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
 import queue
@@ -60,6 +61,7 @@ class WandbSink(Sink):
         image_every_s: at most one image per panel this often (W&B advises few images per step).
         pca_every_n_records: how often the PCA-trajectory image of per-token losses is redrawn.
         max_queue: items waiting for W&B; past that, items are dropped with one warning.
+        close_timeout_s: how long ``close`` waits for W&B before leaving it behind with a warning.
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class WandbSink(Sink):
         image_every_s: float = 5.0,
         pca_every_n_records: int = 10,
         max_queue: int = 256,
+        close_timeout_s: float = 60.0,
     ) -> None:
         self.run_arg = run
+        self.close_timeout_s = close_timeout_s
         self.image_every_s = image_every_s
         self.pca_every_n_records = pca_every_n_records
         self.run: Any = None
@@ -82,6 +86,7 @@ class WandbSink(Sink):
         self._thread: threading.Thread | None = None
         self._failed = False
         self._dropped = False
+        self._broken_panels: set[str] = set()
 
     # -- Sink interface (writer thread): queue and return ----------------------------------------
 
@@ -106,12 +111,23 @@ class WandbSink(Sink):
         self._put(("event", step, label))
 
     def close(self) -> None:
+        """Let W&B finish what is queued, but never wait on a wedged W&B for longer than the timeout."""
         if self._thread is not None:
-            self._queue.put(("close", None, None))
-            self._thread.join()
+            with contextlib.suppress(queue.Full):
+                self._queue.put(("close", None, None), timeout=self.close_timeout_s)
+            self._thread.join(self.close_timeout_s)
+            if self._thread.is_alive():
+                warnings.warn(
+                    f"WandbSink: W&B did not finish within {self.close_timeout_s:g} s; leaving it behind. "
+                    "The HDF5 store is closed and complete.",
+                    stacklevel=2,
+                )
+                return
             self._thread = None
         if self.started_run and self.run is not None:
-            self.run.finish()
+            finish = threading.Thread(target=self.run.finish, name="trajhook-wandb-finish", daemon=True)
+            finish.start()
+            finish.join(self.close_timeout_s)
 
     # -- the W&B thread -------------------------------------------------------------------------
 
@@ -174,17 +190,29 @@ class WandbSink(Sink):
             record = outputs[panels.probe]
             items.update(panels.scalars(record))
             for key, render in panels.images(step, record):
-                if now - self._last_image.get(key, -np.inf) >= self.image_every_s:
+                if key not in self._broken_panels and now - self._last_image.get(key, -np.inf) >= self.image_every_s:
                     self._last_image[key] = now
-                    items[key] = self._image(render())
+                    image = self._render(key, render)
+                    if image is not None:
+                        items[key] = image
         self._log(items, step)
+
+    def _render(self, key: str, render: Any) -> Any:
+        """One panel's image; a panel that cannot be drawn is warned about once and skipped, not fatal."""
+        try:
+            return self._image(render())
+        except Exception as err:
+            self._broken_panels.add(key)
+            warnings.warn(f"WandbSink: panel {key!r} cannot be drawn ({type(err).__name__}: {err}).", stacklevel=1)
+            return None
 
     def _flush_final(self) -> None:
         """At close, draw the trajectory images once more so the last view holds every record."""
         if self._failed or not self._panels:
             return
         try:
-            items = {key: self._image(render()) for p in self._panels for key, render in p.final_images()}
+            images = {key: self._render(key, r) for p in self._panels for key, r in p.final_images()}
+            items = {key: image for key, image in images.items() if image is not None}
             if items:
                 self._log(items, max((p.last_step for p in self._panels), default=0))
         except Exception as err:
