@@ -378,3 +378,24 @@ def test_recorder_round_trip_stores_hand_computed_vectors_and_metadata(tmp_path)
     np.testing.assert_array_equal(log["maze"].metadata["cells"], probe.cells)
     np.testing.assert_array_equal(log["maze"].metadata["grid"], probe.grid)
     assert model.training  # the Recorder restored the mode it found
+
+
+def test_a_policy_that_diverges_during_training_is_stored_not_fatal(tmp_path):
+    from trajhook import Recorder, load
+
+    policy = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 15))
+    torch.nn.init.zeros_(policy[1].weight)
+    torch.nn.init.zeros_(policy[1].bias)
+    probe = MazeProbe(seed=2, distribution_mode="easy")
+    with (
+        pytest.warns(UserWarning, match=r"'maze' produced NaN or inf .* at step 2"),
+        Recorder(tmp_path / "run.h5", [probe], every_n_steps=1, wandb=False) as rec,
+    ):
+        for step in range(4):
+            if step == 2:
+                policy[1].bias.data.fill_(float("nan"))
+            rec.record(policy, step)
+    log = load(tmp_path / "run.h5")
+    assert log.steps.tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(log["maze"]["action_probs"][:2], 1 / 15, rtol=1e-6)  # zero logits: uniform
+    assert np.isnan(log["maze"]["action_probs"][2:]).all()

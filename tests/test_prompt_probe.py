@@ -254,3 +254,23 @@ def test_recorded_log_round_trip_and_plots(tmp_path):
     assert [len(ax.lines) for ax in fig.axes] == [2, 4, 4]  # loss + event line; 3 targets + event line
     fig = pca_trajectory(log)
     assert fig.axes[0].get_xlabel().startswith("PC1")
+
+
+def test_a_pad_id_outside_the_embedding_is_harmless():
+    """HF tokenizers often add a pad token without the embeddings being resized."""
+    tokenizer = make_hf_tokenizer("right")
+    model = make_gpt2(vocab_size=len(tokenizer))
+    tokenizer.add_special_tokens({"pad_token": "<extra-pad>"})
+    assert tokenizer.pad_token_id >= model.get_input_embeddings().num_embeddings
+    probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS)
+    check_against_direct(probe, model, tokenizer.encode, lambda t: tokenizer.encode(t, add_special_tokens=False))
+
+
+def test_out_of_vocabulary_ids_are_named_before_any_forward():
+    tokenizer = make_hf_tokenizer("right")
+    small = make_gpt2(vocab_size=20)  # BPE ids run to 300: nn.Embedding would raise a bare IndexError
+    with pytest.raises(TrajhookError, match=r"token id \d+ is outside the model's input embedding of 20 tokens"):
+        PromptProbe(["the cat sat"], tokenizer).setup(small, torch.device("cpu"))
+    plain = TinyCausalLM(5)  # no get_input_embeddings: the first forward tells
+    with pytest.raises(TrajhookError, match=r"the first forward failed .* the largest token id is 7.*HINT"):
+        PromptProbe(["ab"], lambda t: [1, 7]).setup(plain, torch.device("cpu"))

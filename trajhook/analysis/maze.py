@@ -11,7 +11,8 @@ from collections import deque
 
 import numpy as np
 
-WALL = 51
+from trajhook.procgen_state import WALL
+
 # (d_row, d_col) of left, right, up, down; up is row + 1 because row 0 is the bottom.
 MOVES = ((0, -1), (0, 1), (1, 0), (-1, 0))
 

@@ -26,8 +26,8 @@ from matplotlib.quiver import Quiver
 
 from trajhook.errors import TrajhookError
 from trajhook.plots.figures import figure_to_rgb, new_figure
+from trajhook.procgen_state import WALL
 
-WALL, EMPTY, CHEESE = 51, 100, 2
 ARROW_COLOR = "#d62728"
 _MAZE_CMAP = ListedColormap(["#3b3b3b", "#f4f1e8"])  # wall, free
 
@@ -181,6 +181,7 @@ def _even(frame: np.ndarray) -> np.ndarray:
 class VectorFieldRenderer:
     """Draws the maze once, then redraws only the arrows: many frames of one level, cheaply.
 
+    >>> from trajhook.procgen_state import EMPTY
     >>> grid = np.full((5, 5), WALL); grid[1:4, 1:4] = EMPTY
     >>> cells = np.argwhere(grid == EMPTY)
     >>> renderer = VectorFieldRenderer(grid, cells)

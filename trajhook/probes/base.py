@@ -90,7 +90,7 @@ class Probe:
 
     def add_output(self, name: str, shape: tuple[int, ...], dtype: Any = "float32") -> None:
         """Declare one dataset that :meth:`run` returns at every record."""
-        check_name("output", name)
+        check_name(f"{type(self).__name__} {self.name!r}: output", name)
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise TrajhookError(f"{type(self).__name__} {self.name!r}: output {name!r} has negative shape {shape}.")

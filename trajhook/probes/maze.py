@@ -220,6 +220,7 @@ class MazeProbe(Probe):
         self.level: MazeLevel | None = None
         self._inputs: Any = None
         self._directions: torch.Tensor | None = None
+        self._checked_finite = False  # non-finite policy output is an error on the first (setup) run only
 
     # -- level facts, available after setup ---------------------------------------------------
     def _level(self) -> MazeLevel:
@@ -292,12 +293,13 @@ class MazeProbe(Probe):
                 "HINT: give the model's head 15 outputs, or pass policy_fn mapping (model, obs) to "
                 "(batch, 15) logits; check preprocess if the batch size is wrong."
             )
-        if not torch.isfinite(action_probs).all():
+        if not self._checked_finite and not torch.isfinite(action_probs).all():
             raise TrajhookError(
                 f"MazeProbe {self.name!r}: the policy output has non-finite values "
                 f"({action_probs.flatten()[:4]!r}...). "
                 "HINT: check the model for NaN weights or pass logits rather than log of zero probabilities."
             )
+        self._checked_finite = True  # later, a diverged policy is stored as is (the Recorder warns once)
         action_probs = action_probs.to(self._directions.device)
         direction_probs = action_probs @ self._directions
         vectors = torch.stack(

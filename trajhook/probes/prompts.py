@@ -268,6 +268,19 @@ class PromptProbe(Probe):
         return out
 
     # ----------------------------------------------------------------------------- probe contract
+    def _check_vocabulary(self, model: torch.nn.Module, rows: list[list[int]]) -> None:
+        """Before any forward: every id must fit the input embedding, when the model says its size."""
+        embeddings = getattr(model, "get_input_embeddings", None)
+        size = getattr(embeddings() if callable(embeddings) else None, "num_embeddings", None)
+        if not isinstance(size, int):
+            return  # a plain module: the first forward tells (see setup)
+        too_big = [i for row in rows for i in row if not 0 <= i < size]
+        if too_big:
+            self._fail(
+                f"token id {too_big[0]} is outside the model's input embedding of {size} tokens",
+                "use the tokenizer the model was trained with, or resize the model's embeddings.",
+            )
+
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         """Pad all rows into one batch on ``device``, precompute gather indices, declare outputs."""
         self._takes = self._forward_arguments(model) if self.logits_fn is None else set()
@@ -279,10 +292,10 @@ class PromptProbe(Probe):
                 target_slots.append((len(rows), p, k, len(prompt)))
                 rows.append(prompt + target)
         width = max(len(r) for r in rows)
-        pad_id = getattr(self.tokenizer, "pad_token_id", None)
-        pad_id = pad_id if isinstance(pad_id, int) else getattr(self.tokenizer, "eos_token_id", None)
-        pad_id = pad_id if isinstance(pad_id, int) else 0
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        self._check_vocabulary(model, rows)
+        # Padding is masked (or past a causal row's end), so its value never matters: a real token of
+        # the prompts keeps it inside the embedding even when the tokenizer's pad id is not.
+        ids = torch.full((len(rows), width), rows[0][0], dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         offsets = []
         for r, row in enumerate(rows):
@@ -326,7 +339,13 @@ class PromptProbe(Probe):
         self._max_len = max(len(p) for p in self.prompt_ids)
 
         with torch.no_grad():
-            vocab = int(self._logits(model).shape[-1])
+            try:
+                vocab = int(self._logits(model).shape[-1])
+            except IndexError as err:
+                self._fail(
+                    f"the first forward failed ({err}); the largest token id is {max(max(r) for r in rows)}",
+                    "if that is outside the model's vocabulary, use the tokenizer the model was trained with.",
+                )
         too_big = [i for row in rows for i in row if not 0 <= i < vocab]
         if too_big:
             self._fail(
