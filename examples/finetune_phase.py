@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny_lm import CharTokenizer, TinyTransformer
@@ -104,7 +105,7 @@ rec = Recorder(args.out, [probe], every_n_steps=args.record_every, metadata=vars
 rec.setup(model)
 total_steps = args.pretrain_steps + args.finetune_steps
 start = time.perf_counter()
-for step in range(total_steps + 1):
+for step in tqdm(range(total_steps + 1), desc="training", unit="step"):
     tokens = batch(args.batch_size)
     loss = F.cross_entropy(model(tokens[:, :-1]).reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
     if step == args.pretrain_steps:

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny_lm import CharTokenizer, TinyTransformer
@@ -94,7 +95,7 @@ optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 rec = Recorder(args.out, [probe], every_n_steps=args.record_every, metadata=vars(args), overwrite=True)
 rec.setup(model)
 start = time.perf_counter()
-for step in range(args.steps + 1):
+for step in tqdm(range(args.steps + 1), desc="training", unit="step"):
     tokens = batch(args.batch_size)
     logits = model(tokens[:, :-1])
     loss = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from tqdm.auto import tqdm
 
 from trajhook import load
 from trajhook.analysis.maze import path_agreement, shortest_path_moves
@@ -63,7 +64,7 @@ def build_dataset(seeds: range) -> tuple[TensorDataset, torch.Tensor]:
     same total weight: small mazes, where the way to the cheese is easy to see, are then sampled as
     often as big ones. This is what gets the policy off the chance plateau quickly."""
     observations, labels, weights = [], [], []
-    for seed in seeds:
+    for seed in tqdm(seeds, desc="rendering training levels", unit="level"):
         level = load_maze_level(seed, "easy")
         if len(level.cells) == 0:
             continue
