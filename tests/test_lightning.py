@@ -106,6 +106,7 @@ def test_resume_from_a_lightning_checkpoint_leaves_no_ghost_rows(tmp_path):
     log = load(path)
     assert log.steps.tolist() == [0, 3, 6, 9]
     assert log.scalars["loss"].steps.tolist() == list(range(9))
+    assert cb2.state_dict()["recorded_steps"] == [0, 3, 6, 9]  # step 6 once, though recorded twice
     resumed_model.eval()
     with torch.no_grad():
         np.testing.assert_array_equal(log["fixed"]["output"][-1], resumed_model(PROBE_X).numpy())

@@ -205,3 +205,33 @@ def test_load_reports_a_truncated_file_as_corrupt(store_path):
     store_path.write_bytes(data[: len(data) // 2])
     with pytest.raises(TrajhookError, match="corrupt"):
         load(store_path)
+
+
+def test_a_store_from_before_the_generation_counter_loads_and_resumes(store_path):
+    run(store_path, range(0, 31))
+    with h5py.File(store_path, "r+", libver="latest") as f:  # the layout of the first stores: 4 counts
+        counts = f["committed"][:4]
+        del f["committed"]
+        f.create_dataset("committed", data=counts)
+    assert load(store_path).steps.tolist() == [0, 10, 20, 30]
+    run(store_path, range(20, 41))
+    log = load(store_path)
+    assert log.steps.tolist() == [0, 10, 20, 30, 40]
+    np.testing.assert_array_equal(log["p"]["output"], expected_rows(log.steps))
+
+
+def test_after_a_write_error_the_file_is_released_and_what_was_committed_stays(store_path):
+    rec = Recorder(store_path, [probe()], every_n_steps=1, wandb=False)
+    model = Step()
+    rec.record(model, 0)
+    rec.flush()
+
+    def disk_full(*args):  # a full disk cannot be staged in this sandbox: fail the writer instead
+        raise OSError(28, "No space left on device")
+
+    rec._writer.store.add_record = disk_full
+    rec.record(model, 1)
+    with pytest.raises(TrajhookError, match=r"No space left on device.*Everything committed before is intact"):
+        rec.close()
+    run(store_path, range(2, 4), every=1)  # the path can be opened again at once, as the hint says
+    assert load(store_path).steps.tolist() == [0, 2, 3]

@@ -363,7 +363,8 @@ class Recorder:
                 record[probe.name] = self._checked(probe, probe.run(model), step)
             host, event = _start_copy_to_host(record)
         self._put_record((int(step), time.time(), host, event))
-        self.recorded_steps.append(int(step))
+        if not self.recorded_steps or self.recorded_steps[-1] != step:
+            self.recorded_steps.append(int(step))
 
     def log_scalars(self, step: int, **scalars: float | torch.Tensor) -> None:
         """Log scalars (floats or 0-d tensors, read off the device by the writer) at ``step``."""
@@ -425,6 +426,9 @@ class Recorder:
         try:
             if self._writer.error is None:
                 self._writer.store.close()
+            else:  # release the file: what was committed is on disk, the rest never was
+                with contextlib.suppress(Exception):
+                    self._writer.store.file.close()
         finally:
             self._sinks.close()
         self._raise_if_writer_failed()

@@ -264,6 +264,10 @@ class StoreWriter:
         try:  # a store that was closed cleanly reopens in place
             file = h5py.File(self.path, "r+", libver="latest", locking=False)
         except OSError:  # a writer that crashed leaves the file flagged open: rebuild it from its rows
+            file = None
+        if file is None or len(file["committed"]) <= GENERATION:  # also: a store from before generations
+            if file is not None:
+                file.close()
             self._rebuild(probe_metadata)
             file = h5py.File(self.path, "r+", libver="latest", locking=False)
         counts = file["committed"][:]
@@ -284,7 +288,7 @@ class StoreWriter:
                 _append(new[ds.name], 0, ds[:n])
             del new["static"]
             old.copy(old["static"], new, "static")
-            new["committed"][:] = counts
+            new["committed"][: len(counts)] = counts
             new.close()
         os.replace(tmp, self.path)
 
@@ -458,9 +462,9 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
                 for _ in range(10):  # a seqlock: read again if a resume rewrote rows meanwhile
                     generation = self._read(file)
                     file["committed"].refresh()
-                    if int(file["committed"][GENERATION]) == generation:
+                    if _generation(file["committed"][:]) == generation:
                         break
-            except (OSError, KeyError) as err:
+            except (OSError, KeyError, IndexError, ValueError) as err:
                 raise TrajhookError(
                     f"{str(self.path)!r} is corrupt: {err}. HINT: the file was damaged after trajhook wrote it; "
                     "a copy taken while training ran is readable."
@@ -506,7 +510,7 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
                 strict=True,
             )
         ]
-        return counts[GENERATION]
+        return _generation(counts)
 
     def __getitem__(self, name: str) -> ProbeLog:
         try:
@@ -522,6 +526,11 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
     def __repr__(self) -> str:
         return f"TrajectoryLog({str(self.path)!r}: {len(self.steps)} records, probes {sorted(self._probes)})"
+
+
+def _generation(committed: Sequence[int]) -> int:
+    """The generation in a ``committed`` row; 0 for stores written before it existed."""
+    return int(committed[GENERATION]) if len(committed) > GENERATION else 0
 
 
 def load(path: str | os.PathLike) -> TrajectoryLog:
