@@ -399,3 +399,16 @@ def test_a_policy_that_diverges_during_training_is_stored_not_fatal(tmp_path):
     assert log.steps.tolist() == [0, 1, 2, 3]
     np.testing.assert_allclose(log["maze"]["action_probs"][:2], 1 / 15, rtol=1e-6)  # zero logits: uniform
     assert np.isnan(log["maze"]["action_probs"][2:]).all()
+
+
+def test_a_reused_probe_checks_its_first_run_again_at_each_setup():
+    probe = MazeProbe(seed=2, distribution_mode="easy")
+    healthy = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 15))
+    probe.setup(healthy, torch.device("cpu"))
+    with torch.no_grad():
+        probe.run(healthy)
+    broken = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 15))
+    broken[1].bias.data.fill_(float("nan"))
+    probe.setup(broken, torch.device("cpu"))  # e.g. a second Recorder, or Lightning's second fit()
+    with pytest.raises(TrajhookError, match="non-finite"), torch.no_grad():
+        probe.run(broken)

@@ -254,6 +254,7 @@ class MazeProbe(Probe):
     # -- the probe contract -------------------------------------------------------------------
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         """Render the level once (kept across setups) and cache the preprocessed batch on ``device``."""
+        self._checked_finite = False  # each setup's first run checks again (a probe may be reused)
         if self.level is None:
             self.level = load_maze_level(self.seed, self.distribution_mode)
         level = self.level

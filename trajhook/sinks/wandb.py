@@ -112,22 +112,28 @@ class WandbSink(Sink):
 
     def close(self) -> None:
         """Let W&B finish what is queued, but never wait on a wedged W&B for longer than the timeout."""
+        deadline = time.monotonic() + self.close_timeout_s
         if self._thread is not None:
             with contextlib.suppress(queue.Full):
-                self._queue.put(("close", None, None), timeout=self.close_timeout_s)
-            self._thread.join(self.close_timeout_s)
+                self._queue.put(("close", None, None), timeout=max(0.0, deadline - time.monotonic()))
+            self._thread.join(max(0.0, deadline - time.monotonic()))
             if self._thread.is_alive():
-                warnings.warn(
-                    f"WandbSink: W&B did not finish within {self.close_timeout_s:g} s; leaving it behind. "
-                    "The HDF5 store is closed and complete.",
-                    stacklevel=2,
-                )
+                self._warn_left_behind()
                 return
             self._thread = None
         if self.started_run and self.run is not None:
             finish = threading.Thread(target=self.run.finish, name="trajhook-wandb-finish", daemon=True)
             finish.start()
-            finish.join(self.close_timeout_s)
+            finish.join(max(0.0, deadline - time.monotonic()))
+            if finish.is_alive():
+                self._warn_left_behind()
+
+    def _warn_left_behind(self) -> None:
+        warnings.warn(
+            f"WandbSink: W&B did not finish within {self.close_timeout_s:g} s; leaving it behind. "
+            "The HDF5 store is closed and complete.",
+            stacklevel=3,
+        )
 
     # -- the W&B thread -------------------------------------------------------------------------
 
@@ -199,6 +205,8 @@ class WandbSink(Sink):
 
     def _render(self, key: str, render: Any) -> Any:
         """One panel's image; a panel that cannot be drawn is warned about once and skipped, not fatal."""
+        if key in self._broken_panels:
+            return None
         try:
             return self._image(render())
         except Exception as err:
