@@ -165,3 +165,14 @@ def test_animation_gif_and_mp4_have_one_frame_per_step_with_even_size(fake_log, 
     assert sum(1 for _ in reader) == 5 and width % 2 == 0 and height % 2 == 0
     with pytest.raises(TrajhookError, match=r"\.avi.*HINT"):
         animate_vector_field(fake_log, tmp_path / "m.avi")
+
+
+def test_animation_frames_carry_a_progress_bar_along_the_bottom(fake_log):
+    from trajhook.plots.maze import PROGRESS_COLOR, vector_field_frames
+
+    green = np.array([int(PROGRESS_COLOR[i : i + 2], 16) for i in (1, 3, 5)])
+    widths = []
+    for frame in vector_field_frames(fake_log, progress=False):
+        bottom = frame[-3]  # a pixel row inside the bar
+        widths.append(np.all(np.abs(bottom.astype(int) - green) < 30, axis=1).mean())
+    np.testing.assert_allclose(widths, [0.2, 0.4, 0.6, 0.8, 1.0], atol=0.02)  # frame i of 5: (i + 1) / 5

@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.quiver import Quiver
 
 from trajhook.errors import TrajhookError
@@ -29,6 +30,8 @@ from trajhook.plots.figures import figure_to_rgb, new_figure
 from trajhook.procgen_state import WALL
 
 ARROW_COLOR = "#d62728"
+PROGRESS_COLOR = "#2ca02c"  # the animation's progress bar along the bottom edge
+PROGRESS_BAR_HEIGHT = 0.012  # in figure heights
 _MAZE_CMAP = ListedColormap(["#3b3b3b", "#f4f1e8"])  # wall, free
 
 
@@ -202,17 +205,23 @@ class VectorFieldRenderer:
         self.figure = vector_field(grid, cells, zeros, cheese=cheese, start=start, title=" ", dpi=dpi)
         self.ax = self.figure.axes[0]
         self.quiver = next(c for c in self.ax.collections if isinstance(c, Quiver))
+        self.bar = Rectangle((0, 0), 0, PROGRESS_BAR_HEIGHT, transform=self.figure.transFigure, color=PROGRESS_COLOR)
+        self.figure.add_artist(self.bar)
 
-    def render(self, vectors: np.ndarray, title: str) -> np.ndarray:
-        """The ``(H, W, 3)`` uint8 frame of one record's ``vectors`` ``(n, 2)``."""
+    def render(self, vectors: np.ndarray, title: str, progress: float | None = None) -> np.ndarray:
+        """The ``(H, W, 3)`` uint8 frame of one record's ``vectors`` ``(n, 2)``.
+
+        ``progress`` in [0, 1] draws a bar of that width along the frame's bottom edge.
+        """
         vectors = np.asarray(vectors, dtype=float)
         self.quiver.set_UVC(vectors[:, 0], vectors[:, 1])
         self.ax.set_title(title)
+        self.bar.set_width(0.0 if progress is None else float(np.clip(progress, 0.0, 1.0)))
         return figure_to_rgb(self.figure)
 
 
 def vector_field_frames(log: Any, probe: str = "maze", progress: bool = True) -> list[np.ndarray]:
-    """One RGB frame per recorded step, with the step counter in the title (one figure, reused)."""
+    """One RGB frame per recorded step: the step counter in the title, a progress bar along the bottom."""
     from tqdm.auto import tqdm
 
     probe_log = _probe_log(log, probe)
@@ -222,9 +231,10 @@ def vector_field_frames(log: Any, probe: str = "maze", progress: bool = True) ->
     vectors = np.asarray(probe_log["vectors"], dtype=float)
     meta = probe_log.metadata
     renderer = VectorFieldRenderer(meta["grid"], meta["cells"], cheese=meta.get("cheese"), start=meta.get("start"))
+    n = len(steps)
     return [
-        _even(renderer.render(vectors[i], f"{probe}: step {int(steps[i]):,}  ({i + 1}/{len(steps)})"))
-        for i in tqdm(range(len(steps)), desc=f"{probe} frames", disable=not progress, unit="frame")
+        _even(renderer.render(vectors[i], f"{probe}: step {int(steps[i]):,}  ({i + 1}/{n})", progress=(i + 1) / n))
+        for i in tqdm(range(n), desc=f"{probe} frames", disable=not progress, unit="frame")
     ]
 
 
