@@ -191,10 +191,9 @@ class StoreWriter:
         self.path = Path(path)
         self.schema = schema
         if self.path.exists() and self.path.stat().st_size > 0 and not overwrite:
-            self.file, self.resumed_rows = self._resume(probe_metadata)
+            self.file = self._resume(probe_metadata)
         else:
             self.file = self._create(self.path, probe_metadata, metadata or {})
-            self.resumed_rows = 0
         self.file.swmr_mode = True
         committed = [int(c) for c in self.file["committed"][:]]
         self.counts, self.generation = committed[:GENERATION], committed[GENERATION]
@@ -252,7 +251,7 @@ class StoreWriter:
                 plain[key] = value
         static.attrs["metadata"] = _dump_json(plain, f"probe {name!r} metadata")
 
-    def _resume(self, probe_metadata: Mapping[str, Mapping[str, Any]]) -> tuple[h5py.File, int]:
+    def _resume(self, probe_metadata: Mapping[str, Mapping[str, Any]]) -> h5py.File:
         with open_for_reading(self.path) as old:
             difference = schema_difference(read_schema(old), self.schema)
             if difference:
@@ -260,7 +259,6 @@ class StoreWriter:
                     f"Recorder: the store {str(self.path)!r} was written with other probes: {difference}. "
                     "HINT: use a new path, or pass overwrite=True to replace the store."
                 )
-            rows = int(old["committed"][RECORDS])
         try:  # a store that was closed cleanly reopens in place
             file = h5py.File(self.path, "r+", libver="latest", locking=False)
         except OSError:  # a writer that crashed leaves the file flagged open: rebuild it from its rows
@@ -275,7 +273,7 @@ class StoreWriter:
             if ds.shape[0] > n:  # drop rows a crash left beyond the commit mark
                 ds.resize(n, axis=0)
         file.flush()
-        return file, rows
+        return file
 
     def _rebuild(self, probe_metadata: Mapping[str, Mapping[str, Any]]) -> None:
         tmp = self.path.with_name(self.path.name + ".rebuild")
