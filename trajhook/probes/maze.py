@@ -47,15 +47,16 @@ def direction_matrix() -> np.ndarray:
     return matrix
 
 
-def directions_to_vectors(direction_probs: np.ndarray) -> np.ndarray:
+def directions_to_vectors(direction_probs: Any) -> Any:
     """``(..., 5)`` direction probabilities to ``(..., 2)`` arrows ``(P_right - P_left, P_up - P_down)``.
+
+    Works on numpy arrays and on torch tensors (on any device) alike.
 
     >>> directions_to_vectors(np.array([[0.0, 1.0, 0.0, 0.0, 0.0], [0.1, 0.1, 0.0, 0.5, 0.3]]))
     array([[ 1. ,  0. ],
            [ 0. , -0.5]])
     """
-    p = np.asarray(direction_probs)
-    return np.stack([p[..., 1] - p[..., 0], p[..., 2] - p[..., 3]], axis=-1)
+    return direction_probs[..., [1, 2]] - direction_probs[..., [0, 3]]
 
 
 def float_nchw(obs: torch.Tensor) -> torch.Tensor:
@@ -132,11 +133,21 @@ def check_distribution_mode(owner: str, distribution_mode: str) -> str:
     return distribution_mode
 
 
+def check_seed(owner: str, seed: Any) -> int:
+    """Return ``seed`` as an int if it can be a procgen level seed, else raise.
+
+    >>> check_seed("MazeProbe", np.int64(3))
+    3
+    """
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+        raise TrajhookError(f"{owner}: seed {seed!r} is not a non-negative int. HINT: pass e.g. seed=0.")
+    return int(seed)
+
+
 def load_maze_level(seed: int, distribution_mode: str = "hard", env: Any = None) -> MazeLevel:
     """Build level ``seed`` with procgen and render the mouse on every free non-cheese cell."""
     check_distribution_mode("load_maze_level", distribution_mode)
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise TrajhookError(f"load_maze_level: seed {seed!r} is not a non-negative int. HINT: pass e.g. seed=0.")
+    check_seed("load_maze_level", seed)
     env = make_maze_env(int(seed), distribution_mode) if env is None else env
     state = parse_maze_state(env.callmethod("get_state")[0])
     cells = state.free_cells(include_cheese=False)
@@ -191,9 +202,7 @@ class MazeProbe(Probe):
         policy_fn: PolicyFn | None = None,
     ) -> None:
         super().__init__(name)
-        if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-            raise TrajhookError(f"MazeProbe {name!r}: seed {seed!r} is not a non-negative int. HINT: pass seed=0.")
-        self.seed = int(seed)
+        self.seed = check_seed(f"MazeProbe {name!r}", seed)
         self.distribution_mode = check_distribution_mode(f"MazeProbe {name!r}", distribution_mode)
         if preprocess is None:
             preprocess = "float_nchw"
@@ -303,10 +312,7 @@ class MazeProbe(Probe):
         self._checked_finite = True  # later, a diverged policy is stored as is (the Recorder warns once)
         action_probs = action_probs.to(self._directions.device)
         direction_probs = action_probs @ self._directions
-        vectors = torch.stack(
-            [direction_probs[:, 1] - direction_probs[:, 0], direction_probs[:, 2] - direction_probs[:, 3]],
-            dim=1,
-        )
+        vectors = directions_to_vectors(direction_probs)
         return {"action_probs": action_probs, "direction_probs": direction_probs, "vectors": vectors}
 
     def __repr__(self) -> str:
