@@ -21,21 +21,11 @@ import time
 import warnings
 
 import torch
+from bench_maze import median_seconds  # the same timer for every benchmark
 from torch import nn
 
 from trajhook import MazeProbe, Recorder, TensorProbe
 from trajhook.probes.maze import float_nchw
-
-
-def timed(fn, repeat: int) -> float:
-    """Median seconds of ``fn()`` over ``repeat`` calls, after one warm-up."""
-    fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def cnn() -> nn.Module:
@@ -75,14 +65,14 @@ def main() -> None:
     rows.append(("maybe_record, step not due", f"{not_due * 1e6:.2f} µs", f"empty call {call * 1e6:.2f} µs"))
 
     step = iter(range(10**9))
-    per_record = timed(lambda: rec.record(model, next(step)), repeat=30)
+    per_record = median_seconds(lambda: rec.record(model, next(step)), 30)
     model.eval()
 
     def bare():
         with torch.no_grad():
             model(x)
 
-    floor = timed(bare, repeat=30)
+    floor = median_seconds(bare, 30)
     rec.close()
     rows.append(("record: 96 images through a CNN", f"{per_record * 1e3:.1f} ms", f"bare forward {floor * 1e3:.1f} ms"))
     rows.append(("  ratio record / bare forward", f"{per_record / floor:.2f}x", ""))
@@ -183,7 +173,7 @@ def main() -> None:
         with torch.no_grad():
             maze_model(obs)
 
-    maze_floor = timed(maze_forward, repeat=20)
+    maze_floor = median_seconds(maze_forward, 20)
     rows.append(("MazeProbe (hard), every 10 steps:", "", f"probe forward alone {maze_floor * 1e3:.1f} ms"))
     rows.append(
         (
