@@ -268,18 +268,19 @@ class PromptProbe(Probe):
         return out
 
     # ----------------------------------------------------------------------------- probe contract
-    def _check_vocabulary(self, model: torch.nn.Module, rows: list[list[int]]) -> None:
+    def _check_ids(self, rows: list[list[int]], size: int, what: str, hint: str) -> None:
+        """Every token id must be below ``size``; ``what`` names that bound in the error."""
+        too_big = [i for row in rows for i in row if not 0 <= i < size]
+        if too_big:
+            self._fail(f"token id {too_big[0]} is outside the model's {what}", hint)
+
+    def _check_embedding(self, model: torch.nn.Module, rows: list[list[int]]) -> None:
         """Before any forward: every id must fit the input embedding, when the model says its size."""
         embeddings = getattr(model, "get_input_embeddings", None)
         size = getattr(embeddings() if callable(embeddings) else None, "num_embeddings", None)
-        if not isinstance(size, int):
-            return  # a plain module: the first forward tells (see setup)
-        too_big = [i for row in rows for i in row if not 0 <= i < size]
-        if too_big:
-            self._fail(
-                f"token id {too_big[0]} is outside the model's input embedding of {size} tokens",
-                "use the tokenizer the model was trained with, or resize the model's embeddings.",
-            )
+        if isinstance(size, int):  # else a plain module: the first forward tells (see setup)
+            hint = "use the tokenizer the model was trained with, or resize the model's embeddings."
+            self._check_ids(rows, size, f"input embedding of {size} tokens", hint)
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         """Pad all rows into one batch on ``device``, precompute gather indices, declare outputs."""
@@ -292,7 +293,7 @@ class PromptProbe(Probe):
                 target_slots.append((len(rows), p, k, len(prompt)))
                 rows.append(prompt + target)
         width = max(len(r) for r in rows)
-        self._check_vocabulary(model, rows)
+        self._check_embedding(model, rows)
         # Padding is masked (or past a causal row's end), so its value never matters: a real token of
         # the prompts keeps it inside the embedding even when the tokenizer's pad id is not.
         ids = torch.full((len(rows), width), rows[0][0], dtype=torch.long)
@@ -346,12 +347,8 @@ class PromptProbe(Probe):
                     f"the first forward failed ({err}); the largest token id is {max(max(r) for r in rows)}",
                     "if that is outside the model's vocabulary, use the tokenizer the model was trained with.",
                 )
-        too_big = [i for row in rows for i in row if not 0 <= i < vocab]
-        if too_big:
-            self._fail(
-                f"token id {too_big[0]} is outside the model's vocabulary of {vocab}",
-                "use the tokenizer the model was trained with, or a model with a larger vocab_size.",
-            )
+        hint = "use the tokenizer the model was trained with, or a model with a larger vocab_size."
+        self._check_ids(rows, vocab, f"vocabulary of {vocab}", hint)
         self.vocab_size = vocab
         self._k = min(self.top_k, vocab)
         n = len(self.prompt_ids)
