@@ -1,34 +1,60 @@
 # `make demo` and `make test` work on a fresh machine with only Python 3.11.
+#
+# Two environments, because procgen2 pins numpy<2 while current transformers/trl/datasets need numpy 2:
+#   .venv     the maze side: procgen2, Stable-Baselines3, Lightning, W&B, TensorBoard (numpy 1)
+#   .venv-lm  the language-model side: transformers, TRL, datasets, both Lightning packages (numpy 2)
+# Each installs trajhook in editable mode with the extras a user of that side would pick.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV   := .venv
-PY     := $(VENV)/bin/python
 # The CPU build of torch: a plain `torch` requirement would pull a multi-GB CUDA build. On this
 # project's machines pip finds the CPU wheel on disk; elsewhere, pass the CPU index, e.g.
 # `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 TORCH  := torch==2.13.0
 TORCH_INDEX ?=
+MAZE_VENV := .venv
+LM_VENV   := .venv-lm
+MAZE_EXTRAS := maze,sb3,lightning,wandb,tensorboard,dev
+LM_EXTRAS   := hf,lightning,wandb,tensorboard,dev
+LM_TEST_DEPS := trl datasets lightning "numpy>=2"
+PYTEST_ENV := WANDB_MODE=offline WANDB_SILENT=true MPLBACKEND=Agg
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-maze test-lm lint bench clean
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev]"
+define make_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -c "import torch" 2>/dev/null || $(1)/bin/python -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+endef
+
+$(MAZE_VENV)/.installed: pyproject.toml Makefile
+	$(call make_venv,$(MAZE_VENV))
+	$(MAZE_VENV)/bin/python -m pip install -q -e ".[$(MAZE_EXTRAS)]"
 	touch $@
 
-demo: $(VENV)/.installed
-	$(PY) examples/maze_lightning.py
+$(LM_VENV)/.installed: pyproject.toml Makefile
+	$(call make_venv,$(LM_VENV))
+	$(LM_VENV)/bin/python -m pip install -q -e ".[$(LM_EXTRAS)]" $(LM_TEST_DEPS)
+	touch $@
 
-lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+demo: $(MAZE_VENV)/.installed
+	$(MAZE_VENV)/bin/python examples/maze_lightning.py
 
-test: lint
-	WANDB_MODE=offline WANDB_SILENT=true MPLBACKEND=Agg $(VENV)/bin/pytest -q
+lint: $(LM_VENV)/.installed
+	$(LM_VENV)/bin/python -m ruff check .
+	$(LM_VENV)/bin/python -m ruff format --check .
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/run_all.py
+# The language-model side runs every test not marked `maze` (numpy 2); the maze side runs the rest.
+test: lint $(MAZE_VENV)/.installed
+	$(PYTEST_ENV) $(LM_VENV)/bin/python -m pytest -q -m "not maze"
+	$(PYTEST_ENV) $(MAZE_VENV)/bin/python -m pytest -q -m maze
+
+test-lm: $(LM_VENV)/.installed
+	$(PYTEST_ENV) $(LM_VENV)/bin/python -m pytest -q -m "not maze"
+
+test-maze: $(MAZE_VENV)/.installed
+	$(PYTEST_ENV) $(MAZE_VENV)/bin/python -m pytest -q -m maze
+
+bench: $(MAZE_VENV)/.installed
+	$(MAZE_VENV)/bin/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(MAZE_VENV) $(LM_VENV) build *.egg-info
