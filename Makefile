@@ -17,7 +17,7 @@ LM_EXTRAS   := hf,lightning,wandb,tensorboard,dev
 LM_TEST_DEPS := trl datasets lightning "numpy>=2"
 PYTEST_ENV := WANDB_MODE=offline WANDB_SILENT=true MPLBACKEND=Agg
 
-.PHONY: demo test test-maze test-lm lint bench clean
+.PHONY: demo test test-maze test-lm lint bench browser clean
 
 define make_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
@@ -42,8 +42,14 @@ lint: $(LM_VENV)/.installed
 	$(LM_VENV)/bin/python -m ruff check .
 	$(LM_VENV)/bin/python -m ruff format --check .
 
+# Debian's chromium and chromium-driver, for the report's test in a real browser; installed when
+# missing where we are root (CI is), else that test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 # The language-model side runs every test not marked `maze` (numpy 2); the maze side runs the rest.
-test: lint $(MAZE_VENV)/.installed
+test: lint browser $(MAZE_VENV)/.installed
 	$(PYTEST_ENV) $(LM_VENV)/bin/python -m pytest -q -m "not maze"
 	$(PYTEST_ENV) $(MAZE_VENV)/bin/python -m pytest -q -m maze
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from trajhook.errors import TrajhookError
+from trajhook.extras import require
 from trajhook.probes.base import Probe
 from trajhook.procgen_state import MazeState, parse_maze_state
 
@@ -78,9 +79,8 @@ PREPROCESSORS: dict[str, Preprocess] = {"float_nchw": float_nchw, "uint8_nhwc": 
 
 def make_maze_env(seed: int, distribution_mode: str = "hard") -> Any:
     """A one-environment procgen maze fixed to level ``seed`` (imports procgen here, not at import)."""
-    from procgen import ProcgenGym3Env
-
-    return ProcgenGym3Env(
+    procgen = require("procgen", "maze", "the maze probe")
+    return procgen.ProcgenGym3Env(
         num=1,
         env_name="maze",
         start_level=int(seed),
