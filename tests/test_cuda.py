@@ -1,0 +1,117 @@
+"""The CUDA path: probes on the model's GPU, pinned non-blocking copies, CUDA RNG restored.
+
+Skipped without a GPU (CI has none); run on a GPU machine with ``pytest tests/test_cuda.py``.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from trajhook import Probe, Recorder, TensorProbe, load
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.timeout(300),
+]
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 8))
+
+
+def train(steps, recorder=None, seed=0):
+    torch.manual_seed(seed)
+    model = mlp().cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    expected = []
+    x_probe = torch.linspace(-1, 1, 32 * 16).reshape(32, 16)
+    for step in range(steps):
+        x = torch.randn(64, 16, device="cuda")
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if recorder is not None:
+            recorder.maybe_record(model, step, loss=loss.detach())
+            model.eval()
+            with torch.no_grad():
+                expected.append(model(x_probe.cuda()).cpu().numpy())
+            model.train()
+    return model, expected
+
+
+def test_records_on_cuda_equal_a_direct_forward_and_training_is_unchanged(tmp_path):
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    plain, _ = train(12)
+    x_probe = torch.linspace(-1, 1, 32 * 16).reshape(32, 16)
+    with Recorder(tmp_path / "run.h5", [TensorProbe("fixed", x_probe)], every_n_steps=1, wandb=False) as rec:
+        probed, expected = train(12, rec)
+    log = load(tmp_path / "run.h5")
+    assert log.steps.tolist() == list(range(12))
+    np.testing.assert_array_equal(log["fixed"]["output"], np.stack(expected))
+    assert log.scalars["loss"].values.dtype == np.float64 and np.isfinite(log.scalars["loss"].values).all()
+    for a, b in zip(plain.parameters(), probed.parameters(), strict=True):
+        assert torch.equal(a, b)  # the probe's dropout-free eval forward drew no CUDA random numbers
+
+
+class CudaNoise(Probe):
+    """Draws from the CUDA generator and returns a buffer it overwrites in place at the next run."""
+
+    def setup(self, model, device):
+        self.buffer = torch.zeros(1000, device=device)
+        self.calls = 0
+        self.add_output("value", (1000,))
+
+    def run(self, model):
+        torch.rand(10, device="cuda")
+        self.calls += 1
+        self.buffer.fill_(float(self.calls))  # the pinned copy of the previous record must not see this
+        return {"value": self.buffer}
+
+
+def test_cuda_rng_is_restored_and_in_place_reuse_does_not_corrupt_records(tmp_path):
+    model = mlp().cuda()
+    with Recorder(tmp_path / "run.h5", [CudaNoise("noise")], every_n_steps=1, wandb=False) as rec:
+        rec.setup(model)
+        for step in range(20):
+            before = torch.cuda.get_rng_state()
+            rec.record(model, step)
+            assert torch.equal(before, torch.cuda.get_rng_state())
+    values = load(tmp_path / "run.h5")["noise"]["value"]
+    np.testing.assert_array_equal(values[:, 0], np.arange(2, 22))  # call 1 was setup's first run
+    assert (values == values[:, :1]).all()
+
+
+def test_prompt_probe_in_bfloat16_on_cuda_matches_a_direct_float32_forward(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from trajhook import PromptProbe
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+    model = transformers.GPT2LMHeadModel(config).cuda().eval()
+    prompts = {"a": [5, 9, 11, 40, 7], "b": [3, 3, 3], "c": list(range(10, 40))}
+    targets = {"a": [[1, 2], [250]], "c": [[0]]}
+
+    class Ids:
+        def __call__(self, text):
+            return {**prompts, **{f"t{i}": t for i, t in enumerate(sum(targets.values(), []))}}[text]
+
+    names = {f"t{i}": t for i, t in enumerate(sum(targets.values(), []))}
+    target_names = {"a": ["t0", "t1"], "c": ["t2"]}
+    probe = PromptProbe({k: k for k in prompts}, Ids(), targets=target_names)
+    with Recorder(tmp_path / "run.h5", [probe], every_n_steps=1, wandb=False) as rec:
+        rec.record(model.to(torch.bfloat16), 0)
+    record = load(tmp_path / "run.h5")["prompts"]
+    model = model.float()
+    for p, (name, ids) in enumerate(prompts.items()):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids], device="cuda")).logits[0].float().log_softmax(-1).cpu()
+        want = -logits[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+        np.testing.assert_allclose(record["token_loss"][0, p, : len(ids) - 1], want, atol=0.15)  # bf16 vs f32
+        for k, target in enumerate(target_names.get(name, [])):
+            full = ids + names[target]
+            with torch.no_grad():
+                lp = model(torch.tensor([full], device="cuda")).logits[0].float().log_softmax(-1).cpu()
+            total = sum(float(lp[len(ids) - 1 + m, t]) for m, t in enumerate(names[target]))
+            np.testing.assert_allclose(record["target_logprob"][0, p, k], total, atol=0.3)
