@@ -101,8 +101,8 @@ def test_scalars_and_events_round_trip(store_path):
     with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=5, wandb=False) as rec:
         for step in range(12):
             rec.maybe_record(nn.Linear(4, 1), step, loss=1.0 / (step + 1), lr=torch.tensor(0.1 * step))
-        rec.mark(6, "LR drop")
-        rec.mark(10, "fine-tuning starts")
+            if step in (6, 10):
+                rec.mark(step, "LR drop" if step == 6 else "fine-tuning starts")
     log = load(store_path)
     assert log.scalars["loss"].steps.tolist() == list(range(12))
     np.testing.assert_allclose(log.scalars["loss"].values, 1.0 / (np.arange(12) + 1))
@@ -140,13 +140,32 @@ def test_nan_outputs_are_stored_as_they_are_with_one_warning(store_path):
     assert np.isfinite(output[:2]).all() and np.isnan(output[2:]).all()
 
 
-def test_nan_that_a_probe_returns_by_design_is_not_warned_about(store_path, recwarn):
-    padded = TensorProbe("padded", torch.ones(1, 2), fn=lambda m, x: torch.cat([m(x), x * float("nan")], 1))
+def test_nan_that_a_probe_declares_as_missing_is_not_warned_about(store_path, recwarn):
+    def pad(model, x):
+        return torch.cat([model(x), x * float("nan")], 1)  # NaN marks padding, by design
+
+    padded = TensorProbe("padded", torch.ones(1, 2), fn=pad, nan_marks_missing=True)
     with Recorder(store_path, [padded], every_n_steps=1, wandb=False) as rec:
         for step in range(3):
             rec.record(nn.Linear(2, 2), step)
     assert not [w for w in recwarn if "produced NaN" in str(w.message)]
     assert np.isnan(load(store_path)["padded"]["output"][:, 0, 2:]).all()
+
+
+def test_nan_at_setup_is_warned_about_once_and_stored(store_path):
+    model = nn.Linear(2, 2)
+    model.weight.data[0, 0] = float("nan")  # e.g. a checkpoint that diverged before this run
+    probe = TensorProbe("lin", torch.ones(1, 2))
+    with (
+        pytest.warns(UserWarning, match=r"'lin' produced NaN or inf in \['output'\] at setup, before training") as w,
+        Recorder(store_path, [probe], every_n_steps=1, wandb=False) as rec,
+    ):
+        rec.setup(model)
+        for step in range(3):
+            rec.record(model, step)
+    assert sum("produced NaN" in str(m.message) for m in w) == 1
+    output = load(store_path)["lin"]["output"]
+    assert np.isnan(output[:, 0, 0]).all() and np.isfinite(output[:, 0, 1]).all()
 
 
 def test_a_probe_that_breaks_its_declared_shape_later_raises(store_path):
