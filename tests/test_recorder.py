@@ -243,3 +243,73 @@ def test_a_bad_output_name_names_the_probe():
 
     with pytest.raises(TrajhookError, match=r"Bad 'bad': output name 'a/b' is not valid"):
         Bad("bad").setup(nn.Linear(1, 1), torch.device("cpu"))
+
+
+def test_a_new_session_may_restart_lower_and_drops_exactly_the_later_rows(store_path):
+    model = nn.Linear(4, 2)
+    x = torch.linspace(-1, 1, 8).reshape(2, 4)
+
+    def run(steps):
+        outputs = {}
+        with Recorder(store_path, [TensorProbe("p", x)], every_n_steps=10, wandb=False) as rec:
+            for step in steps:
+                with torch.no_grad():
+                    model.weight.fill_(step / 100)
+                    outputs[step] = model(x).numpy().copy()
+                rec.maybe_record(model, step, loss=float(step))
+        return outputs
+
+    first = run(range(0, 101))  # records 0, 10, ..., 100
+    with pytest.warns(UserWarning, match=r"resuming .* at step 50: dropped 6 record\(s\) at step >= 50"):
+        second = run(range(50, 71))  # a resume from the checkpoint of step 50
+    log = load(store_path)
+    assert log.steps.tolist() == [0, 10, 20, 30, 40, 50, 60, 70]
+    for i, step in enumerate(log.steps.tolist()):
+        np.testing.assert_array_equal(log["p"]["output"][i], (first if step < 50 else second)[step])
+    assert log.scalars["loss"].steps.tolist() == list(range(71))
+    np.testing.assert_array_equal(log.scalars["loss"].values, np.arange(71.0))
+
+
+def test_a_step_going_backwards_is_refused_and_a_later_resume_counts_right(store_path):
+    model = nn.Linear(4, 2)
+    with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=1, wandb=False) as rec:
+        rec.record(model, 100)
+        with pytest.raises(TrajhookError, match="step 50 is below step 100"):
+            rec.record(model, 50)
+        with pytest.raises(TrajhookError, match="step 50 is below step 100"):
+            rec.log_scalars(50, loss=1.0)
+        rec.record(model, 101)
+    assert load(store_path).steps.tolist() == [100, 101]
+    with (
+        pytest.warns(UserWarning, match=r"dropped 1 record\(s\) at step >= 101"),
+        Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=1, wandb=False) as rec,
+    ):
+        rec.record(model, 101)
+    assert load(store_path).steps.tolist() == [100, 101]
+
+
+def test_numpy_and_tensor_steps_are_stored_as_ints(store_path):
+    with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=2, wandb=False) as rec:
+        rec.record(nn.Linear(4, 1), np.int64(3))
+        assert rec.maybe_record(nn.Linear(4, 1), torch.tensor(4), loss=np.float32(0.5))
+        rec.mark(np.uint8(5), "five")
+    log = load(store_path)
+    assert log.steps.tolist() == [3, 4] and rec.recorded_steps == [3, 4]
+    assert log.scalars["loss"].steps.tolist() == [4] and log.events[0].step == 5
+
+
+def test_a_same_kind_dtype_is_stored_converted_to_the_declared_one(store_path):
+    class Half(Probe):
+        def setup(self, model, device):
+            self.add_output("out", (1, 2), "float32")
+
+        def run(self, model):
+            return {"out": model(torch.ones(1, 4)).half()}  # e.g. a float16 autocast region
+
+    model = nn.Linear(4, 2)
+    with Recorder(store_path, [Half("half")], every_n_steps=1, wandb=False) as rec:
+        rec.record(model, 0)
+    stored = load(store_path)["half"]["out"]
+    assert stored.dtype == np.float32
+    with torch.no_grad():
+        np.testing.assert_array_equal(stored[0], model(torch.ones(1, 4)).half().float().numpy())
