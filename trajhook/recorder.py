@@ -339,6 +339,11 @@ class Recorder:
     mode under ``no_grad``, and restores every module's train flag and the RNG states of torch,
     numpy and Python, so training is bit-identical with and without the Recorder.
 
+    Steps are ints in 0..2**63-1 (numpy ints and integer 0-d tensors too) that never decrease
+    within one Recorder: a step below the last one it wrote, or a second record at the same step,
+    is a :class:`TrajhookError` at the call. A new Recorder on the same path (a resume from an
+    earlier checkpoint) may start lower; its first write drops the rows from that step on.
+
     Args:
         path: the HDF5 store. An existing store is resumed: rows at or after the first step this
             Recorder writes are dropped (no ghost rows after restoring an earlier checkpoint).
