@@ -176,7 +176,7 @@ def op_counts(lines: list[str]) -> dict[str, int]:
 # Kills aimed at a random HDF5 operation inside: setup reopening a cleanly closed store, the rebuild of
 # a crashed store, training, and close(); and kills at random times. An aimed kill that the session
 # outlives (it drew an operation past the phase's end) is tried again.
-PLAN = ["op:setup", "op:rebuild", "op:train", "op:close", "timed", "timed"] * 4
+PLAN = ["op:setup", "op:rebuild", "op:train", "op:close", "timed"] * 4 + ["timed"] * 2
 MINIMUM_KILLS = {"setup": 3, "rebuild": 3, "train": 3, "close": 3}
 
 
@@ -200,7 +200,7 @@ def test_sigkill_at_random_moments_never_loses_committed_rows(server, tmp_path):
         sid += 1
         last = prior.records[-1][0] if prior.records else 0
         start = rng.randint(max(0, last - 40), last + 1)  # resume from a checkpoint at or before the last row
-        stop = start + rng.randint(15, 35)
+        stop = start + rng.randint(12, 30)
         job = {
             "path": str(path),
             "session": sid,
@@ -259,10 +259,10 @@ def test_a_reader_during_resumes_never_sees_a_torn_or_wrong_record(server, tmp_p
     rng = random.Random(7)
     path = tmp_path / "run.h5"
     prior, loads, errors = Snapshot(), 0, []
-    for sid in range(1, 9):
+    for sid in range(1, 7):
         last = prior.records[-1][0] if prior.records else 0
         start = rng.randint(max(0, last - 30), last + 1)
-        stop = start + rng.randint(20, 30)
+        stop = start + rng.randint(15, 25)
         job = {
             "path": str(path),
             "session": sid,
@@ -283,10 +283,10 @@ def test_a_reader_during_resumes_never_sees_a_torn_or_wrong_record(server, tmp_p
                 loads += 1
             except TrajhookError as err:  # never a wrong record; an open error is counted and shown
                 errors.append(str(err))
-            ready, _, _ = select.select([server.proc.stdout], [], [], 0)
+            ready, _, _ = select.select([server.proc.stdout], [], [], 0.002)
             end = server.wait() if ready else None
         assert end["signal"] in (0, signal.SIGKILL) and end["code"] in (0, None), Path(job["stderr"]).read_text()
         prior = check_after(path, prior, start, stop, sid, committed=-1)
-    print(f"{loads} loads during 8 resumes, {len(errors)} failed to open: {errors[:3]}")
-    assert loads >= 50
+    print(f"{loads} loads during 6 resumes, {len(errors)} failed to open: {errors[:3]}")
+    assert loads >= 20
     assert not errors
