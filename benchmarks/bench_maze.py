@@ -1,4 +1,4 @@
-"""Benchmark: one maze vector field with MazeProbe vs the per-cell way, and vs a bare forward.
+"""Benchmark: MazeProbe against the per-cell way and a bare forward; the maze example's throughput.
 
 The per-cell way is how earlier maze tools record a vector field: for every cell, create (reset)
 a procgen environment, move the mouse there through the serialized state, observe, preprocess,
@@ -6,20 +6,33 @@ and run one forward pass on that single observation. MazeProbe renders all cells
 and each record is one batched forward over the cached observations; the floor is that batched
 forward alone (``model(cached_inputs)``), without the probe's bookkeeping.
 
-    python benchmarks/bench_maze.py [--seed 0] [--mode hard] [--repeats 20] [--threads 2]
+Each figure is a ratio of medians of interleaved runs taken in this one run:
+1. one vector field the per-cell way against MazeProbe.run;
+2. a MazeProbe record as the training thread pays it (``Recorder.record``) against a bare
+   ``no_grad`` forward of the same prepared inputs;
+3. training throughput of the maze example (examples/maze_lightning.py: its model, data and
+   Trainer) with ``TrajectoryCallback`` at the default cadence against without it.
+
+    python benchmarks/bench_maze.py [--seed 0] [--mode hard] [--repeats 20] [--threads 2] [--train-steps 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+from timing import Figure, interleaved, machine, print_figures
 from torch import nn
 
+from trajhook import Recorder
 from trajhook.probes.maze import MazeProbe, float_nchw, make_maze_env
 from trajhook.procgen_state import parse_maze_state
 
@@ -50,24 +63,99 @@ def per_cell_vector_field(model: nn.Module, seed: int, mode: str, cells: np.ndar
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
+    """Median seconds of ``fn`` alone (after one warm-up call)."""
+    return interleaved({"fn": fn}, repeats)["fn"]
+
+
+class _Clock:
+    """A Lightning callback timing the training loop: from on_train_start to on_train_end."""
+
+    def __init__(self) -> None:
+        self.seconds = float("nan")
+
+    def on_train_start(self, trainer: object, pl_module: object) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: object, pl_module: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def training_throughput(steps: int, rounds: int, out_dir: str) -> list[Figure]:
+    """The maze example (examples/maze_lightning.py: its model, data and Trainer settings) trained
+    with and without ``TrajectoryCallback`` at the default cadence, runs interleaved."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from maze_lightning import MazeImitation, build_dataset
+
+    from trajhook.integrations.lightning import TrajectoryCallback
+
+    clock_type = type("Clock", (_Clock, pl.Callback), {})
+    dataset, weights = build_dataset(range(1000, 1008))  # 8 training levels, as in --fast
+    fits = {"with": [], "without": []}
+
+    def fit(with_callback: bool) -> float:
+        pl.seed_everything(0, verbose=False)
+        model = MazeImitation((8, 16, 16), 2e-3)
+        clock = clock_type()
+        callbacks = [clock]
+        if with_callback:  # the example's callback, at TrajectoryCallback's default every_n_steps
+            probe = MazeProbe(seed=1, distribution_mode="easy", name="maze")
+            callbacks.append(TrajectoryCallback(f"{out_dir}/maze_fit.h5", [probe], overwrite=True, wandb=False))
+        trainer = pl.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+        )
+        generator = torch.Generator().manual_seed(0)
+        sampler = WeightedRandomSampler(weights, num_samples=steps * 64, replacement=True, generator=generator)
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        trainer.fit(model, DataLoader(dataset, batch_size=64, sampler=sampler, drop_last=True))
+        fits["with" if with_callback else "without"].append(time.perf_counter() - start)
+        return clock.seconds
+
+    loops = {"with": [], "without": []}
+    for i in range(rounds):  # alternate, flipping the order every round
+        for label in ("with", "without") if i % 2 == 0 else ("without", "with"):
+            loops[label].append(fit(label == "with"))
+    loop = {k: statistics.median(v) for k, v in loops.items()}
+    whole = {k: statistics.median(v) for k, v in fits.items()}
+    every = inspect.signature(TrajectoryCallback).parameters["every_n_steps"].default
+    records = steps // every + 1
+    return [
+        Figure(
+            f"maze example, {steps} training steps, TrajectoryCallback every {every} (default, {records} records)",
+            f"{steps / loop['with']:.2f} steps/s",
+            f"without trajhook {steps / loop['without']:.2f} steps/s",
+            loop["without"] / loop["with"],
+        ),
+        Figure(
+            "  the same, whole trainer.fit (with probe setup and close)",
+            f"{whole['with']:.2f} s",
+            f"without trajhook {whole['without']:.2f} s",
+            whole["with"] / whole["without"],
+        ),
+    ]
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mode", default="hard", choices=["easy", "hard"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--per-cell-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-steps", type=int, default=200, help="steps of each maze example fit")
+    parser.add_argument("--train-rounds", type=int, default=3, help="fits with and without, interleaved")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    out_dir = tempfile.mkdtemp()
 
     model = policy()
     probe = MazeProbe(seed=args.seed, distribution_mode=args.mode)
@@ -76,9 +164,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         start = time.perf_counter()
         probe.setup(model, torch.device("cpu"))
         setup_s = time.perf_counter() - start
-        cached = float_nchw(torch.from_numpy(probe.observations))  # what the probe caches
-        floor_s = median_seconds(lambda: model(cached), args.repeats)
-        probe_s = median_seconds(lambda: probe.run(model), args.repeats)
+        cached = float_nchw(torch.from_numpy(probe.observations))  # the inputs the probe prepared once
+        medians = interleaved(
+            {"run": lambda: probe.run(model), "floor": lambda: model(cached)},
+            args.repeats,
+        )
+        probe_s, floor_s = medians["run"], medians["floor"]
         per_cell_s = median_seconds(
             lambda: per_cell_vector_field(model, args.seed, args.mode, probe.cells), args.per_cell_repeats
         )
@@ -88,23 +179,52 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             atol=1e-5,
         )
 
+    # A whole record as the training thread pays it (Recorder.record: modes, RNG, probe, copy, queue)
+    # against a bare no_grad forward of the same prepared inputs, interleaved.
+    recorder_probe = MazeProbe(seed=args.seed, distribution_mode=args.mode)
+    steps = iter(range(10**9))
+    with Recorder(f"{out_dir}/maze.h5", [recorder_probe], every_n_steps=1, wandb=False) as rec:
+        rec.setup(model)
+
+        def bare() -> None:
+            with torch.no_grad():
+                model(cached)
+
+        record = interleaved({"record": lambda: rec.record(model, next(steps)), "bare": bare}, args.repeats)
+
     n = len(probe.cells)
-    rows = [
+    print(f"maze vector field, {args.mode} seed {args.seed}: {n} cells, torch threads {args.threads}")
+    print(f"{'method':40s} {'ms / field':>12s} {'x MazeProbe':>12s}")
+    for name, seconds, ratio in (
         ("per-cell (env + forward per cell)", per_cell_s, per_cell_s / probe_s),
         ("MazeProbe.run (one batched forward)", probe_s, 1.0),
         ("bare batched forward (floor)", floor_s, floor_s / probe_s),
         ("MazeProbe.setup (once: render cells)", setup_s, setup_s / probe_s),
-    ]
-    print(f"maze vector field, {args.mode} seed {args.seed}: {n} cells, torch threads {args.threads}")
-    print(f"{'method':40s} {'ms / field':>12s} {'x MazeProbe':>12s}")
-    for name, seconds, ratio in rows:
+    ):
         print(f"{name:40s} {seconds * 1e3:12.1f} {ratio:12.2f}")
-    print(
-        f"speed-up of MazeProbe over per-cell: {per_cell_s / probe_s:.1f}x; "
-        f"probe overhead over the floor: {(probe_s - floor_s) * 1e3:.2f} ms; same vectors: {same}"
-    )
-    return {"per_cell_s": per_cell_s, "probe_s": probe_s, "floor_s": floor_s, "setup_s": setup_s, "cells": n}
+    print(f"same vectors per cell and batched: {same}")
+
+    figures = [
+        Figure(
+            f"one maze vector field ({args.mode}, {n} cells), the per-cell way",
+            f"{per_cell_s * 1e3:.0f} ms",
+            f"MazeProbe.run {probe_s * 1e3:.1f} ms",
+            per_cell_s / probe_s,
+        ),
+        Figure(
+            "MazeProbe record (training thread, Recorder.record)",
+            f"{record['record'] * 1e3:.1f} ms",
+            f"bare no_grad forward of the same prepared inputs {record['bare'] * 1e3:.1f} ms",
+            record["record"] / record["bare"],
+        ),
+        Figure("MazeProbe setup, once: render every cell", f"{setup_s * 1e3:.0f} ms", "", None),
+    ]
+    if args.train_rounds > 0:
+        figures += training_throughput(args.train_steps, args.train_rounds, out_dir)
+    print_figures("bench_maze", figures)
+    return figures
 
 
 if __name__ == "__main__":
+    print(machine())
     main()

@@ -1,4 +1,8 @@
-"""Run every benchmark in one process, one after the other: ``make bench``."""
+"""Run every benchmark in one process, one after the other: ``make bench``.
+
+Prints the machine, each benchmark's own output, and at the end one markdown table of every
+figure (each a ratio of medians of interleaved runs taken in this run), ready for the README.
+"""
 
 import sys
 from pathlib import Path
@@ -7,9 +11,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_core
 import bench_maze
+from timing import machine, print_figures
 
 if __name__ == "__main__":
-    print("== bench_core: what the Recorder costs the training thread ==")
-    bench_core.main()
-    print("\n== bench_maze: MazeProbe against the per-cell way and the bare forward ==")
-    bench_maze.main([])
+    named = machine()
+    print(named)
+    print("\n== bench_core: what the Recorder costs the training thread ==")
+    figures = bench_core.main([])
+    print("\n== bench_maze: MazeProbe, and the maze example with and without the callback ==")
+    figures += bench_maze.main([])
+    print_figures(f"All figures. Machine: {named}", figures)

@@ -101,8 +101,8 @@ def test_scalars_and_events_round_trip(store_path):
     with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=5, wandb=False) as rec:
         for step in range(12):
             rec.maybe_record(nn.Linear(4, 1), step, loss=1.0 / (step + 1), lr=torch.tensor(0.1 * step))
-        rec.mark(6, "LR drop")
-        rec.mark(10, "fine-tuning starts")
+            if step in (6, 10):
+                rec.mark(step, "LR drop" if step == 6 else "fine-tuning starts")
     log = load(store_path)
     assert log.scalars["loss"].steps.tolist() == list(range(12))
     np.testing.assert_allclose(log.scalars["loss"].values, 1.0 / (np.arange(12) + 1))
@@ -140,13 +140,32 @@ def test_nan_outputs_are_stored_as_they_are_with_one_warning(store_path):
     assert np.isfinite(output[:2]).all() and np.isnan(output[2:]).all()
 
 
-def test_nan_that_a_probe_returns_by_design_is_not_warned_about(store_path, recwarn):
-    padded = TensorProbe("padded", torch.ones(1, 2), fn=lambda m, x: torch.cat([m(x), x * float("nan")], 1))
+def test_nan_that_a_probe_declares_as_missing_is_not_warned_about(store_path, recwarn):
+    def pad(model, x):
+        return torch.cat([model(x), x * float("nan")], 1)  # NaN marks padding, by design
+
+    padded = TensorProbe("padded", torch.ones(1, 2), fn=pad, nan_marks_missing=True)
     with Recorder(store_path, [padded], every_n_steps=1, wandb=False) as rec:
         for step in range(3):
             rec.record(nn.Linear(2, 2), step)
     assert not [w for w in recwarn if "produced NaN" in str(w.message)]
     assert np.isnan(load(store_path)["padded"]["output"][:, 0, 2:]).all()
+
+
+def test_nan_at_setup_is_warned_about_once_and_stored(store_path):
+    model = nn.Linear(2, 2)
+    model.weight.data[0, 0] = float("nan")  # e.g. a checkpoint that diverged before this run
+    probe = TensorProbe("lin", torch.ones(1, 2))
+    with (
+        pytest.warns(UserWarning, match=r"'lin' produced NaN or inf in \['output'\] at setup, before training") as w,
+        Recorder(store_path, [probe], every_n_steps=1, wandb=False) as rec,
+    ):
+        rec.setup(model)
+        for step in range(3):
+            rec.record(model, step)
+    assert sum("produced NaN" in str(m.message) for m in w) == 1
+    output = load(store_path)["lin"]["output"]
+    assert np.isnan(output[:, 0, 0]).all() and np.isfinite(output[:, 0, 1]).all()
 
 
 def test_a_probe_that_breaks_its_declared_shape_later_raises(store_path):
@@ -224,3 +243,73 @@ def test_a_bad_output_name_names_the_probe():
 
     with pytest.raises(TrajhookError, match=r"Bad 'bad': output name 'a/b' is not valid"):
         Bad("bad").setup(nn.Linear(1, 1), torch.device("cpu"))
+
+
+def test_a_new_session_may_restart_lower_and_drops_exactly_the_later_rows(store_path):
+    model = nn.Linear(4, 2)
+    x = torch.linspace(-1, 1, 8).reshape(2, 4)
+
+    def run(steps):
+        outputs = {}
+        with Recorder(store_path, [TensorProbe("p", x)], every_n_steps=10, wandb=False) as rec:
+            for step in steps:
+                with torch.no_grad():
+                    model.weight.fill_(step / 100)
+                    outputs[step] = model(x).numpy().copy()
+                rec.maybe_record(model, step, loss=float(step))
+        return outputs
+
+    first = run(range(0, 101))  # records 0, 10, ..., 100
+    with pytest.warns(UserWarning, match=r"resuming .* at step 50: dropped 6 record\(s\) at step >= 50"):
+        second = run(range(50, 71))  # a resume from the checkpoint of step 50
+    log = load(store_path)
+    assert log.steps.tolist() == [0, 10, 20, 30, 40, 50, 60, 70]
+    for i, step in enumerate(log.steps.tolist()):
+        np.testing.assert_array_equal(log["p"]["output"][i], (first if step < 50 else second)[step])
+    assert log.scalars["loss"].steps.tolist() == list(range(71))
+    np.testing.assert_array_equal(log.scalars["loss"].values, np.arange(71.0))
+
+
+def test_a_step_going_backwards_is_refused_and_a_later_resume_counts_right(store_path):
+    model = nn.Linear(4, 2)
+    with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=1, wandb=False) as rec:
+        rec.record(model, 100)
+        with pytest.raises(TrajhookError, match="step 50 is below step 100"):
+            rec.record(model, 50)
+        with pytest.raises(TrajhookError, match="step 50 is below step 100"):
+            rec.log_scalars(50, loss=1.0)
+        rec.record(model, 101)
+    assert load(store_path).steps.tolist() == [100, 101]
+    with (
+        pytest.warns(UserWarning, match=r"dropped 1 record\(s\) at step >= 101"),
+        Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=1, wandb=False) as rec,
+    ):
+        rec.record(model, 101)
+    assert load(store_path).steps.tolist() == [100, 101]
+
+
+def test_numpy_and_tensor_steps_are_stored_as_ints(store_path):
+    with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=2, wandb=False) as rec:
+        rec.record(nn.Linear(4, 1), np.int64(3))
+        assert rec.maybe_record(nn.Linear(4, 1), torch.tensor(4), loss=np.float32(0.5))
+        rec.mark(np.uint8(5), "five")
+    log = load(store_path)
+    assert log.steps.tolist() == [3, 4] and rec.recorded_steps == [3, 4]
+    assert log.scalars["loss"].steps.tolist() == [4] and log.events[0].step == 5
+
+
+def test_a_same_kind_dtype_is_stored_converted_to_the_declared_one(store_path):
+    class Half(Probe):
+        def setup(self, model, device):
+            self.add_output("out", (1, 2), "float32")
+
+        def run(self, model):
+            return {"out": model(torch.ones(1, 4)).half()}  # e.g. a float16 autocast region
+
+    model = nn.Linear(4, 2)
+    with Recorder(store_path, [Half("half")], every_n_steps=1, wandb=False) as rec:
+        rec.record(model, 0)
+    stored = load(store_path)["half"]["out"]
+    assert stored.dtype == np.float32
+    with torch.no_grad():
+        np.testing.assert_array_equal(stored[0], model(torch.ones(1, 4)).half().float().numpy())

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
+import numbers
+import operator
 import os
 import queue
 import random
@@ -25,9 +28,18 @@ import numpy as np
 import torch
 
 from trajhook.errors import TrajhookError
-from trajhook.probes.base import Probe
+from trajhook.probes.base import Probe, numpy_dtype
 from trajhook.sinks.base import Sink, SinkSet
-from trajhook.store import EVENT_LABEL_BYTES, SCALAR_NAME_BYTES, StoreWriter, open_for_reading, warn_dropped
+from trajhook.store import (
+    EVENT_LABEL_BYTES,
+    SCALAR_NAME_BYTES,
+    StoreWriter,
+    _dump_json,
+    open_for_reading,
+    warn_dropped,
+)
+
+MAX_STEP = 2**63 - 1  # steps are stored as int64
 
 _open_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
@@ -62,6 +74,10 @@ def check_recorder_args(path: str | os.PathLike, probes: Sequence[Probe], every_
         raise TrajhookError(
             f"Recorder: probe names {duplicates} are used more than once. "
             "HINT: give each probe its own name=, e.g. MazeProbe(seed=1, name='maze_seed1')."
+        )
+    if not isinstance(path, str | os.PathLike) or "\0" in os.fspath(path):
+        raise TrajhookError(
+            f"Recorder: path={path!r} is not a file path. HINT: pass a str or pathlib.Path, e.g. 'runs/log.h5'."
         )
     path = Path(path)
     if path.is_dir():
@@ -151,6 +167,82 @@ def _new_nonfinite(array: np.ndarray, at_setup: np.ndarray | None) -> bool:
     if at_setup is not None:
         nonfinite &= ~at_setup
     return bool(nonfinite.any())
+
+
+def _check_options(metadata: Any, overwrite: Any, flush_every_s: Any, max_queue: Any, forward_context: Any) -> None:
+    """The Recorder's keyword arguments, checked once at construction."""
+    if metadata is not None:
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+            raise TrajhookError(
+                f"Recorder: metadata={metadata!r:.80} is not a dict with str keys. "
+                "HINT: pass e.g. metadata={'lr': 3e-4}."
+            )
+        _dump_json(dict(metadata), "Recorder metadata")
+    if not isinstance(overwrite, bool | np.bool_):
+        raise TrajhookError(f"Recorder: overwrite={overwrite!r} is not a bool. HINT: pass overwrite=True or False.")
+    if (
+        isinstance(flush_every_s, bool)
+        or not isinstance(flush_every_s, numbers.Real)
+        or not math.isfinite(flush_every_s)
+        or flush_every_s <= 0
+    ):
+        raise TrajhookError(
+            f"Recorder: flush_every_s={flush_every_s!r} is not a positive number of seconds. "
+            "HINT: pass e.g. flush_every_s=5.0."
+        )
+    if isinstance(max_queue, bool) or not isinstance(max_queue, int | np.integer) or max_queue <= 0:
+        raise TrajhookError(f"Recorder: max_queue={max_queue!r} is not a positive integer. HINT: e.g. max_queue=8.")
+    if forward_context is not None and not callable(forward_context):
+        raise TrajhookError(
+            f"Recorder: forward_context={forward_context!r} is not callable. HINT: pass a function that returns a "
+            "context manager, e.g. forward_context=lambda: torch.autocast('cpu'), or leave it out."
+        )
+
+
+def _check_text(who: str, text: Any, max_bytes: int) -> None:
+    """A scalar name or event label: a non-empty str of at most ``max_bytes`` UTF-8 bytes, with no NUL."""
+    problem = None
+    if not isinstance(text, str) or not text:
+        problem = "is not a non-empty string"
+    elif "\0" in text:
+        problem = "contains a NUL character, which the store cannot hold"
+    else:
+        try:
+            if len(text.encode()) > max_bytes:
+                problem = f"is over {max_bytes} bytes"
+        except UnicodeEncodeError:
+            problem = "is not valid Unicode (a lone surrogate)"
+    if problem:
+        raise TrajhookError(f"{who} {text!r:.80} {problem}. HINT: pass a short readable text, e.g. 'LR drop'.")
+
+
+def _checked_scalar(name: str, value: Any) -> float | torch.Tensor:
+    """A real number as a float, or a one-element tensor detached and copied (read off the device later)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TrajhookError(
+                f"Recorder.log_scalars: scalar {name!r} has shape {tuple(value.shape)}. "
+                "HINT: pass one number, e.g. loss=loss.detach()."
+            )
+        if value.is_complex() or value.layout != torch.strided:
+            raise TrajhookError(
+                f"Recorder.log_scalars: scalar {name!r} is a {value.dtype} {value.layout} tensor; the store holds "
+                "real numbers. HINT: pass e.g. value.abs() or value.real."
+            )
+        return value.detach().clone()  # a running total updated in place must log its value now
+    if isinstance(value, complex | np.complexfloating):
+        raise TrajhookError(
+            f"Recorder.log_scalars: scalar {name}={value!r} is complex; the store holds real numbers. "
+            "HINT: pass e.g. abs(value) or value.real."
+        )
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TrajhookError(f"Recorder.log_scalars: scalar {name}={value!r:.80} is not a number. HINT: pass a float.")
+    try:
+        return float(value)
+    except OverflowError:
+        raise TrajhookError(
+            f"Recorder.log_scalars: scalar {name}={value} is too large for a float64. HINT: pass a float."
+        ) from None
 
 
 class _Writer(threading.Thread):
@@ -247,6 +339,11 @@ class Recorder:
     mode under ``no_grad``, and restores every module's train flag and the RNG states of torch,
     numpy and Python, so training is bit-identical with and without the Recorder.
 
+    Steps are ints in 0..2**63-1 (numpy ints and integer 0-d tensors too) that never decrease
+    within one Recorder: a step below the last one it wrote, or a second record at the same step,
+    is a :class:`TrajhookError` at the call. A new Recorder on the same path (a resume from an
+    earlier checkpoint) may start lower; its first write drops the rows from that step on.
+
     Args:
         path: the HDF5 store. An existing store is resumed: rows at or after the first step this
             Recorder writes are dropped (no ghost rows after restoring an earlier checkpoint).
@@ -289,15 +386,12 @@ class Recorder:
         forward_context: Callable[[], AbstractContextManager] | None = None,
     ) -> None:
         self.path = check_recorder_args(path, probes, every_n_steps)
-        if not flush_every_s > 0:
-            raise TrajhookError(f"Recorder: flush_every_s={flush_every_s!r} must be > 0. HINT: e.g. 5.0.")
-        if not (isinstance(max_queue, int) and max_queue > 0):
-            raise TrajhookError(f"Recorder: max_queue={max_queue!r} must be a positive integer. HINT: e.g. 8.")
+        _check_options(metadata, overwrite, flush_every_s, max_queue, forward_context)
         self.probes = list(probes)
         self.every_n_steps = every_n_steps
         self.metadata = dict(metadata or {})
         self.overwrite = overwrite
-        self.flush_every_s = flush_every_s
+        self.flush_every_s = float(flush_every_s)
         self.max_queue = max_queue
         self.forward_context = forward_context or contextlib.nullcontext
         self._sinks = SinkSet(list(sinks), wandb=wandb)
@@ -306,6 +400,10 @@ class Recorder:
         self._started = False
         self._closed = False
         self.recorded_steps: list[int] = []
+        self._last_step = 0  # the highest step this session wrote (records, scalars, events)
+        self._last_recorded: int | None = None  # this session's last record
+        self._setup_dtypes: dict[str, dict[str, torch.dtype]] = {}
+        self._scalar_names: set[str] = set()  # names already checked
 
     # -- the public hooks -----------------------------------------------------------------------
 
@@ -318,14 +416,27 @@ class Recorder:
         if self._writer is not None:
             return
         self._check_open("setup")
+        self._check_forward_context()
         device = model_device(model)
-        setup_nonfinite = {}
+        setup_nonfinite, warned = {}, set()
         for probe in self.probes:
             with probing(model), self.forward_context():
                 record = self._first_run(probe, model, device)
-            setup_nonfinite[probe.name] = {
+            self._setup_dtypes[probe.name] = {k: t.dtype for k, t in record.items()}
+            nonfinite = {
                 k: ~np.isfinite(t.detach().float().cpu().numpy()) for k, t in record.items() if t.is_floating_point()
             }
+            missing = {k for k, spec in probe.outputs.items() if spec.nan_marks_missing}
+            setup_nonfinite[probe.name] = {k: a for k, a in nonfinite.items() if k in missing}
+            bad = [k for k, a in nonfinite.items() if k not in missing and a.any()]
+            if bad:
+                warned.add(probe.name)
+                warnings.warn(
+                    f"Recorder: probe {probe.name!r} produced NaN or inf in {bad} at setup, before training; stored "
+                    "as is (warned once per probe). HINT: check the model's weights and the probe's inputs; if NaN "
+                    "marks missing values by design, declare the output with nan_marks_missing=True.",
+                    stacklevel=2,
+                )
         schema = {p.name: p.outputs for p in self.probes}
         store = StoreWriter(
             self.path,
@@ -337,6 +448,7 @@ class Recorder:
         self._sinks.open(self.probes, self.metadata)
         self._writer = _Writer(store, self._sinks, self.flush_every_s, self.max_queue)
         self._writer.setup_nonfinite = setup_nonfinite
+        self._writer.nonfinite_warned |= warned
         self._writer.start()
         _open_recorders.add(self)
         early, self._early = self._early, []
@@ -345,6 +457,8 @@ class Recorder:
 
     def maybe_record(self, model: torch.nn.Module, step: int, **scalars: float | torch.Tensor) -> bool:
         """Log ``scalars`` at ``step``, and record the probes if ``step`` is due. Returns whether it recorded."""
+        if type(step) is not int or step < self._last_step:  # the one check on the hot path
+            step = self._checked_step(step, "maybe_record")
         if scalars:
             self.log_scalars(step, **scalars)
         if step % self.every_n_steps or (self.recorded_steps and self.recorded_steps[-1] == step):
@@ -355,44 +469,44 @@ class Recorder:
     def record(self, model: torch.nn.Module, step: int) -> None:
         """Run every probe now and queue the record for the writer."""
         self._check_open("record")
+        step = self._checked_step(step, "record")
+        if step == self._last_recorded:
+            raise TrajhookError(
+                f"Recorder.record: step {step} was already recorded in this session. HINT: pass the next step, "
+                "or call maybe_record(model, step), which skips a step that is already recorded."
+            )
         self.setup(model)
         self._start(step)
         record = {}
         with probing(model), self.forward_context():
             for probe in self.probes:
-                record[probe.name] = self._checked(probe, probe.run(model), step)
+                record[probe.name] = self._checked(probe, self._run(probe, model, step), step)
             host, event = _start_copy_to_host(record)
-        self._put_record((int(step), time.time(), host, event))
+        self._put_record((step, time.time(), host, event))
+        self._last_step = self._last_recorded = step
         if not self.recorded_steps or self.recorded_steps[-1] != step:
-            self.recorded_steps.append(int(step))
+            self.recorded_steps.append(step)
 
     def log_scalars(self, step: int, **scalars: float | torch.Tensor) -> None:
-        """Log scalars (floats or 0-d tensors, read off the device by the writer) at ``step``."""
+        """Log scalars (real numbers or one-element tensors, read off the device by the writer) at ``step``."""
         self._check_open("log_scalars")
+        step = self._checked_step(step, "log_scalars")
         values = {}
         for name, value in scalars.items():
-            if len(name.encode()) > SCALAR_NAME_BYTES:
-                raise TrajhookError(f"Recorder: scalar name {name[:40]!r}... is over {SCALAR_NAME_BYTES} bytes.")
-            if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    raise TrajhookError(
-                        f"Recorder: scalar {name!r} has shape {tuple(value.shape)}. "
-                        "HINT: pass one number, e.g. loss=loss.detach()."
-                    )
-                value = value.detach().clone()  # a running total updated in place must log its value now
-            elif not isinstance(value, int | float | np.number) or isinstance(value, bool):
-                raise TrajhookError(f"Recorder: scalar {name}={value!r} is not a number. HINT: pass a float.")
-            values[name] = value
-        self._put_small("scalars", (int(step), values))
+            if name not in self._scalar_names:
+                _check_text("Recorder.log_scalars: scalar name", name, SCALAR_NAME_BYTES)
+                self._scalar_names.add(name)
+            values[name] = _checked_scalar(name, value)
+        self._put_small("scalars", (step, values))
+        self._last_step = step
 
     def mark(self, step: int, label: str) -> None:
         """Mark an event such as ``"fine-tuning starts"`` at ``step``; plots draw it as a line."""
         self._check_open("mark")
-        if not isinstance(label, str) or not label or len(label.encode()) > EVENT_LABEL_BYTES:
-            raise TrajhookError(
-                f"Recorder.mark: label {label!r} must be a non-empty string of at most {EVENT_LABEL_BYTES} bytes."
-            )
-        self._put_small("event", (int(step), label))
+        step = self._checked_step(step, "mark")
+        _check_text("Recorder.mark: label", label, EVENT_LABEL_BYTES)
+        self._put_small("event", (step, label))
+        self._last_step = step
 
     def flush(self) -> None:
         """Wait until everything queued so far is written and committed."""
@@ -455,6 +569,53 @@ class Recorder:
                 "HINT: create a new Recorder on the same path; it resumes the store."
             )
 
+    def _checked_step(self, step: Any, method: str) -> int:
+        """``step`` as an int in [0, 2**63), not below the last step this session wrote."""
+        if type(step) is not int:
+            try:
+                if isinstance(step, bool | np.bool_):
+                    raise TypeError
+                step = operator.index(step)  # numpy ints and integer 0-d tensors too
+            except TypeError:
+                raise TrajhookError(
+                    f"Recorder.{method}: step={step!r} is not an integer. "
+                    "HINT: pass the optimizer step as an int, e.g. trainer.global_step."
+                ) from None
+        if not 0 <= step <= MAX_STEP:
+            raise TrajhookError(
+                f"Recorder.{method}: step={step} is outside 0..2**63-1, the range the store holds. "
+                "HINT: pass the optimizer step, counted from 0."
+            )
+        if step < self._last_step:
+            raise TrajhookError(
+                f"Recorder.{method}: step {step} is below step {self._last_step}, which this session already wrote. "
+                "HINT: pass steps that never decrease (e.g. the optimizer step); to go back to an earlier "
+                "checkpoint, create a new Recorder on the same path: it resumes the store and drops the rows "
+                "from the first step it writes on."
+            )
+        return step
+
+    @staticmethod
+    def _run(probe: Probe, model: torch.nn.Module, step: int) -> Any:
+        """``probe.run(model)``; an error names the probe and the step."""
+        try:
+            return probe.run(model)
+        except TrajhookError as err:
+            raise TrajhookError(f"{err} (at step {step})") from err
+        except Exception as err:
+            raise TrajhookError(
+                f"{type(probe).__name__} {probe.name!r} failed at step {step}: {type(err).__name__}: {err}. "
+                "HINT: the probe ran at setup; check what changed in the model since."
+            ) from err
+
+    def _check_forward_context(self) -> None:
+        context = self.forward_context()
+        if not (hasattr(context, "__enter__") and hasattr(context, "__exit__")):
+            raise TrajhookError(
+                f"Recorder: forward_context() returned {type(context).__name__}, not a context manager. "
+                "HINT: pass a callable that returns one, e.g. forward_context=lambda: torch.autocast('cpu')."
+            )
+
     def _first_run(self, probe: Probe, model: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
         where = f"{type(probe).__name__} {probe.name!r}"
         try:
@@ -471,13 +632,13 @@ class Recorder:
             raise TrajhookError(f"{where} declares no outputs. HINT: call self.add_output(...) in __init__ or setup.")
         return self._checked(probe, record, step=None)
 
-    @staticmethod
-    def _checked(probe: Probe, record: Any, step: int | None) -> dict[str, torch.Tensor]:
+    def _checked(self, probe: Probe, record: Any, step: int | None) -> dict[str, torch.Tensor]:
         when = "at setup" if step is None else f"at step {step}"
         where = f"{type(probe).__name__} {probe.name!r}"
         if not isinstance(record, Mapping):
             raise TrajhookError(
-                f"{where}.run returned {type(record).__name__} {when}; it must return a dict of tensors."
+                f"{where}.run returned {type(record).__name__} {when}; it must return a dict of tensors. "
+                "HINT: return {output name: tensor} for every output declared with add_output."
             )
         declared = probe.outputs
         if set(record) != set(declared):
@@ -485,13 +646,29 @@ class Recorder:
                 f"{where}.run returned {sorted(record)} {when}, but declares {sorted(declared)}. "
                 "HINT: return exactly the outputs declared with add_output."
             )
+        setup_dtypes = self._setup_dtypes.get(probe.name, {})
         for key, spec in declared.items():
             value = record[key]
+            if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+                raise TrajhookError(
+                    f"{where} output {key!r} is a {value.layout} tensor {when}; the store holds dense arrays. "
+                    "HINT: return value.to_dense()."
+                )
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != spec.shape:
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise TrajhookError(
                     f"{where} output {key!r} is {got} {when}, declared {spec.describe()}. "
                     "HINT: every record must have the declared shape."
+                )
+            if step is not None and value.dtype != setup_dtypes.get(key, value.dtype):
+                raise TrajhookError(
+                    f"{where} output {key!r} is {value.dtype} {when}, but was {setup_dtypes[key]} at setup. "
+                    f"HINT: return the same dtype at every record, e.g. value.to({setup_dtypes[key]})."
+                )
+            if step is None and not np.can_cast(numpy_dtype(value.dtype), spec.dtype, "same_kind"):
+                raise TrajhookError(
+                    f"{where} output {key!r} is {value.dtype} {when}, declared {spec.describe()}: storing it would "
+                    f"change its values. HINT: return {spec.dtype} values, or declare the dtype the output has."
                 )
         return dict(record)
 

@@ -151,6 +151,20 @@ def schema_difference(stored: Schema, current: Schema) -> str | None:
     return "; ".join(problems) or None
 
 
+def _open_swmr_writer(path: Path) -> h5py.File:
+    """Open an existing store for writing, in SWMR mode from the first moment.
+
+    Opening with ``"r+"`` and switching SWMR on afterwards leaves a window in which a crash marks
+    the file "open for write" without SWMR, which no reader (and no resume) can open again.
+    Raises OSError if a writer that crashed left the file marked open.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_file_locking(False, True)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl=fapl)
+    return h5py.File(fid)
+
+
 def _create_appendable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
     dtype = np.dtype(dtype)
     maxshape = (None, *(None if s == 0 else s for s in shape))
@@ -192,9 +206,11 @@ class StoreWriter:
         self.schema = schema
         if self.path.exists() and self.path.stat().st_size > 0 and not overwrite:
             self.file = self._resume(probe_metadata)
-        else:
-            self.file = self._create(self.path, probe_metadata, metadata or {})
-        self.file.swmr_mode = True
+        else:  # built aside and renamed into place: a crash while creating leaves no half-made store
+            tmp = self.path.with_name(self.path.name + ".new")
+            self._create(tmp, probe_metadata, metadata or {}).close()
+            os.replace(tmp, self.path)
+            self.file = _open_swmr_writer(self.path)
         committed = [int(c) for c in self.file["committed"][:]]
         self.counts, self.generation = committed[:GENERATION], committed[GENERATION]
         self._scalar_names = [n.decode() for n in self.file["scalars/names"][: self.counts[SCALAR_NAMES]]]
@@ -260,14 +276,14 @@ class StoreWriter:
                     "HINT: use a new path, or pass overwrite=True to replace the store."
                 )
         try:  # a store that was closed cleanly reopens in place
-            file = h5py.File(self.path, "r+", libver="latest", locking=False)
+            file = _open_swmr_writer(self.path)
         except OSError:  # a writer that crashed leaves the file flagged open: rebuild it from its rows
             file = None
         if file is None or len(file["committed"]) <= GENERATION:  # also: a store from before generations
             if file is not None:
                 file.close()
             self._rebuild(probe_metadata)
-            file = h5py.File(self.path, "r+", libver="latest", locking=False)
+            file = _open_swmr_writer(self.path)
         counts = file["committed"][:]
         for ds, n in self._tables(file, counts):
             if ds.shape[0] > n:  # drop rows a crash left beyond the commit mark

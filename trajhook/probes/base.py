@@ -9,6 +9,7 @@ transfers and storage. A probe never touches a file.
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,19 +19,26 @@ import torch
 
 from trajhook.errors import TrajhookError
 
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
 
 
 def check_name(kind: str, name: str) -> str:
     """Return ``name`` if it can be an HDF5 and W&B key part, else raise.
 
-    >>> check_name("probe", "maze")
-    'maze'
+    A name starts with a letter, digit or ``_`` (so ``"."`` and ``".."``, which HDF5 reads as
+    paths, are refused) and has at most 100 characters.
+
+    >>> check_name("probe", "maze_seed1")
+    'maze_seed1'
+    >>> check_name("probe", ".")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    trajhook.errors.TrajhookError: probe name '.' is not valid. HINT: ...
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise TrajhookError(
-            f"{kind} name {name!r} is not valid. "
-            "HINT: use letters, digits, '_', '.' and '-' only, e.g. 'maze' or 'prompts'."
+            f"{kind} name {name!r} is not valid. HINT: start with a letter, digit or '_' and use letters, digits, "
+            "'_', '.' and '-' only (at most 100 characters), e.g. 'maze' or 'prompts'."
         )
     return name
 
@@ -43,16 +51,26 @@ def numpy_dtype(dtype: torch.dtype) -> np.dtype:
     """
     if dtype == torch.bfloat16:
         return np.dtype("float32")
-    return np.dtype(str(dtype).removeprefix("torch."))
+    try:
+        return np.dtype(str(dtype).removeprefix("torch."))
+    except TypeError:
+        raise TrajhookError(
+            f"{dtype} has no numpy dtype, so it cannot be stored. HINT: return e.g. tensor.float() from the probe."
+        ) from None
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One recorded dataset: its name, the shape of one record, and its dtype."""
+    """One recorded dataset: its name, the shape of one record, and its dtype.
+
+    ``nan_marks_missing``: NaN in this output marks a missing value by design (e.g. padding), so
+    NaN at the positions where the setup run had it is not warned about.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    nan_marks_missing: bool = False
 
     def describe(self) -> str:
         """A short text form used in schema errors.
@@ -88,13 +106,34 @@ class Probe:
         self.metadata: dict[str, Any] = {}
         self._outputs: dict[str, OutputSpec] = {}
 
-    def add_output(self, name: str, shape: tuple[int, ...], dtype: Any = "float32") -> None:
-        """Declare one dataset that :meth:`run` returns at every record."""
+    def add_output(
+        self, name: str, shape: tuple[int, ...], dtype: Any = "float32", *, nan_marks_missing: bool = False
+    ) -> None:
+        """Declare one dataset that :meth:`run` returns at every record.
+
+        :meth:`run` may return another dtype of the same kind (e.g. float16 or float64 for a
+        declared float32): it is stored converted to ``dtype``. Set ``nan_marks_missing`` when
+        NaN in this output means "no value here" (padding), so that it is not warned about.
+        """
+        where = f"{type(self).__name__} {self.name!r}: output {name!r}"
         check_name(f"{type(self).__name__} {self.name!r}: output", name)
-        shape = tuple(int(s) for s in shape)
+        try:
+            shape = tuple(operator.index(s) for s in shape)
+        except TypeError:
+            raise TrajhookError(
+                f"{where} has shape {shape!r}, not a tuple of ints. HINT: pass e.g. shape=(96, 2)."
+            ) from None
         if any(s < 0 for s in shape):
-            raise TrajhookError(f"{type(self).__name__} {self.name!r}: output {name!r} has negative shape {shape}.")
-        self._outputs[name] = OutputSpec(name, shape, np.dtype(dtype))
+            raise TrajhookError(f"{where} has negative shape {shape}. HINT: pass sizes >= 0, e.g. shape=(96, 2).")
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TrajhookError(f"{where} has dtype {dtype!r}, not a numpy dtype. HINT: e.g. 'float32'.") from None
+        if dtype.kind not in "biuf":
+            raise TrajhookError(
+                f"{where} has dtype {dtype}, which the store cannot hold. HINT: use a bool, int or float dtype."
+            )
+        self._outputs[name] = OutputSpec(name, shape, dtype, bool(nan_marks_missing))
 
     @property
     def outputs(self) -> dict[str, OutputSpec]:

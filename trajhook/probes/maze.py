@@ -139,8 +139,11 @@ def check_seed(owner: str, seed: Any) -> int:
     >>> check_seed("MazeProbe", np.int64(3))
     3
     """
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise TrajhookError(f"{owner}: seed {seed!r} is not a non-negative int. HINT: pass e.g. seed=0.")
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+        raise TrajhookError(
+            f"{owner}: seed {seed!r} is not a procgen level seed, an int in 0..2**31-1 (procgen's seeds are "
+            "31-bit). HINT: pass e.g. seed=0."
+        )
     return int(seed)
 
 

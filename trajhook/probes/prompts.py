@@ -352,10 +352,10 @@ class PromptProbe(Probe):
         self.vocab_size = vocab
         self._k = min(self.top_k, vocab)
         n = len(self.prompt_ids)
-        self.add_output("token_loss", (n, self._max_len - 1), "float32")
+        self.add_output("token_loss", (n, self._max_len - 1), "float32", nan_marks_missing=True)
         if self.max_targets:
-            self.add_output("target_logprob", (n, self.max_targets), "float32")
-            self.add_output("target_first_logit", (n, self.max_targets), "float32")
+            self.add_output("target_logprob", (n, self.max_targets), "float32", nan_marks_missing=True)
+            self.add_output("target_first_logit", (n, self.max_targets), "float32", nan_marks_missing=True)
         self.add_output("topk_ids", (n, self._k), "int64")
         self.add_output("topk_logprob", (n, self._k), "float32")
         if self.full_logits:
