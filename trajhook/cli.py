@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trajhook.repair import repair
 
             out, found = repair(args.path, args.out)
-            print(f"saved {found.summary()} into {out}")
+            print(f"wrote {out}: saved {found.summary()}")
             return 0
         log = load(args.path)
         if args.command == "info":

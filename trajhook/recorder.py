@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import os
 import queue
 import random
@@ -27,7 +28,14 @@ import torch
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
 from trajhook.sinks.base import Sink, SinkSet
-from trajhook.store import EVENT_LABEL_BYTES, SCALAR_NAME_BYTES, StoreWriter, open_for_reading, warn_dropped
+from trajhook.store import (
+    EVENT_LABEL_BYTES,
+    SCALAR_NAME_BYTES,
+    StoreWriter,
+    is_disk_full,
+    open_for_reading,
+    warn_dropped,
+)
 
 _open_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
@@ -210,6 +218,8 @@ class _Writer(threading.Thread):
         self.store.abandon()  # committed rows are on disk; the file is left as a crash leaves it
         if isinstance(item, _FlushMarker):
             item.done.set()
+        if is_disk_full(err):  # HDF5's own message runs over several lines: say it plainly
+            err = OSError(errno.ENOSPC, "No space left on device")
         if self.on_error != "warn" or not isinstance(err, Exception):
             self.error = err  # surfaced on the training thread at the next call
             return False

@@ -32,6 +32,7 @@ from trajhook.store import (
     _open_swmr,
     abandon,
     create_store,
+    rows_inside_file,
 )
 
 _MAX_BAD_BLOCKS = 16  # per dataset: past this many unreadable blocks, the rest counts as lost (bounded time)
@@ -73,13 +74,13 @@ def _blocks(ds: h5py.Dataset, n: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + step)
 
 
-def _read_rows(ds: h5py.Dataset, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_rows(ds: h5py.Dataset, n: int, file_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` rows of ``ds`` (zeros where unreadable) and the mask of rows that read back."""
     n = min(n, ds.shape[0])
     out = np.zeros((n, *ds.shape[1:]), ds.dtype)
     ok = np.zeros(n, bool)
     bad = 0
-    for start, end in _blocks(ds, n):
+    for start, end in _blocks(ds, min(n, rows_inside_file(ds, n, file_size))):
         if bad >= _MAX_BAD_BLOCKS:
             break
         try:
@@ -108,6 +109,7 @@ def _open(path: Path) -> h5py.File:
 def salvage(path: str | os.PathLike) -> Salvage:
     """Read everything that can still be read from a store, in bounded time."""
     path = Path(path)
+    file_size = path.stat().st_size if path.exists() else 0
     with _open(path) as file:
         problems: list[str] = []
         try:
@@ -122,7 +124,7 @@ def salvage(path: str | os.PathLike) -> Salvage:
             try:
                 ds = file[name]
                 count = ds.shape[0] if n is None else n
-                data[name], masks[name] = _read_rows(ds, count)
+                data[name], masks[name] = _read_rows(ds, count, file_size)
                 if len(masks[name]) < count:
                     masks[name] = np.concatenate([masks[name], np.zeros(count - len(masks[name]), bool)])
             except CORRUPT_ERRORS as err:
@@ -162,9 +164,10 @@ def salvage(path: str | os.PathLike) -> Salvage:
             group = record_masks if index == RECORDS else [masks[n] for n in names]
             readable[index] = np.logical_and.reduce([m[: committed[index]] for m in group]) if group else []
         if committed[SCALARS]:  # a value whose name is lost cannot be kept
-            keys = data.get("scalars/key", np.zeros(0, np.int32))[: committed[SCALARS]]
-            named = np.flatnonzero(readable[SCALAR_NAMES])
-            readable[SCALARS] &= np.isin(keys, named)
+            keys = np.full(committed[SCALARS], -1, np.int64)
+            read = data.get("scalars/key", np.zeros(0, np.int32))[: committed[SCALARS]]
+            keys[: len(read)] = read
+            readable[SCALARS] &= np.isin(keys, np.flatnonzero(readable[SCALAR_NAMES]))
         return Salvage(path, committed, readable, data, probes, problems)
 
 
@@ -197,6 +200,11 @@ def repair(path: str | os.PathLike, out: str | os.PathLike | None = None) -> tup
     if out.resolve() == path.resolve():
         raise TrajhookError(f"repair: the output {str(out)!r} is the damaged file itself. HINT: pass another --out.")
     found = salvage(path)
+    if not any(mask.any() for mask in found.readable.values()):
+        raise TrajhookError(
+            f"repair: nothing in {str(path)!r} can be read back: {found.summary()}. "
+            "HINT: restore the file from a backup; the run's W&B or TensorBoard logs may hold its curves."
+        )
     with _open(path) as old:
         attrs, metadata = _attrs(old, found.problems)
         new = create_store(out, found.probes, {}, metadata)

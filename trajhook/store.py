@@ -162,9 +162,9 @@ def open_for_reading(path: str | os.PathLike) -> h5py.File:
                 time.sleep(0.02)
                 continue
             raise TrajhookError(
-                f"{str(path)!r} is not an HDF5 file, or it is corrupt ({err}). "
-                f"HINT: pass the .h5 file written by trajhook.Recorder; for a damaged store, "
-                f"`trajhook repair {path}` saves the committed records that can still be read."
+                f"{str(path)!r} is not an HDF5 file, or it is corrupt ({err}). Recoverable: nothing, as HDF5 "
+                "cannot open it (trajhook repair needs at least the file's superblock). "
+                "HINT: pass the .h5 file written by trajhook.Recorder, or restore the store from a backup."
             ) from None
     try:
         is_store = "trajhook_format" in file.attrs and "committed" in file
@@ -190,6 +190,22 @@ def open_for_reading(path: str | os.PathLike) -> h5py.File:
 # Errors h5py raises on damaged files: OSError and RuntimeError from HDF5, KeyError for objects it
 # cannot open, ValueError and TypeError for garbled attributes and shapes.
 CORRUPT_ERRORS = (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError)
+
+
+def rows_inside_file(ds: h5py.Dataset, count: int, file_size: int) -> int:
+    """How many of the first ``count`` rows lie in chunks that end inside the file.
+
+    A truncated file reads back zeros past its end when opened for SWMR reading, which skips
+    HDF5's end-of-file check: rows there must not pass for data.
+    """
+    if ds.chunks is None or count == 0:
+        return count
+    inside = count
+    for i in range(ds.id.get_num_chunks()):
+        info = ds.id.get_chunk_info(i)
+        if info.byte_offset + info.size > file_size:
+            inside = min(inside, info.chunk_offset[0])
+    return inside
 
 
 def corrupt_error(path: str | os.PathLike, err: BaseException, *, resuming: bool = False) -> TrajhookError:
@@ -386,7 +402,7 @@ class StoreWriter:
         if is_disk_full(err):
             return TrajhookError(
                 f"Recorder: no space left on the device of {str(self.path)!r} to "
-                f"{'resume' if resuming else 'create'} the store ({_first_line(err)}). "
+                f"{'resume' if resuming else 'create'} the store. "
                 + ("The store is unchanged: everything committed is still in it. " if resuming else "")
                 + "HINT: free disk space, or pass a path on another disk."
             )
@@ -405,11 +421,15 @@ class StoreWriter:
     def _resume(self, probe_metadata: Mapping[str, Mapping[str, Any]]) -> h5py.File:
         with open_for_reading(self.path) as old:
             difference = schema_difference(read_schema(old), self.schema)
-            if not difference:  # touch every table's last committed row: fail now on a damaged store
+            if not difference:  # touch everything a resume relies on: fail now on a damaged store
                 counts = old["committed"][:]
+                json.loads(old.attrs["metadata"])
+                file_size = self.path.stat().st_size
                 for ds, n in self._tables(old, counts):
                     if ds.shape[0] < n:
                         raise ValueError(f"{ds.name} has {ds.shape[0]} rows, {n} were committed")
+                    if rows_inside_file(ds, n, file_size) < n:
+                        raise ValueError(f"{ds.name} has committed rows past the end of the file: it was truncated")
                     if n:
                         ds[n - 1]
             if difference:
@@ -697,11 +717,15 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
         committed.refresh()  # the counter first: every row it counts is already on disk
         counts = [int(c) for c in committed[:]]
         n = counts[RECORDS]
+        file_size = os.path.getsize(self.path)
 
         def rows(ds: h5py.Dataset, count: int) -> np.ndarray:
             ds.refresh()
             if ds.shape[0] < count:
                 raise ValueError(f"{ds.name} has {ds.shape[0]} rows, {count} were committed")
+            inside = rows_inside_file(ds, count, file_size)
+            if inside < count:
+                raise ValueError(f"{ds.name} rows from {inside} on lie past the end of the file: it was truncated")
             out = np.empty((count, *ds.shape[1:]), ds.dtype)
             if count:  # straight into the array: twice as fast as ds[:count] on large stores
                 ds.read_direct(out, np.s_[:count])
