@@ -699,17 +699,25 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        with open_for_reading(self.path) as file:
-            try:
-                for _ in range(10):  # a seqlock: read again if a resume rewrote rows meanwhile
-                    generation = self._read(file)
-                    file["committed"].refresh()
-                    if _generation(file["committed"][:]) == generation:
-                        break
-            except TrajhookError:
-                raise
-            except CORRUPT_ERRORS as err:
-                raise corrupt_error(self.path, err) from None
+        deadline = time.monotonic() + _REOPEN_WINDOW_S
+        while True:
+            with open_for_reading(self.path) as file:
+                try:
+                    for _ in range(10):  # a seqlock: read again if a resume rewrote rows meanwhile
+                        generation = self._read(file)
+                        file["committed"].refresh()
+                        if _generation(file["committed"][:]) == generation:
+                            return
+                    return
+                except TrajhookError:
+                    raise
+                except CORRUPT_ERRORS as err:
+                    error = err
+            # A writer that reopens the store rewrites its metadata without SWMR ordering for a moment:
+            # while it is alive, open again and read again, for up to a few seconds.
+            if not (time.monotonic() < deadline and writer_alive(self.path)):
+                raise corrupt_error(self.path, error) from None
+            time.sleep(0.02)
 
     def _read(self, file: h5py.File) -> int:
         """Read the committed rows; returns the generation they belong to."""
