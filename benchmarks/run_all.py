@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_core
 import bench_maze
+import bench_store
 from timing import machine, print_figures
 
 if __name__ == "__main__":
@@ -20,4 +21,6 @@ if __name__ == "__main__":
     figures = bench_core.main([])
     print("\n== bench_maze: MazeProbe, and the maze example with and without the callback ==")
     figures += bench_maze.main([])
-    print_figures(f"All figures. Machine: {named}", figures)
+    print("\n== bench_store: append, file size, growth while open, load against raw .npy ==")
+    bench_store.main([])
+    print_figures(f"All figures of bench_core and bench_maze. Machine: {named}", figures)

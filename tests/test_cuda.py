@@ -91,15 +91,10 @@ def test_prompt_probe_in_bfloat16_on_cuda_matches_a_direct_float32_forward(tmp_p
     config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4)
     model = transformers.GPT2LMHeadModel(config).cuda().eval()
     prompts = {"a": [5, 9, 11, 40, 7], "b": [3, 3, 3], "c": list(range(10, 40))}
-    targets = {"a": [[1, 2], [250]], "c": [[0]]}
-
-    class Ids:
-        def __call__(self, text):
-            return {**prompts, **{f"t{i}": t for i, t in enumerate(sum(targets.values(), []))}}[text]
-
-    names = {f"t{i}": t for i, t in enumerate(sum(targets.values(), []))}
+    names = {"t0": [1, 2], "t1": [250], "t2": [0]}  # target name -> token ids
     target_names = {"a": ["t0", "t1"], "c": ["t2"]}
-    probe = PromptProbe({k: k for k in prompts}, Ids(), targets=target_names)
+    token_ids = {**prompts, **names}  # the "tokenizer": each text is a name of its ids
+    probe = PromptProbe({k: k for k in prompts}, token_ids.__getitem__, targets=target_names)
     with Recorder(tmp_path / "run.h5", [probe], every_n_steps=1, wandb=False) as rec:
         rec.record(model.to(torch.bfloat16), 0)
     record = load(tmp_path / "run.h5")["prompts"]

@@ -3,6 +3,7 @@
 trajhook info runs/maze.h5                  what is in it
 trajhook animate runs/maze.h5 maze.gif maze.mp4
 trajhook plot runs/maze.h5 field.png --step 2000
+trajhook repair runs/maze.h5                saves what a damaged store still holds
 """
 
 from __future__ import annotations
@@ -67,8 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot.add_argument("out", help="an image file, e.g. field.png")
     plot.add_argument("--step", type=int, default=None, help="a recorded step (default: the last)")
     plot.add_argument("--probe", default=None)
+    fix = sub.add_parser("repair", help="save the readable committed rows of a damaged store into a new one")
+    fix.add_argument("path")
+    fix.add_argument("--out", default=None, help="the new store (default: RUN.repaired.h5 beside it)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "repair":
+            from trajhook.repair import repair
+
+            out, found = repair(args.path, args.out)
+            print(f"wrote {out}: saved {found.summary()}")
+            return 0
         log = load(args.path)
         if args.command == "info":
             print(describe(log))

@@ -19,10 +19,10 @@ def require(module: str, extra: str, who: str) -> ModuleType:
 
     >>> require("json", "core", "doctest").__name__
     'json'
-    >>> require("no_such_module_xyz", "maze", "MazeProbe")
+    >>> require("no_such_module_xyz", "maze", "MazeProbe")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    trajhook.errors.TrajhookError: MazeProbe needs the module 'no_such_module_xyz', which is not installed. HINT: pip install 'trajhook[maze]'.
+    trajhook.errors.TrajhookError: MazeProbe needs ... not installed. HINT: pip install 'trajhook[maze]'.
     """
     try:
         return importlib.import_module(module)

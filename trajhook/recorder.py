@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import math
 import numbers
 import operator
@@ -35,6 +36,7 @@ from trajhook.store import (
     SCALAR_NAME_BYTES,
     StoreWriter,
     _dump_json,
+    is_disk_full,
     open_for_reading,
     warn_dropped,
 )
@@ -248,9 +250,12 @@ def _checked_scalar(name: str, value: Any) -> float | torch.Tensor:
 class _Writer(threading.Thread):
     """The one thread that writes the file and feeds the sinks."""
 
-    def __init__(self, store: StoreWriter, sinks: SinkSet, flush_every_s: float, max_queue: int) -> None:
+    def __init__(
+        self, store: StoreWriter, sinks: SinkSet, flush_every_s: float, max_queue: int, on_error: str = "raise"
+    ) -> None:
         super().__init__(name="trajhook-writer", daemon=True)
         self.store = store
+        self.on_error = on_error
         self.sinks = sinks
         self.flush_every_s = flush_every_s
         self.records: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -264,8 +269,9 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         next_flush = time.monotonic() + self.flush_every_s
-        try:
-            while True:
+        while True:
+            item = None
+            try:
                 try:
                     item = self.records.get(timeout=max(0.0, min(0.2, next_flush - time.monotonic())))
                 except queue.Empty:
@@ -283,8 +289,35 @@ class _Writer(threading.Thread):
                     self._drain_small()
                     self.store.flush()
                     return
-        except BaseException as err:  # surfaced on the training thread at the next call
-            self.error = err
+            except BaseException as err:
+                if not self._failed(err, item):
+                    return
+
+    def _failed(self, err: BaseException, item: Any) -> bool:
+        """After a write error the store's handle is never touched again (HDF5 can crash on it later).
+
+        ``on_error="raise"``: the error reaches the training thread at its next call; the writer stops.
+        ``on_error="warn"``: one warning, then the writer goes on draining the queue (the sinks still
+        get each record; the store ignores it), so training runs to its end. Returns whether to go on.
+        """
+        warned = self.store.failed
+        self.store.abandon()  # committed rows are on disk; the file is left as a crash leaves it
+        if isinstance(item, _FlushMarker):
+            item.done.set()
+        if is_disk_full(err):  # HDF5's own message runs over several lines: say it plainly
+            err = OSError(errno.ENOSPC, "No space left on device")
+        if self.on_error != "warn" or not isinstance(err, Exception):
+            self.error = err  # surfaced on the training thread at the next call
+            return False
+        if warned:
+            return True
+        warnings.warn(
+            f"Recorder: writing {str(self.store.path)!r} failed: {type(err).__name__}: {err}. Recording to the "
+            "store stopped; training goes on. Everything committed before is intact. HINT: free disk space, "
+            "then resume the store with a new Recorder on the same path.",
+            stacklevel=1,
+        )
+        return True
 
     def _drain_small(self) -> None:
         """Apply a pending resume drop, then write the scalars and events queued so far."""
@@ -358,6 +391,9 @@ class Recorder:
         sinks: further sinks, each receiving every record, scalar and event.
         forward_context: a callable returning a context manager wrapped around each probe run,
             e.g. Lightning's precision context.
+        on_error: what a write error (e.g. a full disk) does: ``"raise"`` raises a TrajhookError at
+            the next call; ``"warn"`` warns once and training goes on without the store. Either
+            way everything committed before stays loadable and the process exits normally.
 
     >>> import tempfile
     >>> from trajhook import TensorProbe
@@ -384,9 +420,16 @@ class Recorder:
         wandb: Any = "auto",
         sinks: Sequence[Sink] = (),
         forward_context: Callable[[], AbstractContextManager] | None = None,
+        on_error: str = "raise",
     ) -> None:
         self.path = check_recorder_args(path, probes, every_n_steps)
         _check_options(metadata, overwrite, flush_every_s, max_queue, forward_context)
+        if on_error not in ("raise", "warn"):
+            raise TrajhookError(
+                f"Recorder: on_error={on_error!r} is not 'raise' or 'warn'. HINT: 'raise' stops training at a "
+                "write error (e.g. a full disk); 'warn' warns once and lets training go on without the store."
+            )
+        self.on_error = on_error
         self.probes = list(probes)
         self.every_n_steps = every_n_steps
         self.metadata = dict(metadata or {})
@@ -446,7 +489,7 @@ class Recorder:
             overwrite=self.overwrite,
         )
         self._sinks.open(self.probes, self.metadata)
-        self._writer = _Writer(store, self._sinks, self.flush_every_s, self.max_queue)
+        self._writer = _Writer(store, self._sinks, self.flush_every_s, self.max_queue, self.on_error)
         self._writer.setup_nonfinite = setup_nonfinite
         self._writer.nonfinite_warned |= warned
         self._writer.start()
@@ -540,9 +583,8 @@ class Recorder:
         try:
             if self._writer.error is None:
                 self._writer.store.close()
-            else:  # release the file: what was committed is on disk, the rest never was
-                with contextlib.suppress(Exception):
-                    self._writer.store.file.close()
+            else:  # what was committed is on disk, the rest never was; the handle is never touched
+                self._writer.store.abandon()
         finally:
             self._sinks.close()
         self._raise_if_writer_failed()

@@ -8,9 +8,13 @@ Readers trust only ``committed``. This module knows nothing of torch.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
+import errno
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,16 +25,31 @@ import h5py
 import numpy as np
 
 from trajhook.errors import TrajhookError
+from trajhook.lock import WriterLock, writer_alive
 from trajhook.probes.base import OutputSpec
 
 FORMAT_VERSION = 1
 SCALAR_NAME_BYTES = 128
 EVENT_LABEL_BYTES = 256
-_CHUNK_BYTES = 64 * 1024
+# Large chunks: `load` reads uncompressed chunks straight into its arrays, near raw .npy speed at
+# 4 MiB (1.8x slower at 1 MiB). The cost: a new store reserves one chunk per dataset.
+_CHUNK_BYTES = 4 * 1024 * 1024
 _STRING_CHUNK_ROWS = 64
-_MAX_CHUNK_BYTES = 1024 * 1024
+_MAX_CHUNK_BYTES = 4 * 1024 * 1024
 _MAX_CHUNK_ROWS = 4096
 _COMPACT_MIN_BYTES = 256 * 1024
+# No compression, chosen by benchmarks/bench_store.py (docs/FORMAT.md, "Compression"): `load` then
+# reads at the speed of raw .npy, an uncompressed partial chunk is rewritten in place at each flush
+# (no growth while the run is open), and every HDF5 reader opens the file without plugins.
+# Benchmarks swap in other h5py filter arguments here to compare.
+COMPRESSION: Mapping[str, Any] = {}
+# How often an SWMR reader re-reads metadata whose checksum fails, with a doubling wait between
+# tries. HDF5's default of 100 waits for hours on a corrupt file; 28 tries wait about 0.3 s,
+# ample for a writer that is mid-flush.
+_METADATA_READ_ATTEMPTS = 28
+# A reader that opens a store while its writer reopens it can see a half-updated superblock;
+# while a live writer holds the lock, opening is retried for this long.
+_REOPEN_WINDOW_S = 5.0
 # Indices into the `committed` dataset: four row counts, then the generation, bumped by every
 # resume drop, so that a reader can tell that rows it read may have been rewritten meanwhile.
 RECORDS, SCALARS, EVENTS, SCALAR_NAMES, GENERATION = range(5)
@@ -40,14 +59,14 @@ Schema = dict[str, dict[str, OutputSpec]]
 
 
 def chunk_shape(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """Chunk shape for a dataset of records of ``shape``: about 64 KiB, whole records if possible.
+    """Chunk shape for a dataset of records of ``shape``: about 4 MiB, whole records if possible.
 
-    >>> chunk_shape((96, 2), 4)   # 768 B a record: 85 records a chunk
-    (85, 96, 2)
+    >>> chunk_shape((337, 15), 4)   # 20 KB a record: 207 records a chunk
+    (207, 337, 15)
     >>> chunk_shape((), 8)
     (4096,)
     >>> chunk_shape((4, 1000, 1000), 2)  # 8 MB a record: split the record itself
-    (1, 1, 500, 1000)
+    (1, 2, 1000, 1000)
     """
     inner = [max(1, s) for s in shape]
     row_bytes = int(np.prod(inner, dtype=np.int64)) * itemsize
@@ -81,27 +100,84 @@ def _dump_json(value: Any, what: str) -> str:
         ) from None
 
 
-def open_for_reading(path: str | os.PathLike) -> h5py.File:
-    """Open a trajhook store read-only; works while a writer appends and after a writer crashed."""
+def _hdf5_library() -> ctypes.CDLL | None:
+    """The HDF5 library that h5py loaded, for the one setting h5py does not expose; None if not found."""
     try:
-        file = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libhdf5" in line and "libhdf5_hl" not in line}
+        for path in sorted(paths):
+            lib = ctypes.CDLL(path)
+            lib.H5Pset_metadata_read_attempts.argtypes = [ctypes.c_int64, ctypes.c_uint]
+            lib.H5Pset_metadata_read_attempts.restype = ctypes.c_int
+            return lib
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+_HDF5 = _hdf5_library()
+
+
+def _open_swmr(path: str | os.PathLike, swmr: bool = True) -> h5py.File:
+    """``h5py.File(path, "r", libver="latest", swmr=swmr, locking=False)``, with bounded metadata retries.
+
+    Retrying a metadata read whose checksum fails only helps while a writer may be mid-flush: with
+    no live writer holding the store's lock, a bad checksum is damage and fails at once.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    if swmr:
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_file_locking(False, True)
+    fapl.set_cache(0, 0, 0, 0.0)  # no chunk cache: each chunk is read once, straight into the array
+    if _HDF5 is not None and swmr:
+        _HDF5.H5Pset_metadata_read_attempts(fapl.id, _METADATA_READ_ATTEMPTS if writer_alive(path) else 1)
+    flags = h5py.h5f.ACC_RDONLY | (h5py.h5f.ACC_SWMR_READ if swmr else 0)
+    return h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
+
+
+def _open_any(path: str | os.PathLike) -> h5py.File:
+    try:
+        return _open_swmr(path)
     except FileNotFoundError:
-        raise TrajhookError(f"load: no file at {str(path)!r}.") from None
-    except OSError as err:
-        try:  # files written without libver="latest" refuse SWMR reading: still say what they are
-            file = h5py.File(path, "r", locking=False)
-        except OSError:
+        raise
+    except OSError:  # files written without libver="latest" refuse SWMR reading: still say what they are
+        return _open_swmr(path, swmr=False)
+
+
+def open_for_reading(path: str | os.PathLike) -> h5py.File:
+    """Open a trajhook store read-only; works while a writer appends and after a writer crashed.
+
+    A store that its writer is reopening at this moment can look corrupt for a few milliseconds:
+    while a live writer holds the store's lock, opening is retried for up to a few seconds.
+    """
+    deadline = time.monotonic() + _REOPEN_WINDOW_S
+    while True:
+        try:
+            file = _open_any(path)
+            break
+        except FileNotFoundError:
+            raise TrajhookError(f"load: no file at {str(path)!r}.") from None
+        except OSError as err:
+            if time.monotonic() < deadline and writer_alive(path):
+                time.sleep(0.02)
+                continue
             raise TrajhookError(
-                f"{str(path)!r} is not an HDF5 file, or it is corrupt ({err}). "
-                "HINT: pass the .h5 file written by trajhook.Recorder."
+                f"{str(path)!r} is not an HDF5 file, or it is corrupt ({err}). Recoverable: nothing, as HDF5 "
+                "cannot open it (trajhook repair needs at least the file's superblock). "
+                "HINT: pass the .h5 file written by trajhook.Recorder, or restore the store from a backup."
             ) from None
-    if "trajhook_format" not in file.attrs or "committed" not in file:
+    try:
+        is_store = "trajhook_format" in file.attrs and "committed" in file
+        version = int(file.attrs["trajhook_format"]) if is_store else 0
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        file.close()
+        raise corrupt_error(path, err) from None
+    if not is_store:
         file.close()
         raise TrajhookError(
             f"{str(path)!r} is an HDF5 file but not a trajhook store (no 'trajhook_format' attribute). "
             "HINT: pass a trajhook store, or choose another path so trajhook does not touch this file."
         )
-    version = int(file.attrs["trajhook_format"])
     if version > FORMAT_VERSION:
         file.close()
         raise TrajhookError(
@@ -109,6 +185,43 @@ def open_for_reading(path: str | os.PathLike) -> h5py.File:
             "HINT: upgrade trajhook."
         )
     return file
+
+
+# Errors h5py raises on damaged files: OSError and RuntimeError from HDF5, KeyError for objects it
+# cannot open, ValueError and TypeError for garbled attributes and shapes.
+CORRUPT_ERRORS = (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError)
+
+
+def rows_inside_file(ds: h5py.Dataset, count: int, file_size: int) -> int:
+    """How many of the first ``count`` rows lie in chunks that end inside the file.
+
+    A truncated file reads back zeros past its end when opened for SWMR reading, which skips
+    HDF5's end-of-file check: rows there must not pass for data.
+    """
+    if ds.chunks is None or count == 0:
+        return count
+    inside = count
+    for i in range(ds.id.get_num_chunks()):
+        info = ds.id.get_chunk_info(i)
+        if info.byte_offset + info.size > file_size:
+            inside = min(inside, info.chunk_offset[0])
+    return inside
+
+
+def corrupt_error(path: str | os.PathLike, err: BaseException, *, resuming: bool = False) -> TrajhookError:
+    """The error for a damaged store: names the file, what failed, and what ``trajhook repair`` can save."""
+    from trajhook.repair import salvage  # repair reads through this module
+
+    try:
+        found = salvage(path).summary()
+    except Exception as inner:  # the message must come out whatever else is broken
+        found = f"nothing could be read back ({type(inner).__name__}: {inner})"
+    what = "cannot be resumed: it is corrupt" if resuming else "is corrupt"
+    return TrajhookError(
+        f"{str(path)!r} {what} ({type(err).__name__}: {err}). Recoverable: {found}. "
+        f"HINT: run `trajhook repair {path}` to save the readable committed rows into a new store"
+        + ("; then resume from that file, or pass overwrite=True or a new path." if resuming else ".")
+    ).with_traceback(None)
 
 
 def read_schema(file: h5py.File) -> Schema:
@@ -168,12 +281,11 @@ def _open_swmr_writer(path: Path) -> h5py.File:
 def _create_appendable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
     dtype = np.dtype(dtype)
     maxshape = (None, *(None if s == 0 else s for s in shape))
-    if dtype.kind == "S":  # names and labels: few rows, so small uncompressed chunks
-        chunks, compression = (_STRING_CHUNK_ROWS, *shape), {}
-    else:
-        chunks = chunk_shape(shape, dtype.itemsize)
-        compression = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-    return group.create_dataset(name, shape=(0, *shape), maxshape=maxshape, dtype=dtype, chunks=chunks, **compression)
+    # names and labels: few rows, so small chunks
+    chunks = (_STRING_CHUNK_ROWS, *shape) if dtype.kind == "S" else chunk_shape(shape, dtype.itemsize)
+    return group.create_dataset(
+        name, shape=(0, *shape), maxshape=maxshape, dtype=dtype, chunks=chunks, **dict(COMPRESSION)
+    )
 
 
 def _append(ds: h5py.Dataset, start: int, rows: np.ndarray) -> None:
@@ -183,6 +295,68 @@ def _append(ds: h5py.Dataset, start: int, rows: np.ndarray) -> None:
         ds.resize(end, axis=0)
     ds[start:end] = rows
     ds.flush()
+
+
+def create_store(
+    path: Path, schema: Schema, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]
+) -> h5py.File:
+    """Create an empty store with every dataset the schema needs; SWMR is not on yet."""
+    file = h5py.File(path, "w", libver="latest", locking=False)
+    try:
+        file.attrs["trajhook_format"] = FORMAT_VERSION
+        from trajhook import __version__
+
+        file.attrs["trajhook_version"] = __version__
+        file.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        file.attrs["metadata"] = _dump_json(dict(metadata), "Recorder metadata")
+        _create_appendable(file, "steps", (), np.int64)
+        _create_appendable(file, "wall_time", (), np.float64)
+        probes = file.create_group("probes")
+        for name, outputs in schema.items():
+            group = probes.create_group(name)
+            for spec in outputs.values():
+                _create_appendable(group, spec.name, spec.shape, spec.dtype)
+            _write_probe_metadata(file, name, probe_metadata.get(name, {}))
+        scalars = file.create_group("scalars")
+        _create_appendable(scalars, "step", (), np.int64)
+        _create_appendable(scalars, "key", (), np.int32)
+        _create_appendable(scalars, "value", (), np.float64)
+        _create_appendable(scalars, "names", (), f"S{SCALAR_NAME_BYTES}")
+        events = file.create_group("events")
+        _create_appendable(events, "step", (), np.int64)
+        _create_appendable(events, "label", (), f"S{EVENT_LABEL_BYTES}")
+        # Allocated now, before SWMR: a lazily allocated counter breaks SWMR readers after a crash.
+        file.create_dataset("committed", data=np.zeros(5, np.int64))
+        file.flush()
+    except BaseException:
+        abandon(file)
+        raise
+    return file
+
+
+def _write_probe_metadata(file: h5py.File, name: str, meta: Mapping[str, Any]) -> None:
+    static = file.require_group("static").create_group(name)
+    plain = {}
+    for key, value in meta.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            static.create_dataset(key, data=value)
+        else:
+            plain[key] = value
+    static.attrs["metadata"] = _dump_json(plain, f"probe {name!r} metadata")
+
+
+def tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Dataset, int]]:
+    """Every appendable dataset of a store with the number of its committed rows."""
+    yield file["steps"], counts[RECORDS]
+    yield file["wall_time"], counts[RECORDS]
+    for group in file["probes"].values():
+        for ds in group.values():
+            yield ds, counts[RECORDS]
+    for key in ("step", "key", "value"):
+        yield file["scalars"][key], counts[SCALARS]
+    yield file["scalars/names"], counts[SCALAR_NAMES]
+    for key in ("step", "label"):
+        yield file["events"][key], counts[EVENTS]
 
 
 class StoreWriter:
@@ -204,16 +378,26 @@ class StoreWriter:
     ) -> None:
         self.path = Path(path)
         self.schema = schema
-        if self.path.exists() and self.path.stat().st_size > 0 and not overwrite:
-            self.file = self._resume(probe_metadata)
-        else:  # built aside and renamed into place: a crash while creating leaves no half-made store
-            tmp = self.path.with_name(self.path.name + ".new")
-            self._create(tmp, probe_metadata, metadata or {}).close()
-            os.replace(tmp, self.path)
-            self.file = _open_swmr_writer(self.path)
-        committed = [int(c) for c in self.file["committed"][:]]
-        self.counts, self.generation = committed[:GENERATION], committed[GENERATION]
-        self._scalar_names = [n.decode() for n in self.file["scalars/names"][: self.counts[SCALAR_NAMES]]]
+        self.failed = False  # set by abandon(): the file handle is never touched again
+        self.lock = WriterLock.acquire(self.path)  # before anything reads or writes the file
+        resuming = self.path.exists() and self.path.stat().st_size > 0 and not overwrite
+        self.file: h5py.File | None = None
+        try:
+            if resuming:
+                self.file = self._resume(probe_metadata)
+            else:  # built aside and renamed into place: a crash while creating leaves no half-made store
+                self._create_aside(probe_metadata, metadata or {})
+                self.file = _open_swmr_writer(self.path)
+            committed = [int(c) for c in self.file["committed"][:]]
+            self.counts, self.generation = committed[:GENERATION], committed[GENERATION]
+            self._scalar_names = [n.decode() for n in self.file["scalars/names"][: self.counts[SCALAR_NAMES]]]
+        except BaseException as err:
+            if self.file is not None:
+                abandon(self.file)
+            self.lock.release()
+            if isinstance(err, Exception) and not isinstance(err, TrajhookError):
+                raise self._open_error(err, resuming) from None
+            raise
         self._scalar_index = {n: i for i, n in enumerate(self._scalar_names)}
         self._pending_records: list[tuple[int, float, dict[str, dict[str, np.ndarray]]]] = []
         self._pending_scalars: list[tuple[int, str, float]] = []
@@ -225,51 +409,51 @@ class StoreWriter:
 
     # -- creating and resuming ------------------------------------------------------------------
 
+    def _open_error(self, err: Exception, resuming: bool) -> TrajhookError:
+        if is_disk_full(err):
+            return TrajhookError(
+                f"Recorder: no space left on the device of {str(self.path)!r} to "
+                f"{'resume' if resuming else 'create'} the store. "
+                + ("The store is unchanged: everything committed is still in it. " if resuming else "")
+                + "HINT: free disk space, or pass a path on another disk."
+            )
+        if resuming:
+            return corrupt_error(self.path, err, resuming=True)
+        return TrajhookError(
+            f"Recorder: cannot create the store {str(self.path)!r} ({type(err).__name__}: {_first_line(err)}). "
+            "HINT: check the path's folder, its permissions and free space."
+        )
+
     def _create(
         self, path: Path, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]
     ) -> h5py.File:
-        file = h5py.File(path, "w", libver="latest", locking=False)
-        file.attrs["trajhook_format"] = FORMAT_VERSION
-        from trajhook import __version__
+        return create_store(path, self.schema, probe_metadata, metadata)
 
-        file.attrs["trajhook_version"] = __version__
-        file.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        file.attrs["metadata"] = _dump_json(dict(metadata), "Recorder metadata")
-        _create_appendable(file, "steps", (), np.int64)
-        _create_appendable(file, "wall_time", (), np.float64)
-        probes = file.create_group("probes")
-        for name, outputs in self.schema.items():
-            group = probes.create_group(name)
-            for spec in outputs.values():
-                _create_appendable(group, spec.name, spec.shape, spec.dtype)
-            self._write_probe_metadata(file, name, probe_metadata.get(name, {}))
-        scalars = file.create_group("scalars")
-        _create_appendable(scalars, "step", (), np.int64)
-        _create_appendable(scalars, "key", (), np.int32)
-        _create_appendable(scalars, "value", (), np.float64)
-        _create_appendable(scalars, "names", (), f"S{SCALAR_NAME_BYTES}")
-        events = file.create_group("events")
-        _create_appendable(events, "step", (), np.int64)
-        _create_appendable(events, "label", (), f"S{EVENT_LABEL_BYTES}")
-        # Allocated now, before SWMR: a lazily allocated counter breaks SWMR readers after a crash.
-        file.create_dataset("committed", data=np.zeros(5, np.int64))
-        file.flush()
-        return file
-
-    @staticmethod
-    def _write_probe_metadata(file: h5py.File, name: str, meta: Mapping[str, Any]) -> None:
-        static = file.require_group("static").create_group(name)
-        plain = {}
-        for key, value in meta.items():
-            if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-                static.create_dataset(key, data=value)
-            else:
-                plain[key] = value
-        static.attrs["metadata"] = _dump_json(plain, f"probe {name!r} metadata")
+    def _create_aside(self, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]) -> None:
+        """Create the store as ``<name>.new`` and rename it over ``path``; a failure leaves no new file."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        try:
+            self._create(tmp, probe_metadata, metadata).close()
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def _resume(self, probe_metadata: Mapping[str, Mapping[str, Any]]) -> h5py.File:
         with open_for_reading(self.path) as old:
             difference = schema_difference(read_schema(old), self.schema)
+            if not difference:  # touch everything a resume relies on: fail now on a damaged store
+                counts = old["committed"][:]
+                json.loads(old.attrs["metadata"])
+                file_size = self.path.stat().st_size
+                for ds, n in self._tables(old, counts):
+                    if ds.shape[0] < n:
+                        raise ValueError(f"{ds.name} has {ds.shape[0]} rows, {n} were committed")
+                    if rows_inside_file(ds, n, file_size) < n:
+                        raise ValueError(f"{ds.name} has committed rows past the end of the file: it was truncated")
+                    if n:
+                        ds[n - 1]
             if difference:
                 raise TrajhookError(
                     f"Recorder: the store {str(self.path)!r} was written with other probes: {difference}. "
@@ -293,36 +477,35 @@ class StoreWriter:
 
     def _rebuild(self, probe_metadata: Mapping[str, Mapping[str, Any]]) -> None:
         tmp = self.path.with_name(self.path.name + ".rebuild")
-        with open_for_reading(self.path) as old:
-            counts = old["committed"][:]
-            new = self._create(tmp, probe_metadata, json.loads(old.attrs["metadata"]))
-            for key in ("created", "trajhook_version"):
-                new.attrs[key] = old.attrs[key]
-            for ds, n in self._tables(old, counts):
-                _append(new[ds.name], 0, ds[:n])
-            del new["static"]
-            old.copy(old["static"], new, "static")
-            new["committed"][: len(counts)] = counts
-            new.close()
-        os.replace(tmp, self.path)
+        new = None
+        try:
+            with open_for_reading(self.path) as old:
+                counts = old["committed"][:]
+                new = self._create(tmp, probe_metadata, json.loads(old.attrs["metadata"]))
+                for key in ("created", "trajhook_version"):
+                    new.attrs[key] = old.attrs[key]
+                for ds, n in self._tables(old, counts):
+                    _append(new[ds.name], 0, ds[:n])
+                del new["static"]
+                old.copy(old["static"], new, "static")
+                new["committed"][: len(counts)] = counts
+                new.close()
+            os.replace(tmp, self.path)
+        except BaseException:  # a full disk or a damaged store: the original stays as it was
+            if new is not None:
+                abandon(new)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
-    @staticmethod
-    def _tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Dataset, int]]:
-        yield file["steps"], counts[RECORDS]
-        yield file["wall_time"], counts[RECORDS]
-        for group in file["probes"].values():
-            for ds in group.values():
-                yield ds, counts[RECORDS]
-        for key in ("step", "key", "value"):
-            yield file["scalars"][key], counts[SCALARS]
-        yield file["scalars/names"], counts[SCALAR_NAMES]
-        for key in ("step", "label"):
-            yield file["events"][key], counts[EVENTS]
+    _tables = staticmethod(tables)
 
     # -- writing --------------------------------------------------------------------------------
 
     def drop_from(self, step: int) -> int:
         """Forget committed rows with ``step`` or later in every table; returns records dropped."""
+        if self.failed:
+            return 0
         self.flush()
         dropped = 0
         for index, key in ((RECORDS, "steps"), (SCALARS, "scalars/step"), (EVENTS, "events/step")):
@@ -337,21 +520,27 @@ class StoreWriter:
         return dropped
 
     def add_record(self, step: int, wall_time: float, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+        if self.failed:
+            return
         self._pending_records.append((step, wall_time, outputs))
         if len(self._pending_records) >= self._chunk_rows:
             self.flush()
 
     def add_scalar(self, step: int, name: str, value: float) -> None:
+        if self.failed:
+            return
         self._pending_scalars.append((step, name, value))
         if len(self._pending_scalars) >= _MAX_CHUNK_ROWS:
             self.flush()
 
     def add_event(self, step: int, label: str) -> None:
+        if self.failed:
+            return
         self._pending_events.append((step, label))
 
     def flush(self) -> None:
         """Write buffered rows, then bump ``committed``. Readers see all of it or none."""
-        if not (self._pending_records or self._pending_scalars or self._pending_events):
+        if self.failed or not (self._pending_records or self._pending_scalars or self._pending_events):
             return
         if self._pending_records:
             self._write_records()
@@ -404,17 +593,78 @@ class StoreWriter:
     def close(self) -> None:
         """Flush and close; compact the file if partial-chunk rewrites left much dead space.
 
-        A flush before a chunk is full rewrites that compressed chunk, and an SWMR writer never
+        A flush before a chunk is full rewrites a compressed chunk, and an SWMR writer never
         reuses the space it freed. Rebuilding from the committed rows gives that space back.
+        Compaction is an optimization: if it fails (a full disk), the store stays as it was.
         """
-        if not self.file.id.valid:
+        if self.failed or self.file is None or not self.file.id.valid:
+            self.lock.release()
             return
-        self.flush()
-        live = sum(ds.id.get_storage_size() for ds, _ in self._tables(self.file, self.counts))
-        self.file.close()
-        dead = self.path.stat().st_size - live
-        if dead > max(_COMPACT_MIN_BYTES, live // 4):
-            self._rebuild({})
+        try:
+            self.flush()
+            live = sum(ds.id.get_storage_size() for ds, _ in self._tables(self.file, self.counts))
+            self.file.close()
+        except BaseException:
+            self.abandon()
+            raise
+        try:
+            dead = self.path.stat().st_size - live
+            if dead > max(_COMPACT_MIN_BYTES, live // 4):
+                try:
+                    self._rebuild({})
+                except Exception as err:  # the uncompacted store is whole
+                    warnings.warn(
+                        f"Recorder: could not compact {str(self.path)!r} ({_first_line(err)}); it is complete "
+                        "but larger than needed.",
+                        stacklevel=2,
+                    )
+        finally:
+            self.lock.release()
+
+    def abandon(self) -> None:
+        """After a write error: detach the HDF5 handle from the file, close it, release the lock.
+
+        HDF5 can crash the process later (at exit, or when the file is opened again) if a handle
+        that failed a write is flushed. The committed rows are already on disk; from here on
+        every call is a no-op, and the file is left as a crashed writer leaves it.
+        """
+        self.failed = True
+        if self.file is not None:
+            abandon(self.file)
+        self.lock.release()
+
+
+def abandon(file: h5py.File) -> None:
+    """Close an h5py file without writing another byte to it: its descriptor now points at /dev/null.
+
+    Plain h5py segfaults at exit after ENOSPC, flushing the failed file's metadata cache; with
+    the writes going nowhere, closing is harmless and the file on disk keeps its committed state.
+    """
+    with contextlib.suppress(Exception):
+        if file.id.valid:
+            fd = file.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+    with contextlib.suppress(Exception):
+        file.close()
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether an error (OSError, or h5py's wrapped RuntimeError) comes from a full disk or quota."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    return (
+        getattr(err, "errno", None) in codes
+        or any(f"errno = {c}," in text for c in codes)
+        or ("No space left on device" in text)
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -471,18 +721,25 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        with open_for_reading(self.path) as file:
-            try:
-                for _ in range(10):  # a seqlock: read again if a resume rewrote rows meanwhile
-                    generation = self._read(file)
-                    file["committed"].refresh()
-                    if _generation(file["committed"][:]) == generation:
-                        break
-            except (OSError, KeyError, IndexError, ValueError) as err:
-                raise TrajhookError(
-                    f"{str(self.path)!r} is corrupt: {err}. HINT: the file was damaged after trajhook wrote it; "
-                    "a copy taken while training ran is readable."
-                ) from None
+        deadline = time.monotonic() + _REOPEN_WINDOW_S
+        while True:
+            with open_for_reading(self.path) as file:
+                try:
+                    for _ in range(10):  # a seqlock: read again if a resume rewrote rows meanwhile
+                        generation = self._read(file)
+                        file["committed"].refresh()
+                        if _generation(file["committed"][:]) == generation:
+                            return
+                    return
+                except TrajhookError:
+                    raise
+                except CORRUPT_ERRORS as err:
+                    error = err
+            # A writer that reopens the store rewrites its metadata without SWMR ordering for a moment:
+            # while it is alive, open again and read again, for up to a few seconds.
+            if not (time.monotonic() < deadline and writer_alive(self.path)):
+                raise corrupt_error(self.path, error) from None
+            time.sleep(0.02)
 
     def _read(self, file: h5py.File) -> int:
         """Read the committed rows; returns the generation they belong to."""
@@ -490,15 +747,19 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
         committed.refresh()  # the counter first: every row it counts is already on disk
         counts = [int(c) for c in committed[:]]
         n = counts[RECORDS]
+        file_size = os.path.getsize(self.path)
 
         def rows(ds: h5py.Dataset, count: int) -> np.ndarray:
             ds.refresh()
             if ds.shape[0] < count:
-                raise TrajhookError(
-                    f"{str(self.path)!r} is corrupt: {ds.name} has {ds.shape[0]} rows, "
-                    f"{count} were committed. HINT: the file was damaged after trajhook wrote it."
-                )
-            return ds[:count]
+                raise ValueError(f"{ds.name} has {ds.shape[0]} rows, {count} were committed")
+            inside = rows_inside_file(ds, count, file_size)
+            if inside < count:
+                raise ValueError(f"{ds.name} rows from {inside} on lie past the end of the file: it was truncated")
+            out = np.empty((count, *ds.shape[1:]), ds.dtype)
+            if count:  # straight into the array: twice as fast as ds[:count] on large stores
+                ds.read_direct(out, np.s_[:count])
+            return out
 
         self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()}
         self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
