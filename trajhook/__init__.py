@@ -13,6 +13,7 @@ from trajhook.probes.maze import MazeProbe
 from trajhook.probes.prompts import PromptProbe
 from trajhook.probes.tensor import TensorProbe
 from trajhook.recorder import Recorder
+from trajhook.schedule import log_spaced
 from trajhook.store import Event, ProbeLog, Series, TrajectoryLog, load
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "__version__",
     "analysis",
     "load",
+    "log_spaced",
     "plots",
 ]
 

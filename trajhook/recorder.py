@@ -26,6 +26,7 @@ import torch
 
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
+from trajhook.schedule import Schedule, as_schedule
 from trajhook.sinks.base import Sink, SinkSet
 from trajhook.store import EVENT_LABEL_BYTES, SCALAR_NAME_BYTES, StoreWriter, open_for_reading, warn_dropped
 
@@ -39,13 +40,9 @@ def _close_open_recorders() -> None:  # a forgotten close() must not lose buffer
             recorder.close()
 
 
-def check_recorder_args(path: str | os.PathLike, probes: Sequence[Probe], every_n_steps: int) -> Path:
+def check_recorder_args(path: str | os.PathLike, probes: Sequence[Probe], every_n_steps: Any) -> Path:
     """Checks that need no model and no run; shared by the Recorder and the integrations."""
-    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps <= 0:
-        raise TrajhookError(
-            f"Recorder: every_n_steps={every_n_steps!r} is not a positive integer. "
-            "HINT: pass e.g. every_n_steps=100 to record every 100 optimizer steps."
-        )
+    as_schedule(every_n_steps)  # an int, log_spaced(...), a list of steps or a callable (see trajhook.schedule)
     if isinstance(probes, Probe) or not isinstance(probes, Sequence) or not probes:
         raise TrajhookError(
             f"Recorder: probes={probes!r} is not a non-empty list of probes. HINT: pass e.g. [TensorProbe(...)]."
@@ -243,7 +240,8 @@ class Recorder:
     """Run a fixed probe set through the model every ``every_n_steps`` steps and log it to HDF5.
 
     One line in a training loop: ``rec.maybe_record(model, step, loss=loss)``. Scalars are logged
-    at every call; the probes run when ``step % every_n_steps == 0``. Each probe run is in eval
+    at every call; the probes run when the step is due (for an int N: the first call, then
+    whenever ``step - last_recorded >= N``; see :mod:`trajhook.schedule`). Each probe run is in eval
     mode under ``no_grad``, and restores every module's train flag and the RNG states of torch,
     numpy and Python, so training is bit-identical with and without the Recorder.
 
@@ -251,7 +249,8 @@ class Recorder:
         path: the HDF5 store. An existing store is resumed: rows at or after the first step this
             Recorder writes are dropped (no ghost rows after restoring an earlier checkpoint).
         probes: the probes, with unique names.
-        every_n_steps: the recording cadence, in the caller's steps.
+        every_n_steps: the recording cadence, in the caller's steps: an int, ``trajhook.log_spaced(...)``,
+            a list of steps, or a callable ``step -> bool`` (see :mod:`trajhook.schedule`).
         metadata: JSON-serializable facts about the run, stored as a root attribute.
         overwrite: replace an existing store instead of resuming it.
         flush_every_s: how often buffered rows are written and committed.
@@ -278,7 +277,7 @@ class Recorder:
         self,
         path: str | os.PathLike,
         probes: Sequence[Probe],
-        every_n_steps: int = 100,
+        every_n_steps: int | Schedule | Sequence[int] | Callable[[int], bool] = 100,
         *,
         metadata: Mapping[str, Any] | None = None,
         overwrite: bool = False,
@@ -295,6 +294,7 @@ class Recorder:
             raise TrajhookError(f"Recorder: max_queue={max_queue!r} must be a positive integer. HINT: e.g. 8.")
         self.probes = list(probes)
         self.every_n_steps = every_n_steps
+        self.schedule = as_schedule(every_n_steps)
         self.metadata = dict(metadata or {})
         self.overwrite = overwrite
         self.flush_every_s = flush_every_s
@@ -347,7 +347,8 @@ class Recorder:
         """Log ``scalars`` at ``step``, and record the probes if ``step`` is due. Returns whether it recorded."""
         if scalars:
             self.log_scalars(step, **scalars)
-        if step % self.every_n_steps or (self.recorded_steps and self.recorded_steps[-1] == step):
+        last = self.recorded_steps[-1] if self.recorded_steps else None
+        if last == step or not self.schedule.is_due(step, last):
             return False
         self.record(model, step)
         return True
