@@ -12,6 +12,7 @@ from trajhook.probes.base import OutputSpec, Probe
 from trajhook.probes.maze import MazeProbe
 from trajhook.probes.prompts import PromptProbe
 from trajhook.probes.tensor import TensorProbe
+from trajhook.probes.token_loss import TokenLossProbe
 from trajhook.recorder import Recorder
 from trajhook.schedule import log_spaced
 from trajhook.store import Event, ProbeLog, Series, TrajectoryLog, load
@@ -27,6 +28,7 @@ __all__ = [
     "Recorder",
     "Series",
     "TensorProbe",
+    "TokenLossProbe",
     "TrajectoryLog",
     "TrajhookError",
     "__version__",

@@ -1,7 +1,7 @@
 """PromptProbe: per-token losses and target log-probs of a language model on fixed prompts.
 
 Every record runs all prompts, and every prompt + target continuation, through the model in
-ONE padded forward pass and records:
+padded micro-batches and records:
 
 ``token_loss`` ``(n_prompts, max_len - 1)`` float32
     cross-entropy of token ``t + 1`` given tokens ``0..t`` of the prompt; NaN past the
@@ -15,6 +15,14 @@ ONE padded forward pass and records:
     the most likely next tokens after each prompt.
 ``logits`` ``(n_prompts, vocab)`` float16, only with ``full_logits=True``
     the full next-token logits at each prompt's last position.
+
+**Memory.** Rows are packed, longest first, into micro-batches of at most
+``max_tokens_per_batch`` padded tokens (a longer row gets one of its own). The default keeps
+one micro-batch's logits under 128 MiB in float32 (667 tokens at GPT-2's 50,257 vocabulary;
+everything in one forward for small vocabularies). From each micro-batch's logits only the
+positions recorded are read, upcast to float32 (bf16 and fp16 models) and reduced in chunks of
+32 MiB, so a record holds one micro-batch of logits plus one chunk, never ``(rows, length,
+vocab)``. Raise it on a GPU for fewer, larger forwards.
 
 When no prompt has a target, the two ``target_*`` outputs are not declared at all (a dataset
 with a zero-length axis cannot be chunked in HDF5); ``metadata["target_texts"]`` is then a
