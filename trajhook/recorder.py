@@ -165,6 +165,7 @@ class _Writer(threading.Thread):
         self.error: BaseException | None = None
         self.nonfinite_warned: set[str] = set()
         self.setup_nonfinite: dict[str, dict[str, np.ndarray]] = {}  # e.g. NaN padding, by design
+        self.stage_trackers: dict[str, Any] = {}  # probe name -> StageTracker (trajhook.analysis.online)
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -227,6 +228,20 @@ class _Writer(threading.Thread):
                     )
         self.store.add_record(step, wall_time, arrays)
         self.sinks.record(step, arrays)
+        self._track_stages(step, arrays)
+
+    def _track_stages(self, step: int, arrays: dict) -> None:
+        """Feed the opted-in probes' stage trackers; an event they confirm goes to the store and the sinks."""
+        for probe, tracker in list(self.stage_trackers.items()):
+            try:
+                found = tracker.update(step, arrays[probe][tracker.output])
+            except Exception as err:  # a tracker never stops the writer: the store stays complete
+                del self.stage_trackers[probe]
+                warnings.warn(f"Recorder: the stage tracker of {probe!r} failed and is off: {err!r}", stacklevel=1)
+                continue
+            for at_step, label in found:
+                self.store.add_event(at_step, label)
+                self.sinks.event(at_step, label)
 
     def put_small(self, kind: str, payload: Any) -> None:
         with self.small_lock:
@@ -337,6 +352,8 @@ class Recorder:
         self._sinks.open(self.probes, self.metadata)
         self._writer = _Writer(store, self._sinks, self.flush_every_s, self.max_queue)
         self._writer.setup_nonfinite = setup_nonfinite
+        trackers = {p.name: p.stage_tracker for p in self.probes if getattr(p, "stage_tracker", None) is not None}
+        self._writer.stage_trackers = trackers  # opted in per probe (trajhook.analysis.online)
         self._writer.start()
         _open_recorders.add(self)
         early, self._early = self._early, []

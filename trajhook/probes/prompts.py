@@ -72,6 +72,7 @@ from typing import Any
 
 import torch
 
+from trajhook.analysis.online import StageTracker, as_tracker
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe, check_name
 from trajhook.probes.microbatch import (
@@ -93,7 +94,10 @@ class PromptProbe(Probe):
     ``prompts`` is a dict name → text or a list of texts (named ``"0"``, ``"1"``, ...).
     ``targets`` gives each prompt a list of continuation strings: a dict keyed by prompt
     name (prompts left out have none) or a list aligned with the prompts. See the module
-    docstring for tokenization and padding.
+    docstring for tokenization, padding and memory. ``track_stages=True`` (or a
+    :class:`~trajhook.analysis.online.StageTracker`, e.g. ``StageTracker("token_loss", icl=(50,
+    10))``) follows the records on the writer thread and adds an event at each confirmed stage
+    boundary of the ``token_loss`` trajectory.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class PromptProbe(Probe):
         full_logits: bool = False,
         padding_side: str | None = None,
         max_tokens_per_batch: int | None = None,
+        track_stages: bool | StageTracker = False,
     ) -> None:
         super().__init__(name)
         self.prompt_names, self.prompt_texts = self._parse_prompts(prompts)
@@ -132,6 +137,7 @@ class PromptProbe(Probe):
                 "pass e.g. max_tokens_per_batch=4096, or leave it out for the memory-bounded default.",
             )
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.stage_tracker = as_tracker(track_stages, f"PromptProbe {name!r}")
         self.prompt_ids = [self._encode(text, f"prompt {n!r}", True) for n, text in self._named_prompts()]
         self.target_ids = [
             [self._encode(t, f"target {t!r} of prompt {n!r}", False) for t in texts]
@@ -342,6 +348,11 @@ class PromptProbe(Probe):
             "top_k": self._k,
             "max_tokens_per_batch": max_tokens,
         }
+        if self.stage_tracker is not None and self.stage_tracker.output not in self.outputs:
+            self._fail(
+                f"its StageTracker follows {self.stage_tracker.output!r}, not an output",
+                f"follow one of {sorted(self.outputs)}, e.g. StageTracker('token_loss').",
+            )
 
     def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """One forward per micro-batch; from each, gather the recorded numbers, then drop its logits."""

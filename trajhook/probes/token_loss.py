@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trajhook.analysis.online import StageTracker, as_tracker
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
 from trajhook.probes.microbatch import (
@@ -68,6 +69,9 @@ class TokenLossProbe(Probe):
         max_tokens_per_batch: padded tokens per forward (see the module docstring).
         logits_fn: ``logits_fn(model, input_ids, attention_mask) -> logits`` when
             ``model(input_ids)`` does not return logits.
+        track_stages: ``True`` or a :class:`~trajhook.analysis.online.StageTracker`: follow the
+            records on the writer thread and add an event at each confirmed PCA turn or ICL drop
+            (``True``: default parameters, ICL score of positions 500 and 50, clipped to the window).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class TokenLossProbe(Probe):
         dtype: str = "float32",
         max_tokens_per_batch: int | None = None,
         logits_fn: LogitsFn | None = None,
+        track_stages: bool | StageTracker = False,
     ) -> None:
         super().__init__(name)
         self.ids = self._stream(text_or_ids, tokenizer)
@@ -98,6 +103,7 @@ class TokenLossProbe(Probe):
         self.max_tokens_per_batch = tokens
         self.logits_fn = logits_fn
         self.tokenizer = tokenizer
+        self.stage_tracker = as_tracker(track_stages, f"TokenLossProbe {name!r}", icl=(500, 50))
 
     def _fail(self, problem: str, hint: str) -> None:
         raise TrajhookError(f"TokenLossProbe {self.name!r}: {problem}. HINT: {hint}")
@@ -191,6 +197,12 @@ class TokenLossProbe(Probe):
             "vocab_size": vocab,
             "max_tokens_per_batch": self.max_tokens,
         }
+        if self.stage_tracker is not None:
+            if self.stage_tracker.output != "token_loss":
+                self._fail(f"its StageTracker follows {self.stage_tracker.output!r}", "use StageTracker('token_loss').")
+            if self.stage_tracker.reshape is None:
+                metadata = self.metadata
+                self.stage_tracker.reshape = lambda flat: per_window(flat, metadata)
 
     def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """One forward per micro-batch of windows; keep each next token's loss."""
