@@ -132,13 +132,15 @@ icl_smooth = smooth(icl, sigma=1.0)
 halfway = (icl_smooth[0] + icl_smooth.min()) / 2
 icl_drop_step = int(steps[np.argmax(icl_smooth < halfway)])
 pca = trajectory_pca(log["stream"]["token_loss"], n_components=2)
-turn_step = int(steps[turning_points(pca.coords, n=1, smoothing=1.0)[0]])
-print(f"offline: ICL score {icl[0]:+.2f} -> {icl[-1]:+.2f}; it drops through halfway at step {icl_drop_step}")
+offline_turns = [int(s) for s in steps[turning_points(pca.coords, n=3, smoothing=1.0)]]  # sharpest first
+turn_step = offline_turns[0]
 explained = pca.explained_variance_ratio.sum()
-print(f"offline: the PCA trajectory (PC1+PC2 explain {explained:.0%}) turns at step {turn_step}")
+print(f"offline: ICL score {icl[0]:+.2f} -> {icl[-1]:+.2f}; it drops through halfway at step {icl_drop_step}")
+print(f"offline: the PCA trajectory (PC1+PC2 explain {explained:.0%}) turns at step {turn_step} (sharpest), ", end="")
+print(f"then at steps {offline_turns[1:]}")
 live = [(e.step, e.label) for e in log.events if e.label.startswith("candidate stage boundary")]
 for event_step, label in live:
-    offline = turn_step if "PCA" in label else icl_drop_step
+    offline = min(offline_turns, key=lambda s: abs(s - event_step)) if "PCA" in label else icl_drop_step
     print(f"live:    {label} at step {event_step} ({(event_step - offline) / offline:+.0%} from offline {offline})")
 if not live:
     print("live:    no stage boundary confirmed (too few records for the tracker)")

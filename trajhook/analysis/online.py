@@ -6,11 +6,12 @@ than the step that confirmed it. It applies the offline analysis of
 :mod:`trajhook.analysis.trajectory` to the records so far:
 
 **PCA turn.** The records are projected on their first ``n_components`` principal components
-(refitted at every record, from a Gram matrix kept up to date: O(records x tokens) per record
-for the new Gram row, O(records³) for the eigenvectors), and :func:`turning_scores` (smoothed
+(refitted at every record from a Gram matrix kept up to date: O(records x tokens) for the new
+row, then a few warm-started subspace iterations, O(records²) each), and :func:`turning_scores` (smoothed
 trajectory, equal-arc-length resampling, angle between the chords ``lag`` resampled points
 before and after, discounted for jitter) is computed, with ``lag`` = ``max(min_lag, records //
-10)`` as offline unless given. A record whose score is at least ``min_turn`` and the largest
+10)`` as offline unless given. While those components explain at least ``min_explained`` of the variance, a record whose
+score is at least ``min_turn`` and the largest
 within ``lag`` records on either side is a candidate; a candidate that stays one (give or take a
 record) for ``confirm`` consecutive records is reported, once, as ``"candidate stage boundary
 (PCA turn; confirmed at step S)"``, unless it lies within ``min_separation`` records of a turn
@@ -25,12 +26,13 @@ reported before.
 between the start and the lowest value: the offline definition of the drop step.
 
 **Delay.** An event is always reported at the step where the change happened, and its label
-says at which step it was confirmed. A PCA turn needs its after-leg (``lag`` resampled records,
-at least ``min_lag`` = 5) before it is scored at all, and then ``confirm`` (default 6) more
-records: at least 11 records after the turn, typically 15-20 (about 10% of the run's records
-plus 6). An ICL drop is confirmed ``confirm`` records after the fall levels off. On the
-induction-heads example (one record every 10 steps there) the PCA turn at step ~280 is confirmed
-about 17 records (170 steps) later, and the ICL drop at ~500 about 19 records (190 steps) later.
+says at which step it was confirmed. A PCA turn is scored only once the leg after it is ``lag``
+resampled records long (at least ``min_lag`` = 5), and reported after ``confirm`` (default 6)
+more records: 8 records after a clean corner, typically 15-20 records on a noisy run (the
+after-leg grows with the run, as ``records // 10``). An ICL drop is confirmed ``confirm``
+records after the fall levels off. On the induction-heads example (one record every 10 steps
+by then) the PCA turn at step ~280 was confirmed 17 records (170 steps) later, and the ICL drop
+at ~500 about 19 records (190 steps) later.
 
 The tracker is pure numpy and keeps every record it has seen (float32) for the PCA. It runs
 on the Recorder's writer thread, never the training thread; a probe opts in with
@@ -84,6 +86,8 @@ class StageTracker:
             fall) before it is reported. Default ``3 + ceil(3 * smoothing)``.
         min_separation: records between two reported turns. Default ``2 * lag``.
         min_records: no turn is looked for before this many records.
+        min_explained: no turn is looked for while the ``n_components`` explain less than this
+            share of the variance of the records (a trajectory that is mostly noise).
         icl: ``(late, early)`` token positions of the ICL score, or None for no ICL tracking.
         min_drop: the smallest ICL drop reported, in nats.
         reshape: maps one record to ``(n_sequences, n_positions)`` for the ICL score; probes set it.
@@ -105,14 +109,13 @@ class StageTracker:
         min_drop: float = 0.3,
         min_records: int = 20,
         min_lag: int = 5,
+        min_explained: float = 0.5,
         reshape: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         def positive(name: str, value: Any, integer: bool = True, zero: bool = False) -> None:
             kind = int if integer else (int, float)
             if isinstance(value, bool) or not isinstance(value, kind) or value < 0 or (value == 0 and not zero):
-                raise TrajhookError(
-                    f"StageTracker: {name}={value!r} must be a positive number. HINT: see the defaults."
-                )
+                raise TrajhookError(f"StageTracker: {name}={value!r} is not a positive number. HINT: e.g. the default.")
 
         positive("n_components", n_components)
         positive("smoothing", smoothing, integer=False, zero=True)
@@ -122,6 +125,7 @@ class StageTracker:
         positive("min_drop", min_drop, integer=False)
         positive("min_records", min_records)
         positive("min_lag", min_lag)
+        positive("min_explained", min_explained, integer=False)
         if confirm is not None:
             positive("confirm", confirm)
         if min_separation is not None:
@@ -141,6 +145,8 @@ class StageTracker:
         self.min_drop = float(min_drop)
         self.min_records = min_records
         self.min_lag = min_lag
+        self.min_explained = float(min_explained)
+        self.explained = 0.0  # the variance share of the components, at the last record
         self.reshape = reshape
         self.steps: list[int] = []
         self._records: list[np.ndarray] = []
@@ -150,6 +156,7 @@ class StageTracker:
         self._icl_origin = 0
         self.turns: list[int] = []  # indices of reported turns
         self._candidates: dict[int, int] = {}  # record index -> consecutive updates it has been a turn
+        self._basis: np.ndarray | None = None  # the top eigenvectors of the centred Gram matrix, warm start
         self.events: list[tuple[int, str]] = []
 
     # ---------------------------------------------------------------------------------------- feeding
@@ -202,20 +209,42 @@ class StageTracker:
 
     # ---------------------------------------------------------------------------------------- PCA turn
     def coords(self) -> np.ndarray:
-        """The records so far on their first ``n_components`` principal components."""
+        """The records so far on their first ``n_components`` principal components.
+
+        Subspace iteration on the centred Gram matrix, warm-started from the previous record's
+        basis, then an exact small eigenproblem: no O(records³) LAPACK call, whose thread pool
+        would compete with training for the cores.
+        """
         n = len(self._records)
-        centre = np.eye(n) - 1.0 / n
-        centred = centre @ self._gram @ centre
-        values, vectors = np.linalg.eigh(centred)
-        top = np.argsort(values)[::-1][: self.n_components]
-        return vectors[:, top] * np.sqrt(np.clip(values[top], 0.0, None))
+        mean_rows = self._gram.mean(axis=1)
+        centred = self._gram - mean_rows[:, None] - mean_rows[None, :] + mean_rows.mean()
+        k = min(n, self.n_components + 2)
+        basis = self._basis
+        if basis is None or basis.shape[1] != k:
+            basis, iterations = np.random.default_rng(0).normal(size=(n, k)), 40
+        else:
+            basis, iterations = np.vstack([basis, np.ones((n - len(basis), k)) / n]), 6
+        for _ in range(iterations):
+            basis = np.linalg.qr(centred @ basis)[0]
+        small = basis.T @ centred @ basis
+        values, vectors = np.linalg.eigh((small + small.T) / 2)
+        top = np.argsort(values)[::-1]
+        self._basis = basis @ vectors[:, top]
+        top = top[: self.n_components]
+        total = np.trace(centred)
+        self.explained = float(np.clip(values[top], 0.0, None).sum() / total) if total > 0 else 0.0
+        return self._basis[:, : self.n_components] * np.sqrt(np.clip(values[top], 0.0, None))
 
     def _pca_turn(self) -> list[tuple[int, str]]:
         n = len(self._records)
         lag = max(self.min_lag, n // 10) if self.lag is None else self.lag
         if n < max(2 * lag + 1, self.min_records):
             return []
-        scores = np.nan_to_num(turning_scores(self.coords(), smoothing=self.smoothing, lag=lag), nan=-1.0)
+        coords = self.coords()
+        if self.explained < self.min_explained:
+            self._candidates = {}
+            return []  # mostly noise: no direction to turn from
+        scores = np.nan_to_num(turning_scores(coords, smoothing=self.smoothing, lag=lag), nan=-1.0)
         separation = 2 * lag if self.min_separation is None else self.min_separation
         counts = {}
         for index in np.flatnonzero(scores >= self.min_turn):
