@@ -53,6 +53,7 @@ class MicroBatch:
     position_ids: torch.Tensor
     offsets: list[int]
     gathers: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    runs: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> MicroBatch:
         self.input_ids = self.input_ids.to(device)
@@ -62,9 +63,22 @@ class MicroBatch:
         return self
 
     def set_gather(self, name: str, table: Sequence[tuple[int, ...]], n_columns: int) -> None:
-        """Store a gather table ``[(local row, position, ...), ...]`` as one long tensor per column."""
+        """Store a gather table ``[(local row, position, ...), ...]`` as one long tensor per column.
+
+        Runs of consecutive positions in one row are noted too (``runs[name]``: ``(row, first
+        position, length, start in the table)``), so that they can be read as views of the
+        logits instead of gathered copies.
+        """
         columns = list(zip(*table, strict=True)) if table else [() for _ in range(n_columns)]
         self.gathers[name] = [torch.tensor(c, dtype=torch.long) for c in columns]
+        runs: list[list[int]] = []
+        for i, (row, pos, *_) in enumerate(table):
+            last = runs[-1] if runs else None
+            if last is not None and last[0] == row and last[1] + last[2] == pos:
+                last[2] += 1
+            else:
+                runs.append([row, pos, 1, i])
+        self.runs[name] = [tuple(r) for r in runs]
 
 
 def plan_micro_batches(rows: Sequence[Sequence[int]], max_tokens: int, side: str, pad_id: int) -> list[MicroBatch]:
@@ -140,14 +154,33 @@ def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_BYTES // (4 * max(1, int(vocab_size))))
 
 
-def gather_logprobs(logits: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits[rows, pos])[tokens]`` in float32, reading a chunk of positions at a time."""
+def gather_logprobs(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    pos: torch.Tensor,
+    tokens: torch.Tensor,
+    runs: Sequence[tuple[int, ...]] | None = None,
+) -> torch.Tensor:
+    """``log softmax(logits[rows, pos])[tokens]`` in float32, reading a chunk of positions at a time.
+
+    With ``runs`` (from :meth:`MicroBatch.set_gather`), a run of consecutive positions in one row
+    is read as a view of the logits rather than gathered into a copy.
+    """
     step = chunk_rows(logits.shape[-1])
+    if runs is None:
+        runs = [(None, None, len(rows), 0)]
     parts = []
-    for start in range(0, len(rows), step):
-        picked = logits[rows[start : start + step], pos[start : start + step]].float()
-        target = picked.gather(-1, tokens[start : start + step, None])[:, 0]
-        parts.append(target - picked.logsumexp(-1))
+    for row, first, length, start in runs:
+        for offset in range(0, length, step):
+            n = min(step, length - offset)
+            at = start + offset
+            if row is None:
+                picked = logits[rows[at : at + n], pos[at : at + n]]
+            else:
+                picked = logits[row, first + offset : first + offset + n]
+            picked = picked.float()
+            target = picked.gather(-1, tokens[at : at + n, None])[:, 0]
+            parts.append(target - picked.logsumexp(-1))
     if not parts:
         return torch.zeros(0, device=logits.device)
     return torch.cat(parts)

@@ -374,7 +374,7 @@ class PromptProbe(Probe):
             logits = self._logits(model, batch)
             row, pos, tok, index = batch.gathers["loss"]
             if len(row):
-                token_loss[index] = -gather_logprobs(logits, row, pos, tok)
+                token_loss[index] = -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
             row, pos, prompt = batch.gathers["last"]
             if len(row):
                 last = logits[row, pos].float()
@@ -385,7 +385,7 @@ class PromptProbe(Probe):
                 del last
             row, pos, tok, slot = batch.gathers["target"]
             if len(row):
-                total.index_add_(0, slot, gather_logprobs(logits, row, pos, tok))
+                total.index_add_(0, slot, gather_logprobs(logits, row, pos, tok, batch.runs["target"]))
             row, pos, tok, slot = batch.gathers["first"]
             if len(row):
                 first[slot] = logits[row, pos, tok].float()

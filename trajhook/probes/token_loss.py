@@ -212,7 +212,7 @@ class TokenLossProbe(Probe):
         for batch in self._micro_batches:
             logits = self._logits(model, batch)
             row, pos, tok, index = batch.gathers["loss"]
-            loss[index] = -gather_logprobs(logits, row, pos, tok)
+            loss[index] = -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
             del logits
         return {"token_loss": loss.half() if self.dtype == np.float16 else loss}
 
