@@ -10,7 +10,8 @@ All figures are taken side by side in one run, on random-initialized weights (no
    in the probe's own micro-batches, through a bare ``model(input_ids, attention_mask=...)``
    under ``no_grad``: the floor. Against it, ``Recorder.record`` (the training thread's share:
    eval mode, RNG, the forward, log-softmax and gather, the copy off the device), and
-   ``record`` + ``flush`` (the writer thread's HDF5 write as well). Medians of ``--repeats``.
+   ``record`` + ``flush`` (the writer thread's HDF5 write as well). Medians of ``--repeats``
+   rounds, each timing the three one after the other.
 2. **Peak extra memory during a record**, against the bare forward's: on CPU the process's RSS
    sampled every millisecond by a thread (tracemalloc does not see torch's allocations), on
    CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before. One micro-batch's
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from trajhook import Probe, PromptProbe, Recorder, TokenLossProbe, load
+from trajhook.probes import microbatch
 from trajhook.probes.microbatch import call_model
 
 
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, default=1024, help="window length of the probe")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3 on CPU, 10 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--chunk-mib", type=int, default=None, help="override microbatch.CHUNK_BYTES, in MiB")
     parser.add_argument("--skip-prompts", action="store_true", help="skip the 64 x 256 PromptProbe memory check")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("bench_lm: --device cuda, but torch sees no GPU here.")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.chunk_mib:
+        microbatch.CHUNK_BYTES = args.chunk_mib * 2**20
     tokens = args.tokens or (2_000 if args.quick else 10_000)
     layers = args.layers or (2 if args.quick else 12)
     repeats = args.repeats or (10 if device.type == "cuda" else 3)
@@ -172,9 +177,11 @@ def bench_token_loss(
         rec.record(model, next(steps))
         rec.flush()
 
-    floor = median_time(bare, repeats, device)
-    per_record = median_time(record, repeats, device)
-    with_write = median_time(record_and_write, repeats, device)
+    times: dict[str, list[float]] = {"bare": [], "record": [], "write": []}
+    for _ in range(repeats):  # alternate, so that background noise falls on all three alike
+        for key, fn in (("bare", bare), ("record", record), ("write", record_and_write)):
+            times[key].append(median_time(fn, 1, device))
+    floor, per_record, with_write = (statistics.median(times[k]) for k in ("bare", "record", "write"))
     logits_bytes = max(b.input_ids.numel() for b in batches) * 50_257 * 4
     memory_bare: dict = {}
     memory_record: dict = {}
