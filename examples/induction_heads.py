@@ -14,7 +14,7 @@ From the log we then compute offline (Olsson et al. 2022) the in-context-learnin
 drops abruptly when induction heads form, and the PCA trajectory of the per-token losses, which
 turns at about the same step, and print them beside the live events.
 
-    python examples/induction_heads.py                # about a minute on 2 CPU cores
+    python examples/induction_heads.py                # 1.5 to 3 minutes on 2 busy CPU cores
     python examples/induction_heads.py --small        # the smoke-test settings
 """
 
