@@ -29,9 +29,12 @@ def run_example(name: str, tmp_path: Path) -> tuple[str, Path, Path]:
 
 def test_induction_heads_small(tmp_path):
     stdout, out, _ = run_example("induction_heads.py", tmp_path)
-    assert "ICL score" in stdout and "turns at step" in stdout
+    assert "offline: ICL score" in stdout and "turns at step" in stdout and "live:" in stdout
     log = load(out)
     assert log.steps.tolist() == list(range(0, 61, 5))
+    stream = log["stream"]["token_loss"]  # 512 tokens in 8 windows of 64: 63 losses each
+    assert stream.shape == (13, 8 * 63) and np.isfinite(stream).all()
+    assert abs(np.mean(stream[0]) - np.log(64)) < 0.5
     token_loss = log["prompts"]["token_loss"]
     assert token_loss.shape == (13, 8, 62)
     assert np.isfinite(token_loss).all()

@@ -167,11 +167,13 @@ def test_callable_tokenizer_list_targets_and_logits_fn():
     check_against_direct(probe, model, encode, encode)
     assert probe.metadata["prompt_names"] == ["0", "1", "2", "3"]
     assert probe.outputs["logits"].dtype == np.float16
+    calls.clear()
     with torch.no_grad():
         record = probe.run(model)
     expected = direct_last_logits(model, encode(PROMPTS["cat"]))
     np.testing.assert_allclose(record["logits"][1].float().numpy(), expected.numpy(), rtol=2e-3, atol=2e-3)
-    assert calls and calls[0].sum().item() == sum(len(encode(p)) for p in PROMPTS.values()) + sum(
+    # one run's micro-batches (one here: a 27-token vocabulary fits them all) hold every real token once
+    assert len(calls) == 1 and calls[0].sum().item() == sum(len(encode(p)) for p in PROMPTS.values()) + sum(
         len(encode(PROMPTS[n])) + len(encode(t)) for n, ts in TARGETS.items() for t in ts
     )
 
@@ -274,3 +276,112 @@ def test_out_of_vocabulary_ids_are_named_before_any_forward():
     plain = TinyCausalLM(5)  # no get_input_embeddings: the first forward tells
     with pytest.raises(TrajhookError, match=r"the first forward failed .* the largest token id is 7.*HINT"):
         PromptProbe(["ab"], lambda t: [1, 7]).setup(plain, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------- micro-batches
+
+
+@pytest.mark.parametrize("max_tokens", [1, 23])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_micro_batches_match_direct_computation(padding_side, max_tokens):
+    tokenizer = make_hf_tokenizer(padding_side)
+    model = make_gpt2(len(tokenizer))
+    probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS, top_k=4, max_tokens_per_batch=max_tokens)
+    check_against_direct(probe, model, tokenizer.encode, lambda t: tokenizer.encode(t, add_special_tokens=False))
+    shapes = [tuple(batch.input_ids.shape) for batch in probe._micro_batches]
+    assert len(shapes) > 1 and all(rows == 1 or rows * width <= max_tokens for rows, width in shapes)
+    assert sum(rows for rows, _ in shapes) == len(PROMPTS) + sum(len(t) for t in TARGETS.values())
+
+
+def test_micro_batched_record_equals_the_one_batch_record():
+    tokenizer = make_hf_tokenizer("right")
+    model = TinyCausalLM(len(tokenizer)).eval()
+    records = []
+    for max_tokens in (1, 40, 10**6):  # a row each, a few rows each, all rows in one forward
+        probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS, max_tokens_per_batch=max_tokens, full_logits=True)
+        probe.setup(model, torch.device("cpu"))
+        with torch.no_grad():
+            records.append(probe.run(model))
+        assert probe.metadata["max_tokens_per_batch"] == max_tokens
+    assert [len(p._micro_batches) for p in [probe]] == [1]
+    for other in records[:2]:
+        for key, value in records[2].items():
+            np.testing.assert_allclose(other[key].float().numpy(), value.float().numpy(), rtol=1e-5, atol=1e-5)
+
+
+class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any torch operation creates while active."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+@pytest.mark.timeout(120)
+def test_default_record_never_holds_the_full_logits_at_a_50k_vocabulary():
+    transformers = pytest.importorskip("transformers")
+    from trajhook.probes.microbatch import LOGITS_BUDGET_BYTES
+
+    torch.manual_seed(0)
+    vocab, n_prompts, length = 50_257, 24, 64
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=vocab, n_positions=length)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(vocab, (n_prompts, length), generator=torch.Generator().manual_seed(0)).tolist()
+    prompts = [" ".join(map(str, row)) for row in ids]
+    probe = PromptProbe(prompts, lambda text: [int(i) for i in text.split()])
+    probe.setup(model, torch.device("cpu"))
+    full = n_prompts * length * vocab * 4  # what one padded forward's float32 logits took: 309 MB
+    with torch.no_grad(), LargestTensor() as seen:
+        record = probe.run(model)
+    assert seen.largest <= LOGITS_BUDGET_BYTES < full / 2
+    assert seen.largest >= probe.max_tokens // length * length * vocab * 4  # it did see one micro-batch's logits
+    # the numbers are still those of a direct forward
+    expected = -direct_logprobs(model, ids[5]).numpy()
+    np.testing.assert_allclose(record["token_loss"][5].numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_are_upcast_per_micro_batch(dtype):
+    tokenizer = make_hf_tokenizer("right")
+    model = make_gpt2(len(tokenizer)).to(dtype)
+    probe = PromptProbe(PROMPTS, tokenizer, targets=TARGETS, max_tokens_per_batch=16)
+    probe.setup(model, torch.device("cpu"))
+    with torch.no_grad():
+        record = probe.run(model)
+    assert {record[k].dtype for k in ("token_loss", "target_logprob", "topk_logprob")} == {torch.float32}
+    for p, name in enumerate(PROMPTS):
+        ids = tokenizer.encode(PROMPTS[name])
+        expected = -direct_logprobs(model, ids).numpy()  # the model's own half logits, upcast to float64
+        np.testing.assert_allclose(record["token_loss"][p, : len(ids) - 1].numpy(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_a_prompt_longer_than_the_context_is_named_as_such():
+    tokenizer = make_hf_tokenizer("right")
+    model = make_gpt2(len(tokenizer))  # n_positions=64
+    long_prompt = " ".join(["the cat sat on the mat"] * 20)
+    with pytest.raises(TrajhookError, match=r"prompt 'long' is \d+ tokens long, longer than the model's context of 64"):
+        PromptProbe({"ok": "the cat", "long": long_prompt}, tokenizer).setup(model, torch.device("cpu"))
+    with pytest.raises(TrajhookError, match=r"prompt 'ok' \+ target .* longer than the model's context of 64.*HINT"):
+        PromptProbe({"ok": "the cat"}, tokenizer, targets={"ok": [long_prompt]}).setup(model, torch.device("cpu"))
+    plain = TinyCausalLM(5, max_len=8)  # no config: the failed forward is diagnosed
+    with pytest.raises(TrajhookError, match=r"prompt '0', 9 tokens long, .* longer than the model's context.*HINT"):
+        PromptProbe(["x" * 9], lambda t: [1] * len(t)).setup(plain, torch.device("cpu"))
+
+
+def test_negative_token_ids_are_named_as_such():
+    with pytest.raises(TrajhookError, match=r"prompt '0' has the negative token id -100.*HINT: token ids count from 0"):
+        PromptProbe(["ab"], lambda t: [1, -100]).setup(TinyCausalLM(5), torch.device("cpu"))
+    with pytest.raises(TrajhookError, match=r"prompt 'a' \+ target 'x' has the negative token id -1"):
+        probe = PromptProbe({"a": "ab"}, lambda t: [1, 2] if t == "ab" else [-1], targets={"a": ["x"]})
+        probe.setup(make_gpt2(10), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4096"])
+def test_bad_max_tokens_per_batch(bad):
+    with pytest.raises(TrajhookError, match=rf"max_tokens_per_batch={bad!r} is not a positive int.*HINT"):
+        PromptProbe(["ab"], lambda t: [0, 1], max_tokens_per_batch=bad)

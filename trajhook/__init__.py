@@ -12,7 +12,9 @@ from trajhook.probes.base import OutputSpec, Probe
 from trajhook.probes.maze import MazeProbe
 from trajhook.probes.prompts import PromptProbe
 from trajhook.probes.tensor import TensorProbe
+from trajhook.probes.token_loss import TokenLossProbe
 from trajhook.recorder import Recorder
+from trajhook.schedule import log_spaced
 from trajhook.store import Event, ProbeLog, Series, TrajectoryLog, load
 
 __version__ = "0.1.0"
@@ -26,11 +28,13 @@ __all__ = [
     "Recorder",
     "Series",
     "TensorProbe",
+    "TokenLossProbe",
     "TrajectoryLog",
     "TrajhookError",
     "__version__",
     "analysis",
     "load",
+    "log_spaced",
     "plots",
 ]
 

@@ -30,6 +30,7 @@ import torch
 
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe, numpy_dtype
+from trajhook.schedule import Schedule, as_schedule
 from trajhook.sinks.base import Sink, SinkSet
 from trajhook.store import (
     EVENT_LABEL_BYTES,
@@ -53,13 +54,9 @@ def _close_open_recorders() -> None:  # a forgotten close() must not lose buffer
             recorder.close()
 
 
-def check_recorder_args(path: str | os.PathLike, probes: Sequence[Probe], every_n_steps: int) -> Path:
+def check_recorder_args(path: str | os.PathLike, probes: Sequence[Probe], every_n_steps: Any) -> Path:
     """Checks that need no model and no run; shared by the Recorder and the integrations."""
-    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps <= 0:
-        raise TrajhookError(
-            f"Recorder: every_n_steps={every_n_steps!r} is not a positive integer. "
-            "HINT: pass e.g. every_n_steps=100 to record every 100 optimizer steps."
-        )
+    as_schedule(every_n_steps)  # an int, log_spaced(...), a list of steps or a callable (see trajhook.schedule)
     if isinstance(probes, Probe) or not isinstance(probes, Sequence) or not probes:
         raise TrajhookError(
             f"Recorder: probes={probes!r} is not a non-empty list of probes. HINT: pass e.g. [TensorProbe(...)]."
@@ -265,6 +262,7 @@ class _Writer(threading.Thread):
         self.error: BaseException | None = None
         self.nonfinite_warned: set[str] = set()
         self.setup_nonfinite: dict[str, dict[str, np.ndarray]] = {}  # e.g. NaN padding, by design
+        self.stage_trackers: dict[str, Any] = {}  # probe name -> StageTracker (trajhook.analysis.online)
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -355,6 +353,20 @@ class _Writer(threading.Thread):
                     )
         self.store.add_record(step, wall_time, arrays)
         self.sinks.record(step, arrays)
+        self._track_stages(step, arrays)
+
+    def _track_stages(self, step: int, arrays: dict) -> None:
+        """Feed the opted-in probes' stage trackers; an event they confirm goes to the store and the sinks."""
+        for probe, tracker in list(self.stage_trackers.items()):
+            try:
+                found = tracker.update(step, arrays[probe][tracker.output])
+            except Exception as err:  # a tracker never stops the writer: the store stays complete
+                del self.stage_trackers[probe]
+                warnings.warn(f"Recorder: the stage tracker of {probe!r} failed and is off: {err!r}", stacklevel=1)
+                continue
+            for at_step, label in found:
+                self.store.add_event(at_step, label)
+                self.sinks.event(at_step, label)
 
     def put_small(self, kind: str, payload: Any) -> None:
         with self.small_lock:
@@ -368,7 +380,8 @@ class Recorder:
     """Run a fixed probe set through the model every ``every_n_steps`` steps and log it to HDF5.
 
     One line in a training loop: ``rec.maybe_record(model, step, loss=loss)``. Scalars are logged
-    at every call; the probes run when ``step % every_n_steps == 0``. Each probe run is in eval
+    at every call; the probes run when the step is due (for an int N: the first call, then
+    whenever ``step - last_recorded >= N``; see :mod:`trajhook.schedule`). Each probe run is in eval
     mode under ``no_grad``, and restores every module's train flag and the RNG states of torch,
     numpy and Python, so training is bit-identical with and without the Recorder.
 
@@ -381,7 +394,8 @@ class Recorder:
         path: the HDF5 store. An existing store is resumed: rows at or after the first step this
             Recorder writes are dropped (no ghost rows after restoring an earlier checkpoint).
         probes: the probes, with unique names.
-        every_n_steps: the recording cadence, in the caller's steps.
+        every_n_steps: the recording cadence, in the caller's steps: an int, ``trajhook.log_spaced(...)``,
+            a list of steps, or a callable ``step -> bool`` (see :mod:`trajhook.schedule`).
         metadata: JSON-serializable facts about the run, stored as a root attribute.
         overwrite: replace an existing store instead of resuming it.
         flush_every_s: how often buffered rows are written and committed.
@@ -411,7 +425,7 @@ class Recorder:
         self,
         path: str | os.PathLike,
         probes: Sequence[Probe],
-        every_n_steps: int = 100,
+        every_n_steps: int | Schedule | Sequence[int] | Callable[[int], bool] = 100,
         *,
         metadata: Mapping[str, Any] | None = None,
         overwrite: bool = False,
@@ -432,6 +446,7 @@ class Recorder:
         self.on_error = on_error
         self.probes = list(probes)
         self.every_n_steps = every_n_steps
+        self.schedule = as_schedule(every_n_steps)
         self.metadata = dict(metadata or {})
         self.overwrite = overwrite
         self.flush_every_s = float(flush_every_s)
@@ -492,6 +507,8 @@ class Recorder:
         self._writer = _Writer(store, self._sinks, self.flush_every_s, self.max_queue, self.on_error)
         self._writer.setup_nonfinite = setup_nonfinite
         self._writer.nonfinite_warned |= warned
+        trackers = {p.name: p.stage_tracker for p in self.probes if getattr(p, "stage_tracker", None) is not None}
+        self._writer.stage_trackers = trackers  # opted in per probe (trajhook.analysis.online)
         self._writer.start()
         _open_recorders.add(self)
         early, self._early = self._early, []
@@ -504,7 +521,8 @@ class Recorder:
             step = self._checked_step(step, "maybe_record")
         if scalars:
             self.log_scalars(step, **scalars)
-        if step % self.every_n_steps or (self.recorded_steps and self.recorded_steps[-1] == step):
+        last = self.recorded_steps[-1] if self.recorded_steps else None
+        if last == step or not self.schedule.is_due(step, last):
             return False
         self.record(model, step)
         return True

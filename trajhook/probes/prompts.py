@@ -1,7 +1,7 @@
 """PromptProbe: per-token losses and target log-probs of a language model on fixed prompts.
 
 Every record runs all prompts, and every prompt + target continuation, through the model in
-ONE padded forward pass and records:
+padded micro-batches and records:
 
 ``token_loss`` ``(n_prompts, max_len - 1)`` float32
     cross-entropy of token ``t + 1`` given tokens ``0..t`` of the prompt; NaN past the
@@ -15,6 +15,14 @@ ONE padded forward pass and records:
     the most likely next tokens after each prompt.
 ``logits`` ``(n_prompts, vocab)`` float16, only with ``full_logits=True``
     the full next-token logits at each prompt's last position.
+
+**Memory.** Rows are packed, longest first, into micro-batches of at most
+``max_tokens_per_batch`` padded tokens (a longer row gets one of its own). The default keeps
+one micro-batch's logits under 128 MiB in float32 (667 tokens at GPT-2's 50,257 vocabulary;
+everything in one forward for small vocabularies). From each micro-batch's logits only the
+positions recorded are read, upcast to float32 (bf16 and fp16 models) and reduced in chunks of
+32 MiB, so a record holds one micro-batch of logits plus one chunk, never ``(rows, length,
+vocab)``. Raise it on a GPU for fewer, larger forwards.
 
 When no prompt has a target, the two ``target_*`` outputs are not declared at all (a dataset
 with a zero-length axis cannot be chunked in HDF5); ``metadata["target_texts"]`` is then a
@@ -59,14 +67,23 @@ ask for (``padding_side``, else the tokenizer's, else right).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from trajhook.analysis.online import StageTracker, as_tracker
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe, check_name
+from trajhook.probes.microbatch import (
+    MicroBatch,
+    as_logits,
+    call_model,
+    default_max_tokens,
+    forward_arguments,
+    gather_logprobs,
+    plan_micro_batches,
+)
 
 LogitsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], Any]
 
@@ -77,7 +94,10 @@ class PromptProbe(Probe):
     ``prompts`` is a dict name → text or a list of texts (named ``"0"``, ``"1"``, ...).
     ``targets`` gives each prompt a list of continuation strings: a dict keyed by prompt
     name (prompts left out have none) or a list aligned with the prompts. See the module
-    docstring for tokenization and padding.
+    docstring for tokenization, padding and memory. ``track_stages=True`` (or a
+    :class:`~trajhook.analysis.online.StageTracker`, e.g. ``StageTracker("token_loss", icl=(50,
+    10))``) follows the records on the writer thread and adds an event at each confirmed stage
+    boundary of the ``token_loss`` trajectory.
     """
 
     def __init__(
@@ -90,6 +110,8 @@ class PromptProbe(Probe):
         logits_fn: LogitsFn | None = None,
         full_logits: bool = False,
         padding_side: str | None = None,
+        max_tokens_per_batch: int | None = None,
+        track_stages: bool | StageTracker = False,
     ) -> None:
         super().__init__(name)
         self.prompt_names, self.prompt_texts = self._parse_prompts(prompts)
@@ -108,13 +130,20 @@ class PromptProbe(Probe):
         if padding_side not in (None, "left", "right"):
             self._fail(f"padding_side={padding_side!r} is not 'left' or 'right'", "pass padding_side='right'.")
         self.requested_padding_side = padding_side
+        tokens = max_tokens_per_batch
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            self._fail(
+                f"max_tokens_per_batch={max_tokens_per_batch!r} is not a positive int",
+                "pass e.g. max_tokens_per_batch=4096, or leave it out for the memory-bounded default.",
+            )
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.stage_tracker = as_tracker(track_stages, f"PromptProbe {name!r}")
         self.prompt_ids = [self._encode(text, f"prompt {n!r}", True) for n, text in self._named_prompts()]
         self.target_ids = [
             [self._encode(t, f"target {t!r} of prompt {n!r}", False) for t in texts]
             for n, texts in zip(self.prompt_names, self.target_texts, strict=True)
         ]
         self.max_targets = max(len(t) for t in self.target_texts)
-        self._batch: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------- input parsing
     def _fail(self, problem: str, hint: str) -> None:
@@ -221,13 +250,6 @@ class PromptProbe(Probe):
             return str(token_id)
 
     # ----------------------------------------------------------------------------- model calls
-    def _forward_arguments(self, model: torch.nn.Module) -> set[str]:
-        try:
-            params = inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            return set()
-        return {p for p in ("attention_mask", "position_ids", "use_cache") if p in params}
-
     def _padding_side(self, takes: set[str]) -> str:
         if self.logits_fn is None and "attention_mask" not in takes:
             if self.requested_padding_side == "left":
@@ -239,24 +261,9 @@ class PromptProbe(Probe):
         side = self.requested_padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
         return side if side in ("left", "right") else "right"
 
-    def _logits(self, model: torch.nn.Module) -> torch.Tensor:
-        ids, mask = self._batch["input_ids"], self._batch["attention_mask"]
-        if self.logits_fn is not None:
-            out = self.logits_fn(model, ids, mask)
-        else:
-            kwargs = {}
-            if "attention_mask" in self._takes:
-                kwargs["attention_mask"] = mask
-            if "position_ids" in self._takes:
-                kwargs["position_ids"] = self._batch["position_ids"]
-            if "use_cache" in self._takes:
-                kwargs["use_cache"] = False  # no key/value cache to build and throw away
-            out = model(ids, **kwargs)
-        if not isinstance(out, torch.Tensor):
-            if hasattr(out, "logits"):
-                out = out.logits
-            elif isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
-                out = out[0]
+    def _logits(self, model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
+        out = as_logits(call_model(model, batch, self._takes, self.logits_fn))
+        ids = batch.input_ids
         if not isinstance(out, torch.Tensor) or out.ndim != 3 or tuple(out.shape[:2]) != tuple(ids.shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             self._fail(
@@ -268,90 +275,59 @@ class PromptProbe(Probe):
         return out
 
     # ----------------------------------------------------------------------------- probe contract
-    def _check_ids(self, rows: list[list[int]], size: int, what: str, hint: str) -> None:
-        """Every token id must be below ``size``; ``what`` names that bound in the error."""
-        too_big = [i for row in rows for i in row if not 0 <= i < size]
-        if too_big:
-            self._fail(f"token id {too_big[0]} is outside the model's {what}", hint)
-
-    def _check_embedding(self, model: torch.nn.Module, rows: list[list[int]]) -> None:
-        """Before any forward: every id must fit the input embedding, when the model says its size."""
-        embeddings = getattr(model, "get_input_embeddings", None)
-        size = getattr(embeddings() if callable(embeddings) else None, "num_embeddings", None)
-        if isinstance(size, int):  # else a plain module: the first forward tells (see setup)
-            hint = "use the tokenizer the model was trained with, or resize the model's embeddings."
-            self._check_ids(rows, size, f"input embedding of {size} tokens", hint)
+    def _row_name(self, r: int) -> str:
+        """Which prompt (and target) row ``r`` of setup's rows holds, for messages."""
+        if r < len(self.prompt_ids):
+            return f"prompt {self.prompt_names[r]!r}"
+        p, k = self._target_of_row[r - len(self.prompt_ids)]
+        return f"prompt {self.prompt_names[p]!r} + target {self.target_texts[p][k]!r}"
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
-        """Pad all rows into one batch on ``device``, precompute gather indices, declare outputs."""
-        self._takes = self._forward_arguments(model) if self.logits_fn is None else set()
+        """Plan the micro-batches on ``device``, precompute gather indices, declare outputs."""
+        self._takes = forward_arguments(model) if self.logits_fn is None else set()
         side = self._padding_side(self._takes)
         rows: list[list[int]] = list(self.prompt_ids)  # one row per prompt, then one per target
         target_slots: list[tuple[int, int, int, int]] = []  # (row, prompt, target index, prompt len)
+        self._target_of_row = []
         for p, (prompt, targets) in enumerate(zip(self.prompt_ids, self.target_ids, strict=True)):
             for k, target in enumerate(targets):
                 target_slots.append((len(rows), p, k, len(prompt)))
+                self._target_of_row.append((p, k))
                 rows.append(prompt + target)
-        width = max(len(r) for r in rows)
-        self._check_embedding(model, rows)
+        check_fits_model(model, rows, self._fail, self._row_name)
+        vocab = first_forward_vocab(model, rows, lambda batch: self._logits(model, batch), self._fail, self._row_name)
+        check_ids(rows, vocab, f"vocabulary of {vocab}", self._fail, self._row_name)
+        max_tokens = self.max_tokens_per_batch or default_max_tokens(vocab, max(len(r) for r in rows))
         # Padding is masked (or past a causal row's end), so its value never matters: a real token of
         # the prompts keeps it inside the embedding even when the tokenizer's pad id is not.
-        ids = torch.full((len(rows), width), rows[0][0], dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        offsets = []
-        for r, row in enumerate(rows):
-            start = width - len(row) if side == "left" else 0
-            ids[r, start : start + len(row)] = torch.tensor(row)
-            mask[r, start : start + len(row)] = 1
-            offsets.append(start)
+        self._micro_batches = plan_micro_batches(rows, max_tokens, side, pad_id=rows[0][0])
         self.padding_side = side
-
-        # token_loss[p, t] = -log p(prompt[t + 1] | prompt[:t + 1]), read at row p, position start + t.
-        loss_idx = [
-            (p, offsets[p] + t, self.prompt_ids[p][t + 1], t)
-            for p in range(len(self.prompt_ids))
-            for t in range(len(self.prompt_ids[p]) - 1)
-        ]
-        # target_logprob: the sum over the target's tokens, each predicted from the position before it.
-        tgt_idx = [
-            (row, offsets[row] + plen - 1 + m, rows[row][plen + m], p * self.max_targets + k)
-            for row, p, k, plen in target_slots
-            for m in range(len(rows[row]) - plen)
-        ]
-        first_idx = [
-            (row, offsets[row] + plen - 1, rows[row][plen], p * self.max_targets + k)
-            for row, p, k, plen in target_slots
-        ]
-        last_pos = [offsets[p] + len(self.prompt_ids[p]) - 1 for p in range(len(self.prompt_ids))]
-
-        def as_tensors(table: list[tuple[int, ...]], n_cols: int) -> list[torch.Tensor]:
-            columns = list(zip(*table, strict=True)) if table else [() for _ in range(n_cols)]
-            return [torch.tensor(c, dtype=torch.long, device=device) for c in columns]
-
-        self._batch = {
-            "input_ids": ids.to(device),
-            "attention_mask": mask.to(device),
-            "position_ids": (mask.cumsum(-1) - 1).clamp_min(0).to(device),
-            "last_pos": torch.tensor(last_pos, dtype=torch.long, device=device),
-        }
-        self._loss_idx = as_tensors(loss_idx, 4)
-        self._target_idx = as_tensors(tgt_idx, 4)
-        self._first_idx = as_tensors(first_idx, 4)
         self._max_len = max(len(p) for p in self.prompt_ids)
-
-        with torch.no_grad():
-            try:
-                vocab = int(self._logits(model).shape[-1])
-            except IndexError as err:
-                self._fail(
-                    f"the first forward failed ({err}); the largest token id is {max(max(r) for r in rows)}",
-                    "if that is outside the model's vocabulary, use the tokenizer the model was trained with.",
-                )
-        hint = "use the tokenizer the model was trained with, or a model with a larger vocab_size."
-        self._check_ids(rows, vocab, f"vocabulary of {vocab}", hint)
+        n, width = len(self.prompt_ids), self._max_len - 1
+        targets_of_row = {row: (p, k, plen) for row, p, k, plen in target_slots}
+        for batch in self._micro_batches:
+            loss, last, target, first = [], [], [], []
+            for j, (r, offset) in enumerate(zip(batch.rows, batch.offsets, strict=True)):
+                if r < n:
+                    # token_loss[r, t] = -log p(prompt[t + 1] | prompt[:t + 1]), read at position offset + t
+                    loss += [(j, offset + t, rows[r][t + 1], r * width + t) for t in range(len(rows[r]) - 1)]
+                    last.append((j, offset + len(rows[r]) - 1, r))
+                else:  # target_logprob: the sum over the target's tokens, each predicted from the one before
+                    p, k, plen = targets_of_row[r]
+                    slot = p * self.max_targets + k
+                    target += [(j, offset + plen - 1 + m, rows[r][plen + m], slot) for m in range(len(rows[r]) - plen)]
+                    first.append((j, offset + plen - 1, rows[r][plen], slot))
+            batch.set_gather("loss", loss, 4)
+            batch.set_gather("last", last, 3)
+            batch.set_gather("target", target, 4)
+            batch.set_gather("first", first, 4)
+            batch.to(device)
+        filled = torch.zeros(n * self.max_targets, dtype=torch.bool)
+        filled[[p * self.max_targets + k for _, p, k, _ in target_slots]] = True
+        self._target_filled = filled.to(device)
+        self.max_tokens = max_tokens
         self.vocab_size = vocab
         self._k = min(self.top_k, vocab)
-        n = len(self.prompt_ids)
         self.add_output("token_loss", (n, self._max_len - 1), "float32", nan_marks_missing=True)
         if self.max_targets:
             self.add_output("target_logprob", (n, self.max_targets), "float32", nan_marks_missing=True)
@@ -370,44 +346,163 @@ class PromptProbe(Probe):
             "padding_side": side,
             "vocab_size": vocab,
             "top_k": self._k,
+            "max_tokens_per_batch": max_tokens,
         }
+        if self.stage_tracker is not None and self.stage_tracker.output not in self.outputs:
+            self._fail(
+                f"its StageTracker follows {self.stage_tracker.output!r}, not an output",
+                f"follow one of {sorted(self.outputs)}, e.g. StageTracker('token_loss').",
+            )
 
     def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """One forward over all prompt and prompt + target rows; gather the recorded numbers."""
-        if not self._batch:
+        """One forward per micro-batch; from each, gather the recorded numbers, then drop its logits."""
+        if not getattr(self, "_micro_batches", None):
             self._fail(
                 "run() was called before setup()",
                 "call probe.setup(model, device) first (the Recorder does).",
             )
-        logits = self._logits(model)
-        n = len(self.prompt_ids)
-        device = logits.device
-
-        def logprobs_at(rows: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-            picked = logits[rows, pos].float()  # only the positions needed, never (batch, seq, vocab)
-            return picked.gather(-1, tokens[:, None])[:, 0] - picked.logsumexp(-1)
-
-        row, pos, tok, t = self._loss_idx
-        token_loss = torch.full((n, self._max_len - 1), float("nan"), device=device)
-        if len(row):
-            token_loss[row, t] = -logprobs_at(row, pos, tok)
-
-        last = logits[torch.arange(n, device=device), self._batch["last_pos"]].float()
-        topk_logprob, topk_ids = last.log_softmax(-1).topk(self._k, dim=-1)
-        record = {"token_loss": token_loss}
-        if self.max_targets:
-            row, pos, tok, slot = self._target_idx
-            total = torch.zeros(n * self.max_targets, device=device)
-            total.index_add_(0, slot, logprobs_at(row, pos, tok))
-            filled = torch.zeros(n * self.max_targets, dtype=torch.bool, device=device)
-            filled[slot] = True
-            record["target_logprob"] = total.masked_fill(~filled, float("nan")).reshape(n, self.max_targets)
-            row, pos, tok, slot = self._first_idx
-            first = torch.full((n * self.max_targets,), float("nan"), device=device)
-            first[slot] = logits[row, pos, tok].float()
-            record["target_first_logit"] = first.reshape(n, self.max_targets)
-        record["topk_ids"] = topk_ids.long()
-        record["topk_logprob"] = topk_logprob
+        n, device = len(self.prompt_ids), self._target_filled.device
+        token_loss = torch.full((n * (self._max_len - 1),), float("nan"), device=device)
+        total = torch.zeros(n * self.max_targets, device=device)
+        first = torch.full((n * self.max_targets,), float("nan"), device=device)
+        topk_ids = torch.zeros((n, self._k), dtype=torch.long, device=device)
+        topk_logprob = torch.zeros((n, self._k), device=device)
+        last_logits = None
         if self.full_logits:
-            record["logits"] = last.half()
+            last_logits = torch.zeros((n, self.vocab_size), dtype=torch.float16, device=device)
+        for batch in self._micro_batches:
+            logits = self._logits(model, batch)
+            row, pos, tok, index = batch.gathers["loss"]
+            if len(row):
+                token_loss[index] = -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
+            row, pos, prompt = batch.gathers["last"]
+            if len(row):
+                last = logits[row, pos].float()
+                values, ids = last.log_softmax(-1).topk(self._k, dim=-1)
+                topk_logprob[prompt], topk_ids[prompt] = values, ids
+                if last_logits is not None:
+                    last_logits[prompt] = last.half()
+                del last
+            row, pos, tok, slot = batch.gathers["target"]
+            if len(row):
+                total.index_add_(0, slot, gather_logprobs(logits, row, pos, tok, batch.runs["target"]))
+            row, pos, tok, slot = batch.gathers["first"]
+            if len(row):
+                first[slot] = logits[row, pos, tok].float()
+            del logits  # one micro-batch of logits at a time
+        record = {"token_loss": token_loss.reshape(n, self._max_len - 1)}
+        if self.max_targets:
+            filled = self._target_filled
+            record["target_logprob"] = total.masked_fill(~filled, float("nan")).reshape(n, self.max_targets)
+            record["target_first_logit"] = first.reshape(n, self.max_targets)
+        record["topk_ids"] = topk_ids
+        record["topk_logprob"] = topk_logprob
+        if last_logits is not None:
+            record["logits"] = last_logits
         return record
+
+
+# --------------------------------------------------------------------------------- checks shared with TokenLossProbe
+Fail = Callable[[str, str], Any]
+RowName = Callable[[int], str]
+
+
+def check_ids(rows: Sequence[Sequence[int]], size: int, what: str, fail: Fail, row_name: RowName) -> None:
+    """Every token id must lie in ``[0, size)``; ``what`` names that bound in the error."""
+    for r, row in enumerate(rows):
+        for i in row:
+            if i < 0:
+                fail(
+                    f"{row_name(r)} has the negative token id {i}",
+                    "token ids count from 0; check what the tokenizer returns (e.g. -1 or -100 used as padding).",
+                )
+            if i >= size:
+                fail(
+                    f"token id {i} is outside the model's {what} ({row_name(r)})",
+                    "use the tokenizer the model was trained with, or a model with a larger vocabulary.",
+                )
+
+
+def model_context(model: Any) -> tuple[int, str] | None:
+    """The longest input a Hugging Face model takes, and the config field that says so; None if unknown."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, f"config.{key}"
+    return None
+
+
+def check_fits_model(model: Any, rows: Sequence[Sequence[int]], fail: Fail, row_name: RowName) -> None:
+    """Before any forward: ids >= 0, below the input embedding's size, rows within the context (where known)."""
+    check_ids(rows, 2**63, "id range", fail, row_name)  # negative ids first: their own message
+    embeddings = getattr(model, "get_input_embeddings", None)
+    try:
+        size = getattr(embeddings() if callable(embeddings) else None, "num_embeddings", None)
+    except Exception:  # a model whose get_input_embeddings is not implemented
+        size = None
+    if isinstance(size, int):  # else a plain module: the first forward tells
+        check_ids(rows, size, f"input embedding of {size} tokens", fail, row_name)
+    context = model_context(model)
+    if context is not None:
+        longest = max(range(len(rows)), key=lambda r: len(rows[r]))
+        if len(rows[longest]) > context[0]:
+            fail(
+                f"{row_name(longest)} is {len(rows[longest])} tokens long, longer than the model's context of "
+                f"{context[0]} positions ({context[1]})",
+                "shorten it, or give a long text to TokenLossProbe, which cuts it into context-sized windows.",
+            )
+
+
+def first_forward_vocab(
+    model: Any,
+    rows: Sequence[Sequence[int]],
+    logits: Callable[[MicroBatch], torch.Tensor],
+    fail: Fail,
+    row_name: RowName,
+) -> int:
+    """The vocabulary size, from one forward of the longest row alone; a failure is diagnosed.
+
+    A plain module says nothing of its context or embedding size: when the forward raises, a
+    forward of each id alone and one of a good id repeated to the same length tell which it is.
+    """
+    longest = max(range(len(rows)), key=lambda r: len(rows[r]))
+    row = list(rows[longest])
+    device = _first_device(model)
+
+    def forward(ids: list[list[int]]) -> torch.Tensor:
+        batch = plan_micro_batches(ids, max_tokens=2**62, side="right", pad_id=ids[0][0])[0]
+        return logits(batch.to(device))
+
+    def runs(ids: list[list[int]]) -> bool:
+        try:
+            forward(ids)
+        except TrajhookError:
+            raise
+        except Exception:
+            return False
+        return True
+
+    with torch.no_grad():
+        try:
+            return int(forward([row]).shape[-1])
+        except (IndexError, RuntimeError) as err:
+            error = f"{type(err).__name__}: {str(err)[:200]}"
+            if not runs([[i] for i in sorted(set(row))]):  # every id alone, at position 0
+                fail(
+                    f"the first forward failed ({error}); the largest token id is {max(row)} in {row_name(longest)}",
+                    "if that is outside the model's vocabulary, use the tokenizer the model was trained with.",
+                )
+            if not runs([[row[0]] * len(row)]):  # good ids, the same length
+                fail(
+                    f"the first forward failed ({error}) on {row_name(longest)}, {len(row)} tokens long, while "
+                    "each of its tokens alone runs: it is longer than the model's context",
+                    "shorten it, or give a long text to TokenLossProbe, which cuts it into context-sized windows.",
+                )
+            raise
+
+
+def _first_device(model: Any) -> torch.device:
+    for tensor in getattr(model, "parameters", lambda: iter(()))():
+        return tensor.device
+    return torch.device("cpu")
