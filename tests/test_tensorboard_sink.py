@@ -119,3 +119,48 @@ def test_bad_tensorboard_arguments_fail_at_construction(tmp_path):
         TensorBoardSink()
     with pytest.raises(TrajhookError, match=r"close_timeout_s=-1 is not a non-negative number"):
         TensorBoardSink(tmp_path, close_timeout_s=-1)
+
+
+@pytest.mark.timeout(180)
+def test_the_lightning_callback_uses_the_trainers_tensorboard_logger(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from trajhook.integrations.lightning import TrajectoryCallback
+
+    class GoRight(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.policy = policy()
+
+        def training_step(self, batch, batch_idx):
+            (x,) = batch
+            loss = nn.functional.cross_entropy(self.policy(x), torch.full((len(x),), 7))
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    logger = TensorBoardLogger(tmp_path / "lightning_logs")
+    callback = TrajectoryCallback(
+        tmp_path / "run.h5", [GridProbe(policy_fn=lambda m, x: m.policy(x))], every_n_steps=4, wandb=False
+    )
+    trainer = pl.Trainer(
+        max_steps=8,
+        logger=logger,
+        callbacks=[callback],
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(32, 2)), batch_size=4)
+    trainer.fit(GoRight(), loader)
+    log = load(tmp_path / "run.h5")
+    acc = read(logger.log_dir)  # trajhook's panels in Lightning's own event files, beside train_loss
+    assert [im.step for im in acc.Images("trajhook/maze/vector_field")] == log.steps.tolist() == [0, 4, 8]
+    loss = acc.Scalars("trajhook/loss")
+    np.testing.assert_allclose([e.value for e in loss], log.scalars["loss"].values, rtol=1e-6)
+    assert "train_loss" in acc.Tags()["scalars"]
