@@ -92,3 +92,65 @@ def maze_store(path, steps: int = 30, every: int = 5, events=((15, "lr drop"),),
                 if step + 1 == at:
                     rec.mark(at, label)
             rec.maybe_record(model, step + 1, loss=loss)
+
+
+VOCAB = 16
+
+
+def tokenize(text: str) -> list[int]:
+    return [ord(c) % VOCAB for c in text]
+
+
+class TinyLM(nn.Module):
+    """A one-layer causal attention model over a 16-token vocabulary: enough to learn to copy."""
+
+    def __init__(self, d: int = 32, length: int = 24) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, d)
+        self.pos = nn.Embedding(length, d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.out = nn.Linear(d, VOCAB)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[1]
+        x = self.embed(ids) + self.pos(torch.arange(n))
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
+        return self.out(x + self.attn(x, x, x, attn_mask=mask, need_weights=False)[0])
+
+
+def prompt_probe():
+    from trajhook import PromptProbe
+
+    return PromptProbe(
+        {"repeat": "abcdefgh" * 2, "punct": "a,b,c,d,a,b,c,"},
+        tokenize,
+        targets={"repeat": ["a", "z"], "punct": ["d", ","]},
+        logits_fn=lambda model, ids, mask: model.lm(ids) if hasattr(model, "lm") else model(ids),
+    )
+
+
+def prompt_store(path, seed: int = 0, steps: int = 40, every: int = 4, maze: bool = False, events=()) -> None:
+    """A real store of a TinyLM learning to repeat random sequences (plus a GridProbe policy if ``maze``)."""
+    torch.manual_seed(seed)
+    model = nn.Module()
+    model.lm, model.policy = TinyLM(), policy(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    probes = [prompt_probe()] + ([GridProbe(policy_fn=lambda m, x: m.policy(x))] if maze else [])
+    right = torch.full((16,), 7)
+    with Recorder(path, probes, every_n_steps=every, wandb=False) as rec:
+        rec.record(model, 0)
+        for step in range(1, steps + 1):
+            half = torch.randint(0, VOCAB, (16, 12), generator=g)
+            ids = torch.cat([half, half], 1)
+            logits = model.lm(ids[:, :-1])
+            loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+            if maze:
+                loss = loss + nn.functional.cross_entropy(model.policy(torch.rand(16, 2, generator=g)), right)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            for at, label in events:
+                if step == at:
+                    rec.mark(at, label)
+            rec.maybe_record(model, step, loss=float(loss.detach()))
