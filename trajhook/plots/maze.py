@@ -192,15 +192,15 @@ def _probe_log(log: Any, probe: str) -> Any:
         ) from None
 
 
-def _record_index(steps: np.ndarray, step: int | None) -> int:
+def _record_index(steps: np.ndarray, step: int | None, who: str = "vector_field_from_log") -> int:
     if len(steps) == 0:
-        raise TrajhookError("vector_field_from_log: the log has no records. HINT: record at least one step first.")
+        raise TrajhookError(f"{who}: the log has no records. HINT: record at least one step first.")
     if step is None:
         return len(steps) - 1
     hits = np.flatnonzero(np.asarray(steps) == step)
     if len(hits) == 0:
         raise TrajhookError(
-            f"vector_field_from_log: step {step!r} was not recorded (first {int(steps[0])}, last "
+            f"{who}: step {step!r} was not recorded (first {int(steps[0])}, last "
             f"{int(steps[-1])}, {len(steps)} records). "
             "HINT: pass one of log.steps, or step=None for the last."
         )
