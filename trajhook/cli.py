@@ -64,7 +64,7 @@ def _is_prompts(probe: Any) -> bool:
 def _probe(log: TrajectoryLog, name: str | None, kinds: Sequence[str], purpose: str) -> str:
     """The probe ``name`` (checked), or the first probe of one of ``kinds`` ("maze", "prompts")."""
     tests = {"maze": _is_maze, "prompts": _is_prompts}
-    fits = [n for n, p in log.items() if any(tests[k](p) for k in kinds)]
+    fits = [n for k in kinds for n, p in log.items() if tests[k](p)]  # the first kind first
     wanted = " or ".join(f"{k} probe" for k in kinds)
     if name is not None:
         if name not in log:
@@ -173,7 +173,7 @@ def _pca(args: argparse.Namespace) -> None:
     logs = [load(p) for p in args.paths]
     runs = []
     for name, log in zip(run_names(logs), logs, strict=True):
-        probe = args.probe if args.probe is not None else _probe(log, None, ("prompts", "maze"), "pca")
+        probe = args.probe if args.probe is not None else _probe(log, None, ("prompts",), "pca")
         if probe not in log:
             raise TrajhookError(
                 f"{str(log.path)!r} has no probe {probe!r}; it has {sorted(log)}. HINT: pass --probe with one of those."
