@@ -62,7 +62,11 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
         driver.get("about:blank")
         driver.get_log("performance")  # only the report's own requests from here on
         driver.get(out.as_uri())
-        time.sleep(1.5)
+        for _ in range(100):  # plotly.js unpacks itself, then the panels draw
+            if driver.execute_script("return document.body.dataset.ready === '1'"):
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
         shots = {}
         state = {}
         for key in ("HOME", "END"):

@@ -140,8 +140,8 @@ def vector_field(
     >>> grid = np.full((6, 6), 51)
     >>> grid[2, 2], grid[2, 3] = 100, 2  # one free cell, the cheese to its right
     >>> fig = vector_field(grid, np.array([[2, 2]]), np.array([[1.0, 0.0]]), cheese=(2, 3))
-    >>> fig.axes[0].get_xlim(), fig.axes[0].get_ylim()  # cropped to the maze plus one wall ring
-    ((0.5, 4.5), (0.5, 3.5))
+    >>> [float(v) for v in (*fig.axes[0].get_xlim(), *fig.axes[0].get_ylim())]  # the maze plus one wall ring
+    [0.5, 4.5, 0.5, 3.5]
     >>> fig.axes[1].get_ylabel().splitlines()[1]  # the colour bar says what colour and length mean
     'length = strength (min 0.6 cell)'
     """

@@ -45,12 +45,13 @@ def _even(n: int, limit: int = MAX_CURVE_POINTS) -> np.ndarray:
     return np.unique(np.rint(np.linspace(0, n - 1, min(n, limit))).astype(int)) if n else np.zeros(0, int)
 
 
-def _png_data_uri(rgb: np.ndarray) -> str:
-    import imageio.v3 as iio
+def _image_data_uri(rgb: np.ndarray) -> str:
+    """A frame as a lossless WebP data URI: exactly the rendered pixels, about 40% smaller than PNG."""
+    from PIL import Image
 
     buffer = io.BytesIO()
-    iio.imwrite(buffer, rgb, extension=".png")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="WEBP", lossless=True)
+    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _finite_list(values: np.ndarray, digits: int = 4) -> list:
@@ -134,7 +135,7 @@ def report_data(logs: Sequence[Any], max_frames: int = 120, progress: bool = Tru
             renderer = VectorFieldRenderer(meta["grid"], meta["cells"], meta.get("cheese"), meta.get("start"))
             vectors = log[probe]["vectors"]
             frames = [
-                _png_data_uri(renderer.render(vectors[i], f"{run['name']}: {probe}, step {int(steps[i]):,}"))
+                _image_data_uri(renderer.render(vectors[i], f"{run['name']}: {probe}, step {int(steps[i]):,}"))
                 for i in tqdm(keep, desc=f"{run['name']}/{probe} frames", disable=not progress, unit="frame")
             ]
             height, width = renderer.figure.canvas.get_width_height()[::-1]

@@ -3,7 +3,9 @@ and plotly.js inlined, so that the one HTML file opens with no network."""
 
 from __future__ import annotations
 
+import base64
 import datetime
+import gzip
 import html
 import json
 import os
@@ -264,7 +266,7 @@ def render_page(data: dict[str, Any]) -> str:
         "__RUNS_TABLE__": _runs_table(data),
         "__DATA__": _script_json(data),
         "__FIGURES__": _script_json(figures),
-        "__PLOTLY_JS__": get_plotlyjs().replace("</script", "<\\/script"),
+        "__PLOTLY_JS__": base64.b64encode(gzip.compress(get_plotlyjs().encode(), 9)).decode(),
     }
     token = re.compile(r"__(TITLE|VERSION|CREATED|RUNS_TABLE|DATA|FIGURES|PLOTLY_JS)__")
     return token.sub(lambda m: replacements[m.group(0)], TEMPLATE.read_text())  # one pass: inserted text stays as is
