@@ -167,3 +167,33 @@ def test_bad_sink_options_fail_at_construction():
     ]:
         with pytest.raises(TrajhookError, match=match):
             WandbSink(**kwargs)
+
+
+@pytest.mark.timeout(120)
+def test_target_keys_are_unique_and_readable_for_any_text_with_the_text_in_the_config(tmp_path):
+    import wandb
+    from fake_maze import TinyLM, prompt_probe
+    from wandb_offline import read_config
+
+    run = wandb.init(dir=tmp_path, mode="offline", project="trajhook-test")
+    model = TinyLM()
+    with Recorder(tmp_path / "run.h5", [prompt_probe()], every_n_steps=1, wandb=WandbSink(run)) as rec:
+        for step in range(3):
+            rec.maybe_record(model, step)
+    run.finish()
+    run_dir = run.dir.removesuffix("/files")
+    history, metrics, _ = read_run(run_dir)
+    lp = load(tmp_path / "run.h5")["prompts"]["target_logprob"]
+    keys = {  # prompt "punct" has targets "d" and ",": the index keeps "," apart, the text stays readable
+        "trajhook/prompts/repeat/target0_a": lp[:, 0, 0],
+        "trajhook/prompts/repeat/target1_z": lp[:, 0, 1],
+        "trajhook/prompts/punct/target0_d": lp[:, 1, 0],
+        "trajhook/prompts/punct/target1": lp[:, 1, 1],
+    }
+    for key, values in keys.items():
+        logged = [row[key] for row in history if key in row]
+        assert logged == pytest.approx(values.tolist(), rel=1e-6), key
+        assert metrics[key] == STEP_KEY
+    config = read_config(run_dir)
+    assert config["trajhook/prompts/punct/target1 text"] == ","
+    assert config["trajhook/prompts/repeat/target0_a text"] == "a"

@@ -54,3 +54,14 @@ def read_run(run_dir):
         elif kind == "metric" and record.metric.name:
             metrics[record.metric.name] = record.metric.step_metric
     return history, metrics, Path(run_dir) / "files"
+
+
+def read_config(run_dir):
+    """The run config's updates, ``{key: value}``, of an offline run."""
+    (log,) = Path(run_dir).glob("run-*.wandb")
+    config = {}
+    for record in records(log):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config

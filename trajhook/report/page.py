@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from trajhook.errors import TrajhookError
+from trajhook.report.template import TEMPLATE
 
-TEMPLATE = Path(__file__).with_name("template.html")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
@@ -269,7 +269,7 @@ def render_page(data: dict[str, Any]) -> str:
         "__PLOTLY_JS__": base64.b64encode(gzip.compress(get_plotlyjs().encode(), 9)).decode(),
     }
     token = re.compile(r"__(TITLE|VERSION|CREATED|RUNS_TABLE|DATA|FIGURES|PLOTLY_JS)__")
-    return token.sub(lambda m: replacements[m.group(0)], TEMPLATE.read_text())  # one pass: inserted text stays as is
+    return token.sub(lambda m: replacements[m.group(0)], TEMPLATE)  # one pass: inserted text stays as is
 
 
 def write_report(

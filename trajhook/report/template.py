@@ -1,10 +1,16 @@
-<!DOCTYPE html>
+"""The report page's HTML, CSS and script; ``__NAME__`` tokens are filled in by :mod:`trajhook.report.page`.
+
+Kept as a Python string (not a package data file) so that every install carries it.
+"""
+
+TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>trajhook report: __TITLE__</title>
 <style>
-  body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #222; background: #fafafa; }
+  body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #222;
+         background: #fafafa; }
   header { padding: 12px 20px 4px; }
   h1 { font-size: 20px; margin: 0 0 4px; }
   .meta { font-size: 12px; color: #555; }
@@ -27,7 +33,8 @@
 <body>
 <header>
   <h1>trajhook report: __TITLE__</h1>
-  <div class="meta">made by trajhook __VERSION__ on __CREATED__. One step slider drives every panel; keys: &larr; &rarr; step, Home/End, space plays.</div>
+  <div class="meta">made by trajhook __VERSION__ on __CREATED__. One step slider drives every panel;
+    keys: &larr; &rarr; step, Home/End, space plays.</div>
   __RUNS_TABLE__
 </header>
 <div id="controls">
@@ -182,3 +189,4 @@ function startReport() {
 </script>
 </body>
 </html>
+"""
