@@ -48,52 +48,41 @@ def arrow_glyphs(
     min_length: float = MIN_ARROW_LENGTH,
     max_length: float = MAX_ARROW_LENGTH,
     min_strength: float = MIN_STRENGTH,
-) -> list[np.ndarray]:
-    """One closed polygon ``(k, 2)`` in data coordinates ``(x=col, y=row)`` per cell: the arrow glyph.
+) -> np.ndarray:
+    """One closed polygon of 7 vertices in data coordinates ``(x=col, y=row)`` per cell: ``(n, 7, 2)``.
 
     An arrow is a shaft plus a head, centred on its cell and pointing along ``(dx, dy)``. Its
     length is ``|v|`` cells, clipped to ``[min_length, max_length]``, so a weak vector still
     draws as an elongated arrow whose head shows the way (the colour shows its strength,
-    see :data:`ARROW_CMAP`). Below ``min_strength`` the direction is noise: a small diamond.
+    see :data:`ARROW_CMAP`). Below ``min_strength`` the direction is noise: a small heptagon (a dot).
     Pure numpy, so every picture (PNG, GIF/MP4, W&B, the HTML report) draws the same glyphs.
 
     >>> right, dot = arrow_glyphs(np.array([[0, 0], [0, 2]]), np.array([[0.1, 0.0], [0.0, 0.0]]))
     >>> right.shape, float(right[:, 0].max()), float(right[:, 0].min())  # 0.6 cell long, head at +x
     ((7, 2), 0.3, -0.3)
-    >>> dot.shape
-    (4, 2)
+    >>> float(np.ptp(dot[:, 0])) < 0.2  # no direction: a dot
+    True
     """
     cells = np.asarray(cells, dtype=float).reshape(-1, 2)
     vectors = np.asarray(vectors, dtype=float).reshape(-1, 2)
     strength = np.hypot(vectors[:, 0], vectors[:, 1])
-    glyphs = []
-    for (row, col), (dx, dy), s in zip(cells, vectors, strength, strict=True):
-        centre = np.array([col, row])
-        if not np.isfinite(s) or s < min_strength:
-            r = 0.09
-            glyphs.append(centre + np.array([[r, 0.0], [0.0, r], [-r, 0.0], [0.0, -r]]))
-            continue
-        length = float(np.clip(s, min_length, max_length))
-        head_length = min(0.3, 0.45 * length)
-        head_half, shaft_half = 0.2, 0.06
-        tail, tip = -length / 2, length / 2
-        neck = tip - head_length
-        # along u (the direction) and across w
-        outline = np.array(
-            [
-                [tail, -shaft_half],
-                [neck, -shaft_half],
-                [neck, -head_half],
-                [tip, 0.0],
-                [neck, head_half],
-                [neck, shaft_half],
-                [tail, shaft_half],
-            ]
-        )
-        u = np.array([dx, dy]) / s
-        w = np.array([-u[1], u[0]])
-        glyphs.append(centre + outline[:, :1] * u + outline[:, 1:] * w)
-    return glyphs
+    arrow = np.isfinite(strength) & (strength >= min_strength)
+    length = np.clip(np.where(arrow, strength, min_length), min_length, max_length)
+    head_length = np.minimum(0.3, 0.45 * length)
+    head_half, shaft_half = 0.2, 0.06
+    tail, tip = -length / 2, length / 2
+    neck = tip - head_length
+    along = np.stack([tail, neck, neck, tip, neck, neck, tail], axis=1)  # (n, 7)
+    across = np.array([-shaft_half, -shaft_half, -head_half, 0.0, head_half, shaft_half, shaft_half])
+    safe = np.where(arrow, strength, 1.0)
+    u = np.where(arrow[:, None], vectors / safe[:, None], [1.0, 0.0])  # unit direction
+    w = np.stack([-u[:, 1], u[:, 0]], axis=1)
+    glyphs = along[:, :, None] * u[:, None, :] + across[None, :, None] * w[:, None, :]
+    angles = np.linspace(0, 2 * np.pi, 7, endpoint=False)
+    dot = 0.09 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    glyphs[~arrow] = dot
+    centres = np.stack([cells[:, 1], cells[:, 0]], axis=1)
+    return glyphs + centres[:, None, :]
 
 
 def _check_arrays(grid: Any, cells: Any, vectors: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
