@@ -80,6 +80,16 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
                 " cursor: p.data.slice(-2).map(t => [t.x[0], t.y[0]]),"
                 " icl: p.parentNode.querySelector('.icl').textContent}"
             )
+        index = "return +document.body.dataset.index"
+        press(driver, "HOME")
+        press(driver, "ARROW_RIGHT")  # the arrow keys step one frame
+        stepped = driver.execute_script(index)
+        driver.find_element("id", "play").click()  # play advances on its own, pause stops it
+        time.sleep(1.0)
+        driver.find_element("id", "play").click()
+        paused_at = driver.execute_script(index)
+        time.sleep(0.5)
+        still = driver.execute_script(index)
         console = driver.get_log("browser")
         urls = requested_urls(driver)
         if SCREENSHOTS:
@@ -101,6 +111,7 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     assert state["HOME"]["index"] == 0 and state["END"]["index"] == len(steps) - 1
     assert state["HOME"]["label"].startswith("step 0 ") and state["END"]["label"].startswith("step 60 ")
 
+    assert stepped == 1 and paused_at > 1 and still == paused_at
     # the vector field and the PCA cursor both changed on screen between the two steps
     assert maze_first.shape == maze_last.shape and np.abs(maze_first.astype(int) - maze_last).mean() > 1
     assert pca_first.shape == pca_last.shape and np.abs(pca_first.astype(int) - pca_last).mean() > 0.1
