@@ -197,3 +197,13 @@ def test_target_keys_are_unique_and_readable_for_any_text_with_the_text_in_the_c
     config = read_config(run_dir)
     assert config["trajhook/prompts/punct/target1 text"] == ","
     assert config["trajhook/prompts/repeat/target0_a text"] == "a"
+
+
+def test_the_default_auto_without_an_active_run_is_silent(tmp_path):
+    import wandb
+
+    assert wandb.run is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not one warning: W&B was never meant to get these records
+        record_20(tmp_path / "run.h5", "auto")
+    assert load(tmp_path / "run.h5").steps.tolist() == list(range(20))

@@ -164,6 +164,8 @@ class ServiceSink(Sink):
         self._put(("open", list(probes), dict(metadata)))
 
     def record(self, step: int, outputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        if self._thread is None:
+            return  # off (e.g. W&B "auto" with no active run): nothing was meant to be sent
         self.records_sent += 1
         if not self._put(("record", step, outputs)):
             self._miss()
