@@ -85,7 +85,10 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
         press(driver, "ARROW_RIGHT")  # the arrow keys step one frame
         stepped = driver.execute_script(index)
         driver.find_element("id", "play").click()  # play advances on its own, pause stops it
-        time.sleep(1.0)
+        for _ in range(100):
+            if driver.execute_script(index) > 1:
+                break
+            time.sleep(0.05)
         driver.find_element("id", "play").click()
         paused_at = driver.execute_script(index)
         time.sleep(0.5)
