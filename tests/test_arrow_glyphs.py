@@ -7,6 +7,9 @@ wide end) on the side the vector points to, and its colour must grow with its st
 
 from __future__ import annotations
 
+import os
+
+import imageio.v3 as imageio
 import numpy as np
 import pytest
 
@@ -60,7 +63,9 @@ def test_every_glyph_is_elongated_with_its_head_on_the_true_side():
     truth = np.array([(np.radians(a), length) for length in LENGTHS for a in ANGLES])
     vectors = np.stack([truth[:, 1] * np.cos(truth[:, 0]), truth[:, 1] * np.sin(truth[:, 0])], axis=1)
     renderer = VectorFieldRenderer(grid, cells)  # the renderer behind PNG, GIF/MP4, W&B and the report
-    image = renderer.render(vectors, "12 angles x 6 lengths")
+    image = renderer.render(vectors, "12 angles x 6 lengths (0.1 to 1.0), a 25x25 world")
+    if os.environ.get("TRAJHOOK_SCREENSHOTS"):  # e.g. docs/images, to refresh the README's picture
+        imageio.imwrite(os.path.join(os.environ["TRAJHOOK_SCREENSHOTS"], "arrows_every_strength.png"), image)
     centres = renderer.cell_pixels()
     cell_px = float(np.linalg.norm(centres[1] - centres[0]) / 2)  # neighbours in the list are 2 cells apart
     assert 10 < cell_px < 20, cell_px  # the regime of the bug: ~15 px per cell

@@ -276,6 +276,7 @@ class VectorFieldRenderer:
         self.arrows.set_verts(arrow_glyphs(self.cells, vectors))
         self.arrows.set_array(np.nan_to_num(np.hypot(vectors[:, 0], vectors[:, 1])))
         self.ax.set_title(title)
+        self.bar.set_visible(progress is not None)  # a zero-width patch still draws its edge
         self.bar.set_width(0.0 if progress is None else float(np.clip(progress, 0.0, 1.0)))
         return figure_to_rgb(self.figure)
 
