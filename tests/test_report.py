@@ -57,6 +57,7 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     page = out.read_text()
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"?https?:", page)  # nothing to fetch: all inlined
     logs = [load(stores / "maze_lm.h5"), load(stores / "lm_only.h5")]
+    steps = sorted(set(logs[0].steps.tolist()) | set(logs[1].steps.tolist()))  # the slider's steps
     driver = chromium()
     try:
         driver.get("about:blank")
@@ -84,12 +85,18 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
         press(driver, "HOME")
         press(driver, "ARROW_RIGHT")  # the arrow keys step one frame
         stepped = driver.execute_script(index)
-        driver.find_element("id", "play").click()  # play advances on its own, pause stops it
-        for _ in range(100):
-            if driver.execute_script(index) > 1:
+        press(driver, "END")
+        for _ in range(3):
+            press(driver, "ARROW_LEFT")
+        play = driver.find_element("id", "play")
+        play.click()  # play runs on its own from 3 frames before the end to the last step, and stops there
+        for _ in range(300):
+            if "play" in play.text and driver.execute_script(index) == len(steps) - 1:
                 break
-            time.sleep(0.05)
-        driver.find_element("id", "play").click()
+            time.sleep(0.1)
+        played_to = driver.execute_script(index)
+        play.click()  # from the end, play starts again at the first step; pause stops it
+        play.click()
         paused_at = driver.execute_script(index)
         time.sleep(0.5)
         still = driver.execute_script(index)
@@ -110,11 +117,10 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     assert leaving == [], leaving
 
     # the slider spans the union of both runs' steps; first and last step shown
-    steps = sorted(set(logs[0].steps.tolist()) | set(logs[1].steps.tolist()))
     assert state["HOME"]["index"] == 0 and state["END"]["index"] == len(steps) - 1
     assert state["HOME"]["label"].startswith("step 0 ") and state["END"]["label"].startswith("step 60 ")
 
-    assert stepped == 1 and paused_at > 1 and still == paused_at
+    assert stepped == 1 and played_to == len(steps) - 1 and still == paused_at < len(steps) - 1
     # the vector field and the PCA cursor both changed on screen between the two steps
     assert maze_first.shape == maze_last.shape and np.abs(maze_first.astype(int) - maze_last).mean() > 1
     assert pca_first.shape == pca_last.shape and np.abs(pca_first.astype(int) - pca_last).mean() > 0.1
