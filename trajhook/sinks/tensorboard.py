@@ -29,7 +29,8 @@ class TensorBoardSink(ServiceSink):
         logdir: the folder for the event files (``tensorboard --logdir`` it). Or pass ``writer=``.
         writer: an open ``SummaryWriter`` to share (e.g. Lightning's ``TensorBoardLogger.experiment``);
             it is flushed at close but left open for its owner.
-        **options: ``image_every_s`` (default 0: every record's image; TensorBoard is local),
+        **options: ``image_every_s`` (default 5: a 600x500 PNG frame is ~60 KB, so an image at every one of
+            10,000 records would be ~0.6 GB of event file; the last record's image is always written),
             ``close_timeout_s``, ``max_retries``... see :class:`~trajhook.sinks.service.ServiceSink`.
 
     >>> import tempfile
@@ -40,7 +41,6 @@ class TensorBoardSink(ServiceSink):
     service = "TensorBoard"
 
     def __init__(self, logdir: str | os.PathLike | None = None, *, writer: Any = None, **options: Any) -> None:
-        options.setdefault("image_every_s", 0.0)
         super().__init__(**options)
         if (logdir is None) == (writer is None):
             raise TrajhookError(
