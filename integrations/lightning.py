@@ -110,6 +110,8 @@ class TrajectoryCallback(_callback_base()):
         kwargs = dict(self.recorder_kwargs)
         if kwargs.get("wandb", "auto") == "auto":
             kwargs["wandb"] = _wandb_logger_run(trainer) or "auto"
+        if kwargs.get("tensorboard") is None:
+            kwargs["tensorboard"] = _tensorboard_logger_writer(trainer)
         self.recorder = Recorder(
             self.path,
             self.probes,
@@ -147,6 +149,14 @@ def _wandb_logger_run(trainer: Any) -> Any:
     """The run of a ``WandbLogger`` among the trainer's loggers (started now if it is not yet)."""
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
+            return logger.experiment
+    return None
+
+
+def _tensorboard_logger_writer(trainer: Any) -> Any:
+    """The ``SummaryWriter`` of a ``TensorBoardLogger`` among the trainer's loggers, if any."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "TensorBoardLogger":
             return logger.experiment
     return None
 

@@ -9,8 +9,8 @@ import pytest
 
 from trajhook.errors import TrajhookError
 from trajhook.plots.maze import (
-    ARROW_COLOR,
     animate_vector_field,
+    arrow_collection,
     figure_to_rgb,
     vector_field,
     vector_field_from_log,
@@ -20,12 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 W, E, C = 51, 100, 2
-ARROW_RGB = np.array(matplotlib.colors.to_rgb(ARROW_COLOR)) * 255
 FREE_RGB = np.array(matplotlib.colors.to_rgb("#f4f1e8")) * 255
 
 
 def _arrow_mask(image: np.ndarray) -> np.ndarray:
-    return np.abs(image.astype(float) - ARROW_RGB).sum(axis=-1) < 40
+    """Arrow pixels: red-orange (R far above B), not the cheese's yellow, left of the colour bar."""
+    rgb = image.astype(float)
+    mask = (rgb[..., 0] - rgb[..., 2] > 50) & ~((rgb[..., 1] > 180) & (rgb[..., 2] < 60))
+    mask[:, int(0.83 * image.shape[1]) :] = False
+    return mask
 
 
 def _one_cell_grid(row: int, col: int, size: int = 7) -> np.ndarray:
@@ -81,6 +84,7 @@ def test_arrow_sits_on_its_free_cell_with_row_zero_at_the_bottom(row, col):
     assert abs((ax_.min() + ax_.max()) / 2 - (fx.min() + fx.max()) / 2) < cell_px / 10
     assert abs((ay.min() + ay.max()) / 2 - (fy.min() + fy.max()) / 2) < cell_px * 0.6
     # and the free square is where row/col say: the maze spans 7 cells, row 0 at the bottom
+    image = image[:, : int(0.83 * image.shape[1])]  # the maze, not the colour bar's labels
     maze_y = np.nonzero((np.abs(image.astype(float) - [59, 59, 59]).sum(-1) < 10).any(axis=1))[0]
     maze_x = np.nonzero((np.abs(image.astype(float) - [59, 59, 59]).sum(-1) < 10).any(axis=0))[0]
     height, width = maze_y.max() - maze_y.min() + 1, maze_x.max() - maze_x.min() + 1
@@ -126,10 +130,14 @@ def fake_log():
 
 def test_vector_field_from_log_draws_the_requested_step(fake_log):
     fig = vector_field_from_log(fake_log, step=100)
-    quiver = fig.axes[0].collections[-1]
-    np.testing.assert_allclose(quiver.U, fake_log["maze"]["vectors"][2][:, 0])
-    np.testing.assert_allclose(quiver.V, fake_log["maze"]["vectors"][2][:, 1])
-    np.testing.assert_allclose(quiver.get_offsets(), [[1, 1], [2, 1], [1, 2]])  # (x=col, y=row)
+    arrows = arrow_collection(fig.axes[0])
+    vectors = fake_log["maze"]["vectors"][2]
+    np.testing.assert_allclose(arrows.get_array(), np.hypot(vectors[:, 0], vectors[:, 1]))  # colour = strength
+    glyphs = [path.vertices[:7] for path in arrows.get_paths()]
+    centres = [(g.max(0) + g.min(0)) / 2 for g in glyphs]
+    tips = [g[3] - c for g, c in zip(glyphs, centres, strict=True)]  # vertex 3 is the head's tip
+    unit = vectors / np.linalg.norm(vectors, axis=1)[:, None]
+    np.testing.assert_allclose([t / np.linalg.norm(t) for t in tips], unit, atol=1e-9)
     assert "step 100" in fig.axes[0].get_title()
     plt.close(fig)
     fig = vector_field_from_log(fake_log)

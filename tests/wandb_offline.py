@@ -7,6 +7,7 @@ last) carrying a ``wandb_internal_pb2.Record`` protobuf.
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def records(path):
         crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:
             break
+        if pos + 7 + length > len(data):
+            break  # a record still being written
         chunk = data[pos + 7 : pos + 7 + length]
         assert zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF == crc, f"bad checksum at {pos}"
         pos += 7 + length
@@ -39,11 +42,23 @@ def records(path):
             yield record
 
 
+def finished_records(run_dir, timeout_s=30.0):
+    """The records of a finished offline run. wandb 0.31's ``run.finish()`` can return before the
+    file is written out (seen here: a 7-byte file that grew to 8.6 KB a moment later), so wait
+    for the run's ``exit`` record."""
+    (log,) = Path(run_dir).glob("run-*.wandb")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = list(records(log))
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def read_run(run_dir):
     """``(history rows as dicts, {metric name: step_metric}, run files dir)`` of an offline run."""
-    (log,) = Path(run_dir).glob("run-*.wandb")
     history, metrics = [], {}
-    for record in records(log):
+    for record in finished_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             row = {}
@@ -54,3 +69,13 @@ def read_run(run_dir):
         elif kind == "metric" and record.metric.name:
             metrics[record.metric.name] = record.metric.step_metric
     return history, metrics, Path(run_dir) / "files"
+
+
+def read_config(run_dir):
+    """The run config's updates, ``{key: value}``, of an offline run."""
+    config = {}
+    for record in finished_records(run_dir):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config

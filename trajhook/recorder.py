@@ -32,6 +32,7 @@ from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe, numpy_dtype
 from trajhook.schedule import Schedule, as_schedule
 from trajhook.sinks.base import Sink, SinkSet
+from trajhook.sinks.resolve import resolve_sinks
 from trajhook.store import (
     EVENT_LABEL_BYTES,
     SCALAR_NAME_BYTES,
@@ -402,6 +403,8 @@ class Recorder:
         max_queue: records waiting for the writer before ``record`` blocks (memory bound).
         wandb: ``"auto"`` logs to the active ``wandb.run`` if any; ``True`` starts one if needed;
             ``False`` never logs; or a run object. See :class:`trajhook.sinks.wandb.WandbSink`.
+        tensorboard: a log folder, a ``SummaryWriter`` or a
+            :class:`~trajhook.sinks.tensorboard.TensorBoardSink` for live TensorBoard panels.
         sinks: further sinks, each receiving every record, scalar and event.
         forward_context: a callable returning a context manager wrapped around each probe run,
             e.g. Lightning's precision context.
@@ -432,6 +435,7 @@ class Recorder:
         flush_every_s: float = 5.0,
         max_queue: int = 8,
         wandb: Any = "auto",
+        tensorboard: Any = None,
         sinks: Sequence[Sink] = (),
         forward_context: Callable[[], AbstractContextManager] | None = None,
         on_error: str = "raise",
@@ -452,7 +456,7 @@ class Recorder:
         self.flush_every_s = float(flush_every_s)
         self.max_queue = max_queue
         self.forward_context = forward_context or contextlib.nullcontext
-        self._sinks = SinkSet(list(sinks), wandb=wandb)
+        self._sinks = SinkSet(resolve_sinks(wandb=wandb, tensorboard=tensorboard, sinks=sinks))
         self._writer: _Writer | None = None
         self._early: list[tuple[str, Any]] = []  # scalars and events logged before setup
         self._started = False

@@ -20,19 +20,69 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import LinearSegmentedColormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.quiver import Quiver
 
 from trajhook.errors import TrajhookError
 from trajhook.plots.figures import figure_to_rgb, new_figure
 from trajhook.procgen_state import WALL
 
-ARROW_COLOR = "#d62728"
 PROGRESS_COLOR = "#2ca02c"  # the animation's progress bar along the bottom edge
 PROGRESS_BAR_HEIGHT = 0.012  # in figure heights
 _MAZE_CMAP = ListedColormap(["#3b3b3b", "#f4f1e8"])  # wall, free
+# Arrow strength |v| from 0 (light orange) to 1 (dark brown): every colour stands out from the
+# light free cells, and the strong end reads as the heavy one.
+ARROW_CMAP = LinearSegmentedColormap.from_list("trajhook_arrows", ["#fdae6b", "#e6550d", "#7f2704"])
+MIN_ARROW_LENGTH = 0.6  # cells: a shorter glyph cannot show its direction at ~15 px per cell
+MAX_ARROW_LENGTH = 0.95  # cells: |v| = 1 spans (almost) its cell, never the neighbour's
+MIN_STRENGTH = 0.02  # below this |v| there is no direction to show: a dot
+FIGSIZE = (6.0, 5.0)  # inches; the maze is square, the colour bar takes the rest
+ENCODING_NOTE = f"length = strength (min {MIN_ARROW_LENGTH:g} cell)"
+
+
+def arrow_glyphs(
+    cells: np.ndarray,
+    vectors: np.ndarray,
+    min_length: float = MIN_ARROW_LENGTH,
+    max_length: float = MAX_ARROW_LENGTH,
+    min_strength: float = MIN_STRENGTH,
+) -> np.ndarray:
+    """One closed polygon of 7 vertices in data coordinates ``(x=col, y=row)`` per cell: ``(n, 7, 2)``.
+
+    An arrow is a shaft plus a head, centred on its cell and pointing along ``(dx, dy)``. Its
+    length is ``|v|`` cells, clipped to ``[min_length, max_length]``, so a weak vector still
+    draws as an elongated arrow whose head shows the way (the colour shows its strength,
+    see :data:`ARROW_CMAP`). Below ``min_strength`` the direction is noise: a small heptagon (a dot).
+    Pure numpy, so every picture (PNG, GIF/MP4, W&B, the HTML report) draws the same glyphs.
+
+    >>> right, dot = arrow_glyphs(np.array([[0, 0], [0, 2]]), np.array([[0.1, 0.0], [0.0, 0.0]]))
+    >>> right.shape, float(right[:, 0].max()), float(right[:, 0].min())  # 0.6 cell long, head at +x
+    ((7, 2), 0.3, -0.3)
+    >>> float(np.ptp(dot[:, 0])) < 0.2  # no direction: a dot
+    True
+    """
+    cells = np.asarray(cells, dtype=float).reshape(-1, 2)
+    vectors = np.asarray(vectors, dtype=float).reshape(-1, 2)
+    strength = np.hypot(vectors[:, 0], vectors[:, 1])
+    arrow = np.isfinite(strength) & (strength >= min_strength)
+    length = np.clip(np.where(arrow, strength, min_length), min_length, max_length)
+    head_length = np.minimum(0.3, 0.45 * length)
+    head_half, shaft_half = 0.2, 0.06
+    tail, tip = -length / 2, length / 2
+    neck = tip - head_length
+    along = np.stack([tail, neck, neck, tip, neck, neck, tail], axis=1)  # (n, 7)
+    across = np.array([-shaft_half, -shaft_half, -head_half, 0.0, head_half, shaft_half, shaft_half])
+    safe = np.where(arrow, strength, 1.0)
+    u = np.where(arrow[:, None], vectors / safe[:, None], [1.0, 0.0])  # unit direction
+    w = np.stack([-u[:, 1], u[:, 0]], axis=1)
+    glyphs = along[:, :, None] * u[:, None, :] + across[None, :, None] * w[:, None, :]
+    angles = np.linspace(0, 2 * np.pi, 7, endpoint=False)
+    dot = 0.09 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    glyphs[~arrow] = dot
+    centres = np.stack([cells[:, 1], cells[:, 0]], axis=1)
+    return glyphs + centres[:, None, :]
 
 
 def _check_arrays(grid: Any, cells: Any, vectors: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,6 +100,11 @@ def _check_arrays(grid: Any, cells: Any, vectors: Any) -> tuple[np.ndarray, np.n
     return grid, cells, vectors
 
 
+def arrow_collection(ax: Axes) -> PolyCollection:
+    """The arrows of a :func:`vector_field` axes (for tests and renderers that update them)."""
+    return next(c for c in ax.collections if c.get_gid() == "trajhook-arrows")
+
+
 def vector_field(
     grid: np.ndarray,
     cells: np.ndarray,
@@ -60,42 +115,38 @@ def vector_field(
     title: str | None = None,
     crop: bool = True,
     dpi: float = 100,
+    colorbar: bool = True,
 ) -> Figure:
     """Draw the maze (walls dark, free cells light, cheese and start marked) with one arrow per cell.
 
     ``grid`` is ``(H, W)`` procgen codes, ``cells`` ``(n, 2)`` ``(row, col)`` with row 0 at the
-    bottom, ``vectors`` ``(n, 2)`` ``(dx, dy)`` with y up; an arrow of length 1 spans one cell.
-    ``crop`` trims the all-wall margin around the maze. Returns the figure (a new one unless
-    ``ax`` is given).
+    bottom, ``vectors`` ``(n, 2)`` ``(dx, dy)`` with y up. The encoding (see
+    :func:`arrow_glyphs`): an arrow's length is its strength ``|v|`` in cells, never shorter
+    than :data:`MIN_ARROW_LENGTH`; its colour is the strength on :data:`ARROW_CMAP` (the colour
+    bar), and a dot marks a cell with no direction. ``crop`` trims the all-wall margin around
+    the maze. Returns the figure (a new one unless ``ax`` is given).
 
     >>> grid = np.full((6, 6), 51)
     >>> grid[2, 2], grid[2, 3] = 100, 2  # one free cell, the cheese to its right
     >>> fig = vector_field(grid, np.array([[2, 2]]), np.array([[1.0, 0.0]]), cheese=(2, 3))
-    >>> fig.axes[0].get_xlim(), fig.axes[0].get_ylim()  # cropped to the maze plus one wall ring
-    ((0.5, 4.5), (0.5, 3.5))
+    >>> [float(v) for v in (*fig.axes[0].get_xlim(), *fig.axes[0].get_ylim())]  # the maze plus one wall ring
+    [0.5, 4.5, 0.5, 3.5]
+    >>> fig.axes[1].get_ylabel().splitlines()[1]  # the colour bar says what colour and length mean
+    'length = strength (min 0.6 cell)'
     """
     grid, cells, vectors = _check_arrays(grid, cells, vectors)
     if ax is None:
-        fig = new_figure((5, 5), dpi=dpi)
+        fig = new_figure(FIGSIZE if colorbar else (5, 5), dpi=dpi)
         ax = fig.add_subplot()
     else:
         fig = ax.figure
     ax.imshow(grid != WALL, origin="lower", cmap=_MAZE_CMAP, vmin=0, vmax=1, interpolation="nearest")
-    ax.quiver(
-        cells[:, 1],
-        cells[:, 0],
-        vectors[:, 0],
-        vectors[:, 1],
-        angles="uv",
-        scale_units="xy",
-        scale=1.0,
-        color=ARROW_COLOR,
-        width=0.006,
-        headwidth=4,
-        headlength=4,
-        headaxislength=3.5,
-        pivot="middle",
+    arrows = PolyCollection(
+        arrow_glyphs(cells, vectors), cmap=ARROW_CMAP, norm=Normalize(0.0, 1.0), edgecolors="none", zorder=3
     )
+    arrows.set_array(np.nan_to_num(np.hypot(vectors[:, 0], vectors[:, 1])))
+    arrows.set_gid("trajhook-arrows")
+    ax.add_collection(arrows)
     if cheese is not None:
         ax.plot(cheese[1], cheese[0], marker="o", color="#f2c200", markersize=11, markeredgecolor="k")
     if start is not None:
@@ -103,10 +154,17 @@ def vector_field(
     if crop:
         rows, cols = np.nonzero(grid != WALL)
         if len(rows):
-            ax.set_xlim(cols.min() - 1.5, cols.max() + 1.5)
-            ax.set_ylim(rows.min() - 1.5, rows.max() + 1.5)
+            ax.set_xlim(float(cols.min()) - 1.5, float(cols.max()) + 1.5)
+            ax.set_ylim(float(rows.min()) - 1.5, float(rows.max()) + 1.5)
+    else:
+        ax.set_xlim(-0.5, grid.shape[1] - 0.5)
+        ax.set_ylim(-0.5, grid.shape[0] - 0.5)
     ax.set_xticks([])
     ax.set_yticks([])
+    if colorbar:
+        bar = fig.colorbar(arrows, ax=ax, fraction=0.046, pad=0.03)
+        bar.set_label(f"arrow strength |(P_right − P_left, P_up − P_down)|\n{ENCODING_NOTE}", fontsize=8)
+        bar.ax.tick_params(labelsize=8)
     if title:
         ax.set_title(title)
     return fig
@@ -123,15 +181,15 @@ def _probe_log(log: Any, probe: str) -> Any:
         ) from None
 
 
-def _record_index(steps: np.ndarray, step: int | None) -> int:
+def _record_index(steps: np.ndarray, step: int | None, who: str = "vector_field_from_log") -> int:
     if len(steps) == 0:
-        raise TrajhookError("vector_field_from_log: the log has no records. HINT: record at least one step first.")
+        raise TrajhookError(f"{who}: the log has no records. HINT: record at least one step first.")
     if step is None:
         return len(steps) - 1
     hits = np.flatnonzero(np.asarray(steps) == step)
     if len(hits) == 0:
         raise TrajhookError(
-            f"vector_field_from_log: step {step!r} was not recorded (first {int(steps[0])}, last "
+            f"{who}: step {step!r} was not recorded (first {int(steps[0])}, last "
             f"{int(steps[-1])}, {len(steps)} records). "
             "HINT: pass one of log.steps, or step=None for the last."
         )
@@ -190,7 +248,7 @@ class VectorFieldRenderer:
     >>> renderer = VectorFieldRenderer(grid, cells)
     >>> frame = renderer.render(np.tile([1.0, 0.0], (len(cells), 1)), "step 10")
     >>> frame.shape, frame.dtype
-    ((500, 500, 3), dtype('uint8'))
+    ((500, 600, 3), dtype('uint8'))
     """
 
     def __init__(
@@ -201,10 +259,11 @@ class VectorFieldRenderer:
         start: Sequence[int] | None = None,
         dpi: float = 100,
     ) -> None:
+        self.cells = np.asarray(cells)
         zeros = np.zeros((len(cells), 2))
         self.figure = vector_field(grid, cells, zeros, cheese=cheese, start=start, title=" ", dpi=dpi)
         self.ax = self.figure.axes[0]
-        self.quiver = next(c for c in self.ax.collections if isinstance(c, Quiver))
+        self.arrows = arrow_collection(self.ax)
         self.bar = Rectangle((0, 0), 0, PROGRESS_BAR_HEIGHT, transform=self.figure.transFigure, color=PROGRESS_COLOR)
         self.figure.add_artist(self.bar)
 
@@ -214,10 +273,22 @@ class VectorFieldRenderer:
         ``progress`` in [0, 1] draws a bar of that width along the frame's bottom edge.
         """
         vectors = np.asarray(vectors, dtype=float)
-        self.quiver.set_UVC(vectors[:, 0], vectors[:, 1])
+        self.arrows.set_verts(arrow_glyphs(self.cells, vectors))
+        self.arrows.set_array(np.nan_to_num(np.hypot(vectors[:, 0], vectors[:, 1])))
         self.ax.set_title(title)
+        self.bar.set_visible(progress is not None)  # a zero-width patch still draws its edge
         self.bar.set_width(0.0 if progress is None else float(np.clip(progress, 0.0, 1.0)))
         return figure_to_rgb(self.figure)
+
+    def cell_pixels(self) -> np.ndarray:
+        """``(n, 2)`` pixel ``(x, y)`` of each cell's centre in a rendered frame (y down from the top).
+
+        For overlays on the frame, e.g. the HTML report's per-cell hover.
+        """
+        self.figure.canvas.draw()
+        xy = self.ax.transData.transform(np.stack([self.cells[:, 1], self.cells[:, 0]], axis=1).astype(float))
+        height = self.figure.canvas.get_width_height()[1]
+        return np.stack([xy[:, 0], height - xy[:, 1]], axis=1)
 
 
 def vector_field_frames(log: Any, probe: str = "maze", progress: bool = True) -> list[np.ndarray]:

@@ -201,3 +201,85 @@ def target_curves(
         axes[-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+def prompt_record(log: Any, step: int | None = None, probe: str = "prompts") -> Figure:
+    """One record of a PromptProbe: each prompt's per-token loss over positions, and each target's
+    log-probability, at ``step`` (``None``: the last record).
+
+    ``log`` is a loaded log (see :func:`trajhook.load`); the step must be a recorded one.
+    """
+    from trajhook.plots.maze import _record_index
+
+    steps = np.asarray(log.steps)
+    index = _record_index(steps, step, who="prompt_record")
+    record = log[probe]
+    meta = record.metadata
+    names = list(meta.get("prompt_names", []))
+    has_targets = "target_logprob" in record
+    fig = new_figure((11 if has_targets else 6, 4))
+    axes = list(fig.subplots(1, 2 if has_targets else 1, squeeze=False)[0])
+    ax = axes[0]
+    if "token_loss" in record:
+        loss = np.asarray(record["token_loss"][index], dtype=float)
+        for i, row in enumerate(loss):
+            ax.plot(np.arange(1, len(row) + 1), row, lw=1.2, label=names[i] if i < len(names) else f"prompt {i}")
+        ax.set(title=f"{probe}: per-token loss at step {int(steps[index]):,}", xlabel="token position", ylabel="loss")
+        ax.legend(fontsize=8)
+    if has_targets:
+        ax = axes[-1]
+        labels = [label for row in _target_labels(meta) for label in row]
+        values = [
+            float(record["target_logprob"][index][i, j])
+            for i, texts in enumerate(meta["target_texts"])
+            for j in range(len(texts))
+        ]
+        ax.barh(np.arange(len(values)), values, color="C0")
+        ax.set_yticks(np.arange(len(values)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set(title=f"target log-probability at step {int(steps[index]):,}", xlabel="log p(target | prompt)")
+    fig.tight_layout()
+    return fig
+
+
+def pca_trajectories(
+    runs: Sequence[tuple[str, np.ndarray, np.ndarray, Iterable[Any]]],
+    n_turning_points: int = 1,
+    smoothing: float = 1.0,
+) -> Figure:
+    """Several runs' trajectories in ONE PCA basis, fitted jointly (Olsson et al.).
+
+    ``runs`` holds ``(name, steps, data, events)`` per run, ``data`` ``(n_records, ...)`` with
+    the same record shape in every run. Each run is a line; events are crosses, the sharpest
+    turns circles.
+
+    >>> t = np.linspace(0, 1, 20)
+    >>> a = np.stack([t, t**2, 0 * t], 1)
+    >>> fig = pca_trajectories([("a", np.arange(20), a, []), ("b", np.arange(20), a[::-1] + 0.1, [(5, "x")])])
+    >>> [line.get_label() for line in fig.axes[0].get_lines()]
+    ['a', 'b']
+    """
+    pca = trajectory_pca([np.asarray(data) for _, _, data, _ in runs], n_components=2)
+    fig = new_figure((6.5, 5))
+    ax = fig.add_subplot()
+    for k, ((name, steps, _, events), coords) in enumerate(zip(runs, pca.coords, strict=True)):
+        coords = coords if coords.shape[1] == 2 else np.pad(coords, ((0, 0), (0, 1)))
+        steps = np.asarray(steps)
+        colour = f"C{k % 10}"
+        ax.plot(coords[:, 0], coords[:, 1], color=colour, lw=1, marker=".", ms=4, label=name)
+        ax.scatter(*coords[0], marker="o", s=30, color=colour, edgecolors="k", zorder=3)
+        if len(coords) >= 5 and n_turning_points > 0:
+            for index in turning_points(coords, n=n_turning_points, smoothing=smoothing):
+                ax.scatter(*coords[index], s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3)
+                ax.annotate(f"turn @ {steps[index]}", coords[index], xytext=(8, -12), textcoords="offset points",
+                            color="C3", fontsize=8)  # fmt: skip
+        for step, label in _events(events):
+            index = int(np.argmin(np.abs(steps - step)))
+            ax.scatter(*coords[index], marker="x", s=70, color="k", zorder=3)
+            ax.annotate(f"{label} ({step})", coords[index], xytext=(6, 6), textcoords="offset points", fontsize=8)
+    ratio = pca.explained_variance_ratio
+    ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.0%})" if len(ratio) > 1 else "PC2")
+    ax.set_title("PCA trajectory, one basis for all runs (dot: first record)")
+    ax.legend(fontsize=8)
+    return fig

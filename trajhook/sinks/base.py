@@ -1,14 +1,12 @@
 """Sinks receive every record, scalar and event on the writer thread, after the store has them.
 
 A sink is best effort: the HDF5 store is the record of truth. :class:`SinkSet` isolates
-failures, so a sink that raises (a W&B outage, say) is warned about once and then skipped;
-training and the store go on.
+failures, so a sink that raises is warned about once and then skipped; training and the store
+go on. :func:`trajhook.sinks.resolve.resolve_sinks` builds the sinks from a Recorder's arguments.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,30 +36,17 @@ class Sink:
 
 
 class SinkSet:
-    """The sinks of one Recorder, each call guarded: a failing sink is warned about once, then dropped."""
+    """The sinks of one Recorder, each call guarded: a failing sink is warned about once, then dropped.
 
-    def __init__(self, sinks: list[Sink], wandb: Any = "auto") -> None:
+    Sinks that call an outside service (:class:`~trajhook.sinks.service.ServiceSink`) never raise
+    here: they queue and return, and say what they missed at close.
+    """
+
+    def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = list(sinks)
-        self.wandb = wandb
 
     def open(self, probes: Sequence[Probe], metadata: Mapping[str, Any]) -> None:
-        wandb_sink = self._wandb_sink()
-        if wandb_sink is not None:
-            self.sinks.append(wandb_sink)
         self._call("open", probes, metadata)
-
-    def _wandb_sink(self) -> Sink | None:
-        if self.wandb is False or self.wandb is None:
-            return None
-        if self.wandb == "auto" and getattr(sys.modules.get("wandb"), "run", None) is None:
-            return None  # never import wandb for a user who has not
-        if os.environ.get("RANK", "0") != "0":
-            return None  # global rank zero logs; other ranks of a torchrun job stay quiet
-        from trajhook.sinks.wandb import WandbSink
-
-        if isinstance(self.wandb, WandbSink):
-            return self.wandb
-        return WandbSink(run=self.wandb)
 
     def record(self, step: int, outputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
         self._call("record", step, outputs)

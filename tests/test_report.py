@@ -1,0 +1,152 @@
+"""The HTML report, opened in a real headless Chromium with the network off.
+
+Two real stores (a maze-and-prompts run with an event, and a prompts-only run on other steps)
+share one slider. Moving the slider to the first and the last step must change the vector field
+and the PCA cursor together; the values the page shows are checked against an independent
+computation from the HDF5 stores; the console stays clean and no request leaves the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from browser import chromium, requested_urls
+from fake_maze import prompt_store
+
+from trajhook import load
+from trajhook.analysis import icl_score, trajectory_pca
+from trajhook.report import thin_indices, write_report
+
+pytest.importorskip("plotly")
+SCREENSHOTS = os.environ.get("TRAJHOOK_SCREENSHOTS")  # e.g. docs/images, to refresh the README's pictures
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    prompt_store(folder / "maze_lm.h5", seed=0, steps=60, every=3, maze=True, events=[(30, "lr drop")])
+    prompt_store(folder / "lm_only.h5", seed=1, steps=60, every=5)
+    return folder
+
+
+def press(driver, key):
+    from selenium.webdriver.common.keys import Keys
+
+    driver.find_element("id", "step-slider").send_keys(getattr(Keys, key))
+    time.sleep(0.3)
+
+
+def element_pixels(driver, element_id, screenshot):
+    """The part of a screenshot covered by an element."""
+    rect = driver.find_element("id", element_id).rect
+    ratio = driver.execute_script("return window.devicePixelRatio")
+    image = iio.imread(screenshot)
+    x0, y0 = int(rect["x"] * ratio), int(rect["y"] * ratio)
+    return image[y0 : y0 + int(rect["height"] * ratio), x0 : x0 + int(rect["width"] * ratio), :3]
+
+
+@pytest.mark.timeout(240)
+def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_path):
+    out = write_report([stores / "maze_lm.h5", stores / "lm_only.h5"], tmp_path / "report.html", progress=False)
+    page = out.read_text()
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"?https?:", page)  # nothing to fetch: all inlined
+    logs = [load(stores / "maze_lm.h5"), load(stores / "lm_only.h5")]
+    steps = sorted(set(logs[0].steps.tolist()) | set(logs[1].steps.tolist()))  # the slider's steps
+    driver = chromium()
+    try:
+        driver.get("about:blank")
+        driver.get_log("performance")  # only the report's own requests from here on
+        driver.get(out.as_uri())
+        for _ in range(100):  # plotly.js unpacks itself, then the panels draw
+            if driver.execute_script("return document.body.dataset.ready === '1'"):
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        shots = {}
+        state = {}
+        for key in ("HOME", "END"):
+            press(driver, key)
+            shots[key] = tmp_path / f"report_{key.lower()}.png"
+            driver.save_screenshot(str(shots[key]))
+            state[key] = driver.execute_script(
+                "const m = document.getElementById('maze-0'), p = document.getElementById('pca-0');"
+                "return {index: +document.body.dataset.index, label: document.getElementById('step-label').textContent,"
+                " frame: m.dataset.frame, custom: m.data[1].customdata,"
+                " cursor: p.data.slice(-2).map(t => [t.x[0], t.y[0]]),"
+                " icl: p.parentNode.querySelector('.icl').textContent}"
+            )
+        index = "return +document.body.dataset.index"
+        press(driver, "HOME")
+        press(driver, "ARROW_RIGHT")  # the arrow keys step one frame
+        stepped = driver.execute_script(index)
+        press(driver, "END")
+        for _ in range(3):
+            press(driver, "ARROW_LEFT")
+        play = driver.find_element("id", "play")
+        play.click()  # play runs on its own from 3 frames before the end to the last step, and stops there
+        for _ in range(300):
+            if "play" in play.text and driver.execute_script(index) == len(steps) - 1:
+                break
+            time.sleep(0.1)
+        played_to = driver.execute_script(index)
+        play.click()  # from the end, play starts again at the first step; pause stops it
+        play.click()
+        paused_at = driver.execute_script(index)
+        time.sleep(0.5)
+        still = driver.execute_script(index)
+        console = driver.get_log("browser")
+        urls = requested_urls(driver)
+        if SCREENSHOTS:
+            for key, name in (("HOME", "report_first_step.png"), ("END", "report_last_step.png")):
+                Path(SCREENSHOTS, name).write_bytes(shots[key].read_bytes())
+        maze_first = element_pixels(driver, "maze-0", shots["HOME"])
+        maze_last = element_pixels(driver, "maze-0", shots["END"])
+        pca_first = element_pixels(driver, "pca-0", shots["HOME"])
+        pca_last = element_pixels(driver, "pca-0", shots["END"])
+    finally:
+        driver.quit()
+
+    assert [e for e in console if e["level"] == "SEVERE"] == [], console
+    leaving = [u for u in urls if not u.startswith(("file:", "data:", "blob:", "about:"))]
+    assert leaving == [], leaving
+
+    # the slider spans the union of both runs' steps; first and last step shown
+    assert state["HOME"]["index"] == 0 and state["END"]["index"] == len(steps) - 1
+    assert state["HOME"]["label"].startswith("step 0 ") and state["END"]["label"].startswith("step 60 ")
+
+    assert stepped == 1 and played_to == len(steps) - 1 and still == paused_at < len(steps) - 1
+    # the vector field and the PCA cursor both changed on screen between the two steps
+    assert maze_first.shape == maze_last.shape and np.abs(maze_first.astype(int) - maze_last).mean() > 1
+    assert pca_first.shape == pca_last.shape and np.abs(pca_first.astype(int) - pca_last).mean() > 0.1
+
+    # hover data at the first step: the five direction probabilities of the first record
+    probs = logs[0]["maze"]["direction_probs"]
+    custom = np.array(state["HOME"]["custom"], dtype=float)
+    np.testing.assert_allclose(custom[:, 2:7], probs[0], atol=1e-3)
+    np.testing.assert_allclose(np.array(state["END"]["custom"], dtype=float)[:, 2:7], probs[-1], atol=1e-3)
+
+    # the PCA cursors: each run's record in ONE basis fitted on both runs, computed independently here
+    joint = trajectory_pca([log["prompts"]["token_loss"] for log in logs], n_components=2)
+    for key, row in (("HOME", 0), ("END", -1)):
+        shown = np.array(state[key]["cursor"], dtype=float)
+        expected = np.array([coords[row] for coords in joint.coords])
+        np.testing.assert_allclose(np.abs(shown), np.abs(expected), atol=1e-3)  # an SVD's sign is arbitrary
+    # and the ICL score beside it
+    early = min(50, logs[0]["prompts"]["token_loss"].shape[-1] // 4)
+    score = icl_score(logs[1]["prompts"]["token_loss"][-1], late=500, early=early)
+    assert f"lm_only: ICL score {score:.3f}" in state["END"]["icl"]
+
+
+def test_big_stores_are_thinned_evenly_keeping_first_last_and_events():
+    steps = np.arange(10_000) * 50
+    keep = thin_indices(steps, 120, keep_steps=[12_345, 250_025])
+    assert keep[0] == 0 and keep[-1] == 9_999 and len(keep) <= 122
+    assert {int(np.argmin(np.abs(steps - 12_345))), int(np.argmin(np.abs(steps - 250_025)))} <= set(keep.tolist())
+    gaps = np.diff(keep)
+    assert gaps.max() <= 2 * np.median(gaps)  # evenly spread
