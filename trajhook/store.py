@@ -200,12 +200,17 @@ def rows_inside_file(ds: h5py.Dataset, count: int, file_size: int) -> int:
     """
     if ds.chunks is None or count == 0:
         return count
-    inside = count
-    for i in range(ds.id.get_num_chunks()):
-        info = ds.id.get_chunk_info(i)
+    past_end = []
+
+    def check(info: Any) -> None:
         if info.byte_offset + info.size > file_size:
-            inside = min(inside, info.chunk_offset[0])
-    return inside
+            past_end.append(info.chunk_offset[0])
+
+    if hasattr(ds.id, "chunk_iter"):  # one pass over the chunk index (get_chunk_info(i) is O(i) each)
+        ds.id.chunk_iter(check)
+    else:  # older h5py: the chunk of the last committed row, the one a truncation cuts first
+        check(ds.id.get_chunk_info_by_coord((count - 1 - (count - 1) % ds.chunks[0],) + (0,) * (ds.ndim - 1)))
+    return min([count, *past_end])
 
 
 def corrupt_error(path: str | os.PathLike, err: BaseException, *, resuming: bool = False) -> TrajhookError:
