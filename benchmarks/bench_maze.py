@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import statistics
 import sys
 import tempfile
@@ -91,6 +92,8 @@ def training_throughput(steps: int, rounds: int, out_dir: str) -> list[Figure]:
 
     from trajhook.integrations.lightning import TrajectoryCallback
 
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):  # no banners between figures
+        logging.getLogger(name).setLevel(logging.ERROR)
     clock_type = type("Clock", (_Clock, pl.Callback), {})
     dataset, weights = build_dataset(range(1000, 1008))  # 8 training levels, as in --fast
     fits = {"with": [], "without": []}
