@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trajhook import distributed
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
 from trajhook.sinks.base import Sink, SinkSet
@@ -64,6 +65,8 @@ def check_recorder_args(path: str | os.PathLike, probes: Sequence[Probe], every_
             "HINT: give each probe its own name=, e.g. MazeProbe(seed=1, name='maze_seed1')."
         )
     path = Path(path)
+    if not distributed.is_writer():
+        return path  # another rank writes the store: this one never touches the file
     if path.is_dir():
         raise TrajhookError(f"Recorder: path {str(path)!r} is a directory. HINT: pass a file path, e.g. 'runs/log.h5'.")
     try:
@@ -305,6 +308,8 @@ class Recorder:
         self._early: list[tuple[str, Any]] = []  # scalars and events logged before setup
         self._started = False
         self._closed = False
+        self._set_up = False
+        self._writes = distributed.is_writer()  # asked again at setup, once the process group exists
         self.recorded_steps: list[int] = []
 
     # -- the public hooks -----------------------------------------------------------------------
@@ -313,11 +318,17 @@ class Recorder:
         """Set up every probe on the model's device, run each once, and open the store.
 
         Called by the first ``record``; call it yourself before training so that bad inputs
-        fail at once. Calling it again does nothing.
+        fail at once. Calling it again does nothing. Under ``torch.distributed`` only global rank
+        zero opens the store; see :mod:`trajhook.distributed` for which ranks run the probes.
         """
-        if self._writer is not None:
+        if self._set_up:
             return
         self._check_open("setup")
+        model = distributed.probe_target(model)
+        self._writes = distributed.is_writer()
+        if not distributed.runs_probe(model):
+            self._set_up, self._early = True, []
+            return
         device = model_device(model)
         setup_nonfinite = {}
         for probe in self.probes:
@@ -326,6 +337,9 @@ class Recorder:
             setup_nonfinite[probe.name] = {
                 k: ~np.isfinite(t.detach().float().cpu().numpy()) for k, t in record.items() if t.is_floating_point()
             }
+        if not self._writes:  # a sharded model: this rank joined the forwards; rank zero writes
+            self._set_up, self._early = True, []
+            return
         schema = {p.name: p.outputs for p in self.probes}
         store = StoreWriter(
             self.path,
@@ -338,6 +352,7 @@ class Recorder:
         self._writer = _Writer(store, self._sinks, self.flush_every_s, self.max_queue)
         self._writer.setup_nonfinite = setup_nonfinite
         self._writer.start()
+        self._set_up = True
         _open_recorders.add(self)
         early, self._early = self._early, []
         for kind, payload in early:
@@ -355,7 +370,11 @@ class Recorder:
     def record(self, model: torch.nn.Module, step: int) -> None:
         """Run every probe now and queue the record for the writer."""
         self._check_open("record")
+        model = distributed.probe_target(model)
         self.setup(model)
+        if self._writer is None:  # another rank writes
+            self._follow(model, step)
+            return
         self._start(step)
         record = {}
         with probing(model), self.forward_context():
@@ -413,6 +432,8 @@ class Recorder:
         self._closed = True
         _open_recorders.discard(self)
         if self._writer is None:
+            if not self._writes:
+                return  # this rank never opened the store or the sinks
             if self._early:
                 warnings.warn(
                     f"Recorder: {len(self._early)} scalar/event call(s) were not written: no record ever ran, so "
@@ -504,7 +525,18 @@ class Recorder:
                 with self._writer.small_lock:
                     self._writer.drop_from_step = int(step)
 
+    def _follow(self, model: torch.nn.Module, step: int) -> None:
+        """On a rank that does not write: join the probe forwards if the parameters are sharded."""
+        if distributed.runs_probe(model):
+            with probing(model), self.forward_context():
+                for probe in self.probes:
+                    probe.run(model)
+        if not self.recorded_steps or self.recorded_steps[-1] != step:
+            self.recorded_steps.append(int(step))  # the same cadence on every rank
+
     def _put_small(self, kind: str, payload: Any) -> None:
+        if not self._writes:
+            return  # one store and one set of panels: rank zero's
         if self._writer is None:  # before setup: keep it until the store is open
             self._early.append((kind, payload))
             return

@@ -1,0 +1,47 @@
+"""The Recorder under real ``torchrun --nproc_per_node 2`` jobs (gloo, CPU): one store, rank zero's.
+
+Each launch runs a worker script from ``tests/distributed/`` under its own timeout, so a hang fails
+the test instead of stalling the suite. The workers save what an independent forward gives at every
+recorded step; the tests compare the store against it.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trajhook import load
+
+WORKERS = Path(__file__).parent / "distributed"
+
+
+def torchrun(script: str, out_dir: Path, timeout: float) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(WORKERS / script), str(out_dir)], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+@pytest.mark.timeout(180)
+def test_ddp_and_fsdp_plain_loops_write_one_store_from_rank_zero(tmp_path):
+    torchrun("plain_loop.py", tmp_path, timeout=170)
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["ddp.h5", "fsdp.h5"]
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    rank1 = torch.load(tmp_path / "rank1.pt")
+    for kind in ("ddp", "fsdp"):
+        log = load(tmp_path / f"{kind}.h5")
+        assert log.steps.tolist() == [0, 3, 6, 9]
+        assert log.scalars["loss"].steps.tolist() == list(range(10))  # rank zero's scalars, once each
+        assert [(e.step, e.label) for e in log.events] == [(5, "halfway")]
+        expected = np.stack([rank0[kind][s].numpy() for s in (0, 3, 6, 9)])
+        # DDP: the unwrapped module's forward; FSDP: the forward of the gathered full weights
+        np.testing.assert_allclose(log["fixed"]["output"], expected, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(expected[0], expected[-1])  # the weights did change
+        assert rank0[f"{kind}_fds"]["open_while_training"]
+        assert not rank1[f"{kind}_fds"]["open_while_training"]  # rank one never opened the file
