@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,17 +20,41 @@ from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
 from trajhook.recorder import Recorder, check_recorder_args
 
+_PACKAGES = ("pytorch_lightning", "lightning.pytorch")  # two copies of the same classes
+
 
 def _callback_base() -> type:
-    """The ``Callback`` of the Lightning package the user imported (a Trainer checks its own)."""
-    if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
-        return sys.modules["lightning.pytorch"].Callback
-    import pytorch_lightning
+    """The ``Callback`` of the Lightning package the user imported, else of ``pytorch_lightning``."""
+    for name in (*(n for n in _PACKAGES if n in sys.modules), *_PACKAGES):
+        try:
+            return importlib.import_module(name).Callback
+        except ImportError:
+            continue
+    raise TrajhookError(
+        "trajhook.integrations.lightning needs PyTorch Lightning. HINT: pip install 'trajhook[lightning]'."
+    )
 
-    return pytorch_lightning.Callback
+
+def _accepted_by_every_imported_trainer(cls: type) -> type:
+    """``cls``, or a subclass that is also a ``Callback`` of each Lightning package imported now.
+
+    A Trainer checks callbacks against its own package's ``Callback``; with both packages
+    imported, the callback must be an instance of both, whatever the import order.
+    """
+    missing = tuple(
+        sys.modules[name].Callback
+        for name in _PACKAGES
+        if name in sys.modules and not issubclass(cls, sys.modules[name].Callback)
+    )
+    if not missing:
+        return cls
+    if missing not in _BOTH:
+        _BOTH[missing] = type(cls.__name__, (cls, *missing), {"__qualname__": cls.__qualname__})
+    return _BOTH[missing]
 
 
-_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+_BOTH: dict[tuple[type, ...], type] = {}
+_UNSUPPORTED = ("FSDPStrategy", "DeepSpeed")  # ModelParallelStrategy (fully_shard) is supported
 
 
 class TrajectoryCallback(_callback_base()):
@@ -43,8 +68,14 @@ class TrajectoryCallback(_callback_base()):
     record of those weights carries, and the step Lightning's own loggers use). Writes on global
     rank zero only, runs the probes under the trainer's precision context, and resumes with the
     trainer's checkpoint.
+    Accepted by ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` alike. Under
+    ``ModelParallelStrategy`` (``fully_shard``) every rank joins the probe forward
+    (:mod:`trajhook.distributed`).
     Further keyword arguments go to :class:`trajhook.Recorder` (``metadata=``, ``wandb=``...).
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrajectoryCallback:
+        return super().__new__(_accepted_by_every_imported_trainer(cls))
 
     def __init__(
         self,
@@ -98,14 +129,14 @@ class TrajectoryCallback(_callback_base()):
     # -- helpers ----------------------------------------------------------------------------------
 
     def _setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero or self.recorder is not None:
-            return
+        if stage != "fit" or self.recorder is not None:
+            return  # every rank makes a Recorder: it knows which rank writes and which ranks probe
         strategy = type(trainer.strategy).__name__
-        if any(s in strategy for s in _SHARDED):
+        if any(s in strategy for s in _UNSUPPORTED):
             raise TrajhookError(
-                f"TrajectoryCallback: strategy {strategy!r} shards the parameters, so a rank-zero probe "
-                "cannot run the model alone. HINT: use DDP or a single device, or record from a "
-                "checkpoint afterwards."
+                f"TrajectoryCallback: strategy {strategy!r} wraps the parameters in a way trajhook cannot probe. "
+                "HINT: use ModelParallelStrategy (fully_shard in configure_model), DDP or a single device, "
+                "or record from a checkpoint afterwards."
             )
         kwargs = dict(self.recorder_kwargs)
         if kwargs.get("wandb", "auto") == "auto":
