@@ -45,3 +45,20 @@ def test_ddp_and_fsdp_plain_loops_write_one_store_from_rank_zero(tmp_path):
         assert not np.allclose(expected[0], expected[-1])  # the weights did change
         assert rank0[f"{kind}_fds"]["open_while_training"]
         assert not rank1[f"{kind}_fds"]["open_while_training"]  # rank one never opened the file
+
+
+@pytest.mark.timeout(240)
+def test_hf_trainer_and_lightning_ddp_and_fully_shard_write_one_store_from_rank_zero(tmp_path):
+    pytest.importorskip("transformers")
+    torchrun("frameworks.py", tmp_path, timeout=230)
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["hf.h5", "lit_ddp.h5", "lit_fsdp2.h5"]
+    expected = torch.load(tmp_path / "frameworks_rank0.pt")
+    assert expected["hf_ddp"] == "DistributedDataParallel"  # the HF Trainer really ran DDP
+    for name in ("hf", "lit_ddp", "lit_fsdp2"):
+        log = load(tmp_path / f"{name}.h5")
+        assert log.steps.tolist() == [0, 2, 4], name  # one writer: two would have doubled or broken the rows
+        want = np.stack([expected[name][s].numpy() for s in (0, 2, 4)])
+        np.testing.assert_allclose(log["fixed"]["output"], want, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert not np.allclose(want[0], want[-1])
+    hf_loss = expected["hf_loss"]  # rank zero's loss as HF logged it, at the step whose weights computed it
+    np.testing.assert_allclose(load(tmp_path / "hf.h5").scalars["loss"].values, [hf_loss[s] for s in range(1, 6)])
