@@ -170,3 +170,39 @@ def test_bad_input_fails_before_the_first_update(tmp_path):
     with pytest.raises(TrajhookError, match="TensorProbe 'wrong' failed on its first run"):
         train(tmp_path, model, [cb], max_steps=4)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.timeout(180)
+def test_logs_into_hf_wandb_run_without_touching_its_step(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    import wandb
+    from wandb_offline import read_run
+
+    from trajhook.sinks.wandb import STEP_KEY
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_PROJECT", "trajhook-test")
+    cb = TrajectoryCallback(tmp_path / "run.h5", [TensorProbe("fixed", PROBE_X)], every_n_steps=2)
+
+    class MarkAtThree(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                cb.mark("three")
+
+    try:
+        train(tmp_path, new_model(), [cb, MarkAtThree()], max_steps=6, report_to="wandb")
+        run_dir = wandb.run.dir.removesuffix("/files")
+    finally:
+        wandb.finish()
+    history, metrics, _ = read_run(run_dir)
+    hf_rows = [row for row in history if "train/loss" in row]
+    assert [row["train/global_step"] for row in hf_rows] == list(range(1, 7))  # HF's own step, untouched
+    ours = {row[STEP_KEY]: row for row in history if "trajhook/loss" in row}
+    assert sorted(ours) == list(range(6))
+    for row in hf_rows:  # the same loss, one step earlier: at the weights that computed it
+        np.testing.assert_allclose(ours[row["train/global_step"] - 1]["trajhook/loss"], row["train/loss"], rtol=1e-6)
+    assert metrics["trajhook/loss"] == STEP_KEY
+    events = [row for row in history if "trajhook/event" in row]
+    assert [(row[STEP_KEY], row["trajhook/event"]) for row in events] == [(3, "three")]
+    assert load(tmp_path / "run.h5").steps.tolist() == [0, 2, 4, 6]
