@@ -132,6 +132,7 @@ class TrajectoryCallback(TrainerCallback, ExportableState):
         if self.recorder is None:
             self.recorder = Recorder(self.path, self.probes, self.every_n_steps, **self.recorder_kwargs)
             self.recorder.load_state_dict(self.recorder_state)
+            self.recorder_kwargs["overwrite"] = False  # a later train() on this callback continues the store
         return self.recorder
 
     def _record_start(self, state: Any, model: Any) -> None:

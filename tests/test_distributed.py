@@ -6,6 +6,7 @@ recorded step; the tests compare the store against it.
 """
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,21 @@ WORKERS = Path(__file__).parent / "distributed"
 def torchrun(script: str, out_dir: Path, timeout: float) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(WORKERS / script), str(out_dir)], env=env, capture_output=True, text=True, timeout=timeout
+    proc = subprocess.Popen(
+        [*cmd, str(WORKERS / script), str(out_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a hang is killed with all the ranks, not just torchrun
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun {script} hung for {timeout} s:\n{stdout[-2000:]}{stderr[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
 
 
 @pytest.mark.timeout(180)
