@@ -34,8 +34,8 @@ from trajhook.integrations.hf import TrajectoryCallback
 from trajhook.plots.prompts import target_curves
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--sft-steps", type=int, default=150, help="optimizer steps of supervised fine-tuning")
-parser.add_argument("--dpo-steps", type=int, default=40, help="optimizer steps of DPO")
+parser.add_argument("--sft-steps", type=int, default=120, help="optimizer steps of supervised fine-tuning")
+parser.add_argument("--dpo-steps", type=int, default=30, help="optimizer steps of DPO")
 parser.add_argument("--record-every", type=int, default=5, help="probe cadence, in optimizer steps")
 parser.add_argument("--out", default="runs/rlhf_sft_dpo.h5", help="the trajhook store")
 parser.add_argument("--figure", default="runs/rlhf_sft_dpo.png", help="where to save the figure")
