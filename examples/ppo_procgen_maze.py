@@ -99,7 +99,7 @@ class ConvSequence(nn.Module):
         return (self._out_channels, (h + 1) // 2, (w + 1) // 2)
 
 
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+def layer_init(layer, std=2**0.5, bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
@@ -156,7 +156,7 @@ rec = trajhook.Recorder(
     every_n_steps=args.batch_size,
     metadata={"probe_level": probe_level},
     overwrite=True,
-)  # noqa: E501
+)
 
 # ---- storage and the training loop --------------------------------------------------------------------------
 obs = torch.zeros((args.num_steps, args.num_envs, 64, 64, 3), dtype=torch.uint8)
@@ -171,7 +171,7 @@ start_time = time.time()
 next_obs = torch.from_numpy(envs.reset()["rgb"])
 next_done = torch.zeros(args.num_envs)
 episode_return = np.zeros(args.num_envs)
-for iteration in tqdm(range(1, args.num_iterations + 1), desc="PPO iterations"):
+for _iteration in tqdm(range(1, args.num_iterations + 1), desc="PPO iterations"):
     rec.maybe_record(agent, global_step)  # trajhook: step 0 at iteration 1, then cleanrl's global_step
     finished = []
     for step in range(args.num_steps):
