@@ -142,7 +142,7 @@ envs = ProcgenEnv(
 agent = Agent(envs.action_space.n).to(device)
 optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
-# ---- trajhook: the one added line ----------------------------------------------------------------------------
+# ---- trajhook: one added statement here, one line in the loop -------------------------------------------------------
 rec = trajhook.Recorder(
     args.out,
     [
