@@ -57,8 +57,7 @@ pairs = {  # prompt: (chosen, rejected)
     "Explicit is better than": (" vague.", " implicit."),
     "Simple is better than": (" clever.", " complex."),
     "Flat is better than": (" deep.", " nested."),
-    "Sparse is better than": (" packed.", " dense."),
-}
+}  # four pairs and one held-out prompt: nine curves, each its own colour
 held_out = {"errors": ("Errors should never pass", [" silently."])}  # not in the DPO data
 prompts = {p.split()[0].lower(): p for p in pairs} | {k: v[0] for k, v in held_out.items()}
 targets = {p.split()[0].lower(): list(pair) for p, pair in pairs.items()} | {k: v[1] for k, v in held_out.items()}
