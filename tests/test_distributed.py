@@ -57,6 +57,7 @@ def test_ddp_and_fsdp_plain_loops_write_one_store_from_rank_zero(tmp_path):
         assert not np.allclose(expected[0], expected[-1])  # the weights did change
         assert rank0[f"{kind}_fds"]["open_while_training"]
         assert not rank1[f"{kind}_fds"]["open_while_training"]  # rank one never opened the file
+        assert rank0[f"{kind}_fds"]["sink_calls"] == 6 and rank1[f"{kind}_fds"]["sink_calls"] == 0  # nor a sink
 
 
 @pytest.mark.timeout(240)

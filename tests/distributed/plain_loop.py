@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 
 from trajhook import Recorder, TensorProbe
+from trajhook.sinks.base import Sink
 
 out_dir = sys.argv[1]
 dist.init_process_group("gloo")
@@ -50,10 +51,25 @@ def direct(model: nn.Module) -> torch.Tensor:
     return y
 
 
+class CountingSink(Sink):
+    def __init__(self):
+        self.calls = 0
+
+    def open(self, probes, metadata):
+        self.calls += 1
+
+    def record(self, step, outputs):
+        self.calls += 1
+
+    def close(self):
+        self.calls += 1
+
+
 def train(model, path, expected, before_step=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     fds = {}
-    with Recorder(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=EVERY, wandb=False) as rec:
+    sink = CountingSink()
+    with Recorder(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=EVERY, wandb=False, sinks=[sink]) as rec:
         rec.setup(model)
         for step in range(STEPS):
             x, y = batch(step)
@@ -68,6 +84,7 @@ def train(model, path, expected, before_step=None):
             rec.maybe_record(model, step, loss=loss.detach())
         rec.flush()
         fds["open_while_training"] = os.path.realpath(path) in open_paths()
+    fds["sink_calls"] = sink.calls
     return fds
 
 
