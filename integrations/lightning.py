@@ -149,6 +149,7 @@ class TrajectoryCallback(_callback_base()):
             **kwargs,
         )
         self.recorder.load_state_dict(self._loaded_state)
+        self.recorder_kwargs["overwrite"] = False  # a later fit() continues this store, never wipes it
         self.recorder.setup(pl_module)  # runs every probe once: bad inputs fail before training
 
     def _record_start(self, trainer: Any, pl_module: Any) -> None:

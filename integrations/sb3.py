@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +80,7 @@ class TrajectoryCallback(BaseCallback):
 
     def _record_start(self) -> None:
         """Open a Recorder for this learn() and record the policy it starts from."""
+        _warn_on_other_distribution_mode(self.training_env, self.probes)
         self.recorder = Recorder(self.path, self.probes, self.every_n_steps, **self.recorder_kwargs)
         self.recorder.load_state_dict(self._state)
         self.recorder_kwargs["overwrite"] = False  # a later learn() continues the store
@@ -95,3 +97,20 @@ class TrajectoryCallback(BaseCallback):
             self._state = self.recorder.state_dict()
             self.recorder, recorder = None, self.recorder
             recorder.close()
+
+
+def _warn_on_other_distribution_mode(env: Any, probes: Sequence[Probe]) -> None:
+    """Warn when a MazeProbe's ``distribution_mode`` differs from the training maze env's (e.g. easy vs hard)."""
+    try:
+        training = set(env.get_attr("distribution_mode"))
+    except Exception:
+        return  # not trajhook's maze env: nothing to compare
+    for probe in probes:
+        mode = getattr(probe, "distribution_mode", None)
+        if mode is not None and training and mode not in training:
+            warnings.warn(
+                f"MazeProbe {probe.name!r}: distribution_mode={mode!r}, but the policy trains on "
+                f"{sorted(training)}: the probe shows it a world size it never sees in training. "
+                f"HINT: pass MazeProbe(..., distribution_mode={sorted(training)[0]!r}) unless that is the point.",
+                stacklevel=3,
+            )

@@ -116,6 +116,18 @@ def test_sb3_callback_records_from_the_start_at_env_timesteps_with_sb3_preproces
         assert torch.equal(a, b), name
 
 
+@pytest.mark.timeout(120)
+def test_sb3_callback_warns_when_the_probe_mode_differs_from_training(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from trajhook.integrations.sb3 import TrajectoryCallback
+
+    model = ppo()  # trains on easy
+    cb = TrajectoryCallback(tmp_path / "run.h5", [MazeProbe(seed=100)], every_n_steps=32)  # hard, the default
+    with pytest.warns(UserWarning, match="distribution_mode='hard', but the policy trains on \\['easy'\\]"):
+        model.learn(32, callback=cb)
+    assert load(tmp_path / "run.h5")["maze"].metadata["world_dim"] == 25
+
+
 class CleanRLAgent(nn.Module):
     """cleanrl's ppo_procgen agent shape: no forward; get_action_and_value takes uint8 NHWC frames."""
 
