@@ -41,19 +41,26 @@ def _accepted_by_every_imported_trainer(cls: type) -> type:
     A Trainer checks callbacks against its own package's ``Callback``; with both packages
     imported, the callback must be an instance of both, whatever the import order.
     """
-    missing = tuple(
-        sys.modules[name].Callback
-        for name in _PACKAGES
-        if name in sys.modules and not issubclass(cls, sys.modules[name].Callback)
-    )
-    if not missing:
-        return cls
-    if missing not in _BOTH:
-        _BOTH[missing] = type(cls.__name__, (cls, *missing), {"__qualname__": cls.__qualname__})
-    return _BOTH[missing]
+    missing = tuple(n for n in _PACKAGES if n in sys.modules and not issubclass(cls, sys.modules[n].Callback))
+    return _also_callback_of(missing) if missing else cls
 
 
-_BOTH: dict[tuple[type, ...], type] = {}
+def _also_callback_of(packages: tuple[str, ...]) -> type:
+    """``TrajectoryCallback`` that also subclasses these packages' ``Callback``; pickle finds it by name."""
+    name = "TrajectoryCallback__" + "__".join(p.replace(".", "_") for p in packages)
+    if name not in _BOTH:
+        bases = tuple(importlib.import_module(p).Callback for p in packages)
+        _BOTH[name] = type(name, (TrajectoryCallback, *bases), {"__module__": __name__})
+    return _BOTH[name]
+
+
+def __getattr__(name: str) -> type:  # unpickling (ddp_spawn) a callback made while both packages were imported
+    if name.startswith("TrajectoryCallback__"):
+        return _also_callback_of(tuple(p for p in _PACKAGES if p.replace(".", "_") in name.split("__")[1:]))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_BOTH: dict[str, type] = {}
 _UNSUPPORTED = ("FSDPStrategy", "DeepSpeed")  # ModelParallelStrategy (fully_shard) is supported
 
 
@@ -98,8 +105,8 @@ class TrajectoryCallback(_callback_base()):
         self._last_step: int | None = None
 
     @property
-    def state_key(self) -> str:
-        return self._generate_state_key(path=self.path)
+    def state_key(self) -> str:  # the same key whichever Lightning packages were imported
+        return f"TrajectoryCallback{ ({'path': self.path})!r}"
 
     # -- hooks: one line each ---------------------------------------------------------------------
 
