@@ -1,6 +1,8 @@
 """TrajectoryCallback in a real ``transformers.Trainer``: steps, values, loss, resume, phases, W&B."""
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,7 +178,7 @@ def test_bad_input_fails_before_the_first_update(tmp_path):
 def test_logs_into_hf_wandb_run_without_touching_its_step(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     import wandb
-    from wandb_offline import read_run
+    from wandb_offline import read_run, records
 
     from trajhook.sinks.wandb import STEP_KEY
 
@@ -195,6 +197,10 @@ def test_logs_into_hf_wandb_run_without_touching_its_step(tmp_path, monkeypatch)
         run_dir = wandb.run.dir.removesuffix("/files")
     finally:
         wandb.finish()
+    deadline = time.monotonic() + 30  # wandb's service process may still be writing the offline file
+    while not any(r.WhichOneof("record_type") == "exit" for r in records(next(Path(run_dir).glob("*.wandb")))):
+        assert time.monotonic() < deadline, "the offline W&B run was never completed"
+        time.sleep(0.2)
     history, metrics, _ = read_run(run_dir)
     hf_rows = [row for row in history if "train/loss" in row]
     assert [row["train/global_step"] for row in hf_rows] == list(range(1, 7))  # HF's own step, untouched
