@@ -45,6 +45,7 @@ if args.small:
     args.sft_steps, args.dpo_steps, args.record_every = 8, 4, 4
 torch.manual_seed(0)
 common = {"use_cpu": True, "report_to": "none", "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True}
+common["gradient_checkpointing"] = False  # TRL turns it on by default; a tiny model only pays for the recompute
 
 # ---- model and tokenizer, trained from scratch on the stdlib's text --------------------------------------
 texts = stdlib_corpus()

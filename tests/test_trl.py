@@ -51,6 +51,7 @@ def test_sft_then_dpo_one_axis_marked_values_match_and_the_margin_reacts(tmp_pat
     )
     cb = TrajectoryCallback(tmp_path / "run.h5", [probe], every_n_steps=2)
     common = {"use_cpu": True, "report_to": "none", "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True}
+    common["gradient_checkpointing"] = False  # TRL's default is on: only slower for a tiny model
     SFTTrainer(
         model=model,
         args=SFTConfig(
