@@ -69,7 +69,8 @@ def test_trajhook_imported_first_then_lightning_pytorch_then_both(tmp_path):
         cb = fit(pl, "classic.h5")
         assert isinstance(cb, TrajectoryCallback) and cb.state_key == "TrajectoryCallback{'path': 'classic.h5'}"
         import pickle  # ddp_spawn pickles callbacks
-        assert pickle.loads(pickle.dumps(cb)).state_key == cb.state_key
+        fresh = TrajectoryCallback("classic.h5", [TensorProbe("fixed", PROBE_X)])
+        assert pickle.loads(pickle.dumps(fresh)).state_key == cb.state_key
         """,
         tmp_path,
     )
