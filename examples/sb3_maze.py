@@ -6,7 +6,7 @@ policy: it uses SB3's own observation preprocessing and action distribution. ``e
 counts environment timesteps (SB3's ``num_timesteps``), and the policy learning starts from is
 recorded too.
 
-    python examples/sb3_maze.py           # 1-3 minutes on 2 CPU cores
+    python examples/sb3_maze.py           # about 2 minutes on 2 CPU cores
     python examples/sb3_maze.py --small   # the smoke-test settings
 """
 
@@ -24,8 +24,8 @@ from trajhook.envs.maze import ProcgenMazeEnv
 from trajhook.integrations.sb3 import TrajectoryCallback
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--timesteps", type=int, default=16_384, help="environment timesteps (the maze needs millions)")
-parser.add_argument("--record-every", type=int, default=2048, help="probe cadence, in environment timesteps")
+parser.add_argument("--timesteps", type=int, default=8192, help="environment timesteps (the maze needs millions)")
+parser.add_argument("--record-every", type=int, default=1024, help="probe cadence, in environment timesteps")
 parser.add_argument("--n-envs", type=int, default=8)
 parser.add_argument("--num-levels", type=int, default=200, help="training levels 0 .. num-levels - 1")
 parser.add_argument("--distribution-mode", default="easy", help="the probe uses the same")
