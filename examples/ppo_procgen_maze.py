@@ -8,7 +8,7 @@ and then at cleanrl's ``global_step`` (environment steps over all envs), the x-a
 own charts. Train and probe with the same ``distribution_mode``: cleanrl trains on ``easy``,
 while MazeProbe's default is ``hard``.
 
-    python examples/ppo_procgen_maze.py           # a few minutes on 2 idle CPU cores (8k env steps: the
+    python examples/ppo_procgen_maze.py           # a few minutes on 2 idle CPU cores (4k env steps: the
                                                   # hook, not a trained agent; the maze needs millions)
     python examples/ppo_procgen_maze.py --small   # the smoke-test settings
 """
@@ -32,14 +32,14 @@ from trajhook.analysis.maze import path_agreement, shortest_path_moves
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--seed", type=int, default=1)
-parser.add_argument("--total-timesteps", type=int, default=8192, help="cleanrl: 25M; the maze needs millions")
+parser.add_argument("--total-timesteps", type=int, default=4096, help="cleanrl: 25M; the maze needs millions")
 parser.add_argument("--learning-rate", type=float, default=5e-4)
 parser.add_argument("--num-envs", type=int, default=8, help="cleanrl: 64")
-parser.add_argument("--num-steps", type=int, default=64, help="steps per env per rollout (cleanrl: 256)")
+parser.add_argument("--num-steps", type=int, default=32, help="steps per env per rollout (cleanrl: 256)")
 parser.add_argument("--gamma", type=float, default=0.999)
 parser.add_argument("--gae-lambda", type=float, default=0.95)
-parser.add_argument("--num-minibatches", type=int, default=8)
-parser.add_argument("--update-epochs", type=int, default=3)
+parser.add_argument("--num-minibatches", type=int, default=4, help="cleanrl: 8")
+parser.add_argument("--update-epochs", type=int, default=2, help="cleanrl: 3")
 parser.add_argument("--clip-coef", type=float, default=0.2)
 parser.add_argument("--ent-coef", type=float, default=0.01)
 parser.add_argument("--vf-coef", type=float, default=0.5)
