@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,17 +20,48 @@ from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
 from trajhook.recorder import Recorder, check_recorder_args
 
+_PACKAGES = ("pytorch_lightning", "lightning.pytorch")  # two copies of the same classes
+
 
 def _callback_base() -> type:
-    """The ``Callback`` of the Lightning package the user imported (a Trainer checks its own)."""
-    if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
-        return sys.modules["lightning.pytorch"].Callback
-    import pytorch_lightning
+    """The ``Callback`` of the Lightning package the user imported, else of ``pytorch_lightning``."""
+    for name in (*(n for n in _PACKAGES if n in sys.modules), *_PACKAGES):
+        try:
+            return importlib.import_module(name).Callback
+        except ImportError:
+            continue
+    raise TrajhookError(
+        "trajhook.integrations.lightning needs PyTorch Lightning. HINT: pip install 'trajhook[lightning]'."
+    )
 
-    return pytorch_lightning.Callback
+
+def _accepted_by_every_imported_trainer(cls: type) -> type:
+    """``cls``, or a subclass that is also a ``Callback`` of each Lightning package imported now.
+
+    A Trainer checks callbacks against its own package's ``Callback``; with both packages
+    imported, the callback must be an instance of both, whatever the import order.
+    """
+    missing = tuple(n for n in _PACKAGES if n in sys.modules and not issubclass(cls, sys.modules[n].Callback))
+    return _also_callback_of(missing) if missing else cls
 
 
-_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+def _also_callback_of(packages: tuple[str, ...]) -> type:
+    """``TrajectoryCallback`` that also subclasses these packages' ``Callback``; pickle finds it by name."""
+    name = "TrajectoryCallback__" + "__".join(p.replace(".", "_") for p in packages)
+    if name not in _BOTH:
+        bases = tuple(importlib.import_module(p).Callback for p in packages)
+        _BOTH[name] = type(name, (TrajectoryCallback, *bases), {"__module__": __name__})
+    return _BOTH[name]
+
+
+def __getattr__(name: str) -> type:  # unpickling (ddp_spawn) a callback made while both packages were imported
+    if name.startswith("TrajectoryCallback__"):
+        return _also_callback_of(tuple(p for p in _PACKAGES if p.replace(".", "_") in name.split("__")[1:]))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_BOTH: dict[str, type] = {}
+_UNSUPPORTED = ("FSDPStrategy", "DeepSpeed")  # ModelParallelStrategy (fully_shard) is supported
 
 
 class TrajectoryCallback(_callback_base()):
@@ -43,8 +75,14 @@ class TrajectoryCallback(_callback_base()):
     record of those weights carries, and the step Lightning's own loggers use). Writes on global
     rank zero only, runs the probes under the trainer's precision context, and resumes with the
     trainer's checkpoint.
+    Accepted by ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` alike. Under
+    ``ModelParallelStrategy`` (``fully_shard``) every rank joins the probe forward
+    (:mod:`trajhook.distributed`).
     Further keyword arguments go to :class:`trajhook.Recorder` (``metadata=``, ``wandb=``...).
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrajectoryCallback:
+        return super().__new__(_accepted_by_every_imported_trainer(cls))
 
     def __init__(
         self,
@@ -67,8 +105,8 @@ class TrajectoryCallback(_callback_base()):
         self._last_step: int | None = None
 
     @property
-    def state_key(self) -> str:
-        return self._generate_state_key(path=self.path)
+    def state_key(self) -> str:  # the same key whichever Lightning packages were imported
+        return f"TrajectoryCallback{ ({'path': self.path})!r}"
 
     # -- hooks: one line each ---------------------------------------------------------------------
 
@@ -98,14 +136,14 @@ class TrajectoryCallback(_callback_base()):
     # -- helpers ----------------------------------------------------------------------------------
 
     def _setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero or self.recorder is not None:
-            return
+        if stage != "fit" or self.recorder is not None:
+            return  # every rank makes a Recorder: it knows which rank writes and which ranks probe
         strategy = type(trainer.strategy).__name__
-        if any(s in strategy for s in _SHARDED):
+        if any(s in strategy for s in _UNSUPPORTED):
             raise TrajhookError(
-                f"TrajectoryCallback: strategy {strategy!r} shards the parameters, so a rank-zero probe "
-                "cannot run the model alone. HINT: use DDP or a single device, or record from a "
-                "checkpoint afterwards."
+                f"TrajectoryCallback: strategy {strategy!r} wraps the parameters in a way trajhook cannot probe. "
+                "HINT: use ModelParallelStrategy (fully_shard in configure_model), DDP or a single device, "
+                "or record from a checkpoint afterwards."
             )
         kwargs = dict(self.recorder_kwargs)
         if kwargs.get("wandb", "auto") == "auto":
@@ -120,6 +158,7 @@ class TrajectoryCallback(_callback_base()):
             **kwargs,
         )
         self.recorder.load_state_dict(self._loaded_state)
+        self.recorder_kwargs["overwrite"] = False  # a later fit() continues this store, never wipes it
         self.recorder.setup(pl_module)  # runs every probe once: bad inputs fail before training
 
     def _record_start(self, trainer: Any, pl_module: Any) -> None:

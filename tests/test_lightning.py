@@ -166,3 +166,14 @@ def test_a_second_fit_continues_the_same_store(tmp_path):
     model.eval()
     with torch.no_grad():
         np.testing.assert_array_equal(log["fixed"]["output"][-1], model(PROBE_X).numpy())
+
+
+def test_overwrite_applies_to_the_first_fit_of_a_callback_only(tmp_path):
+    path = tmp_path / "run.h5"
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=6, save_top_k=-1)
+    cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=3, overwrite=True)
+    trainer(tmp_path, [cb, ckpt_cb], max_steps=12).fit(Regressor(), data())
+    ckpt = sorted((tmp_path / "ckpt").glob("*step=6*.ckpt"))[0]
+    with pytest.warns(UserWarning, match=r"dropped 3 record\(s\) at step >= 6"):
+        trainer(tmp_path, [cb], max_steps=9).fit(Regressor(), data(), ckpt_path=ckpt)
+    assert load(path).steps.tolist() == [0, 3, 6, 9]  # the resumed fit kept the first fit's rows before 6

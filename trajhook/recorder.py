@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trajhook import distributed
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe, numpy_dtype
 from trajhook.schedule import Schedule, as_schedule
@@ -80,6 +81,8 @@ def check_recorder_args(path: str | os.PathLike, probes: Sequence[Probe], every_
             f"Recorder: path={path!r} is not a file path. HINT: pass a str or pathlib.Path, e.g. 'runs/log.h5'."
         )
     path = Path(path)
+    if not distributed.is_writer():
+        return path  # another rank writes the store: this one never touches the file
     if path.is_dir():
         raise TrajhookError(f"Recorder: path {str(path)!r} is a directory. HINT: pass a file path, e.g. 'runs/log.h5'.")
     try:
@@ -461,6 +464,8 @@ class Recorder:
         self._early: list[tuple[str, Any]] = []  # scalars and events logged before setup
         self._started = False
         self._closed = False
+        self._set_up = False
+        self._writes = distributed.is_writer()  # asked again at setup, once the process group exists
         self.recorded_steps: list[int] = []
         self._last_step = 0  # the highest step this session wrote (records, scalars, events)
         self._last_recorded: int | None = None  # this session's last record
@@ -473,12 +478,18 @@ class Recorder:
         """Set up every probe on the model's device, run each once, and open the store.
 
         Called by the first ``record``; call it yourself before training so that bad inputs
-        fail at once. Calling it again does nothing.
+        fail at once. Calling it again does nothing. Under ``torch.distributed`` only global rank
+        zero opens the store; see :mod:`trajhook.distributed` for which ranks run the probes.
         """
-        if self._writer is not None:
+        if self._set_up:
             return
         self._check_open("setup")
         self._check_forward_context()
+        model = distributed.probe_target(model)
+        self._writes = distributed.is_writer()
+        if not distributed.runs_probe(model):
+            self._set_up, self._early = True, []
+            return
         device = model_device(model)
         setup_nonfinite, warned = {}, set()
         for probe in self.probes:
@@ -491,7 +502,7 @@ class Recorder:
             missing = {k for k, spec in probe.outputs.items() if spec.nan_marks_missing}
             setup_nonfinite[probe.name] = {k: a for k, a in nonfinite.items() if k in missing}
             bad = [k for k, a in nonfinite.items() if k not in missing and a.any()]
-            if bad:
+            if bad and self._writes:
                 warned.add(probe.name)
                 warnings.warn(
                     f"Recorder: probe {probe.name!r} produced NaN or inf in {bad} at setup, before training; stored "
@@ -499,6 +510,9 @@ class Recorder:
                     "marks missing values by design, declare the output with nan_marks_missing=True.",
                     stacklevel=2,
                 )
+        if not self._writes:  # a sharded model: this rank joined the forwards; rank zero writes
+            self._set_up, self._early = True, []
+            return
         schema = {p.name: p.outputs for p in self.probes}
         store = StoreWriter(
             self.path,
@@ -514,6 +528,7 @@ class Recorder:
         trackers = {p.name: p.stage_tracker for p in self.probes if getattr(p, "stage_tracker", None) is not None}
         self._writer.stage_trackers = trackers  # opted in per probe (trajhook.analysis.online)
         self._writer.start()
+        self._set_up = True
         _open_recorders.add(self)
         early, self._early = self._early, []
         for kind, payload in early:
@@ -540,7 +555,11 @@ class Recorder:
                 f"Recorder.record: step {step} was already recorded in this session. HINT: pass the next step, "
                 "or call maybe_record(model, step), which skips a step that is already recorded."
             )
+        model = distributed.probe_target(model)
         self.setup(model)
+        if self._writer is None:  # another rank writes
+            self._follow(model, step)
+            return
         self._start(step)
         record = {}
         with probing(model), self.forward_context():
@@ -592,6 +611,8 @@ class Recorder:
         self._closed = True
         _open_recorders.discard(self)
         if self._writer is None:
+            if not self._writes:
+                return  # this rank never opened the store or the sinks
             if self._early:
                 warnings.warn(
                     f"Recorder: {len(self._early)} scalar/event call(s) were not written: no record ever ran, so "
@@ -745,7 +766,19 @@ class Recorder:
                 with self._writer.small_lock:
                     self._writer.drop_from_step = int(step)
 
+    def _follow(self, model: torch.nn.Module, step: int) -> None:
+        """On a rank that does not write: join the probe forwards if the parameters are sharded."""
+        if distributed.runs_probe(model):
+            with probing(model), self.forward_context():
+                for probe in self.probes:
+                    probe.run(model)
+        self._last_step = self._last_recorded = step  # the same step checks on every rank
+        if not self.recorded_steps or self.recorded_steps[-1] != step:
+            self.recorded_steps.append(step)  # the same cadence on every rank
+
     def _put_small(self, kind: str, payload: Any) -> None:
+        if not self._writes:
+            return  # one store and one set of panels: rank zero's
         if self._writer is None:  # before setup: keep it until the store is open
             self._early.append((kind, payload))
             return

@@ -11,6 +11,7 @@ is the bottom of the maze). The arrow at a cell is ``(P_right - P_left, P_up - P
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,16 +78,18 @@ def uint8_nhwc(obs: torch.Tensor) -> torch.Tensor:
 PREPROCESSORS: dict[str, Preprocess] = {"float_nchw": float_nchw, "uint8_nhwc": uint8_nhwc}
 
 
-def make_maze_env(seed: int, distribution_mode: str = "hard") -> Any:
-    """A one-environment procgen maze fixed to level ``seed`` (imports procgen here, not at import)."""
+def make_maze_env(seed: int, distribution_mode: str = "hard", num_levels: int = 1, rand_seed: int | None = None) -> Any:
+    """A one-environment procgen maze on levels ``seed .. seed + num_levels - 1`` (procgen imported here)."""
     procgen = require("procgen", "maze", "the maze probe")
+    extra = {} if rand_seed is None else {"rand_seed": int(rand_seed)}
     return procgen.ProcgenGym3Env(
         num=1,
         env_name="maze",
         start_level=int(seed),
-        num_levels=1,
+        num_levels=int(num_levels),
         distribution_mode=distribution_mode,
         num_threads=1,
+        **extra,
     )
 
 
@@ -157,8 +160,44 @@ def load_maze_level(seed: int, distribution_mode: str = "hard", env: Any = None)
     return MazeLevel(int(seed), distribution_mode, state, cells, render_cells(env, state, cells))
 
 
+def is_sb3_policy(model: Any) -> bool:
+    """Whether ``model`` looks like a Stable-Baselines3 policy (``obs_to_tensor`` and ``get_distribution``).
+
+    >>> is_sb3_policy(torch.nn.Linear(2, 2))
+    False
+    """
+    return callable(getattr(model, "obs_to_tensor", None)) and callable(getattr(model, "get_distribution", None))
+
+
+def _check_callable_with_obs(model: Any, probe: str) -> None:
+    """Raise, naming ``policy_fn``, when ``model(obs)`` cannot be the policy: no forward, or one needing more."""
+    forward = getattr(type(model), "forward", None)
+    name = type(model).__name__
+    if isinstance(model, torch.nn.Module) and forward is torch.nn.Module.forward:
+        raise TrajhookError(
+            f"MazeProbe {probe!r}: {name} has no forward(), so the probe cannot call model(obs). "
+            "HINT: pass policy_fn=lambda model, obs: <action logits (n, 15)>, e.g. for a cleanrl agent "
+            "policy_fn=lambda agent, obs: agent.actor(agent.network(obs.permute(0, 3, 1, 2) / 255.0)) with "
+            "preprocess='uint8_nhwc'."
+        )
+    try:
+        params = list(inspect.signature(model.forward if forward is not None else model).parameters.values())
+    except (TypeError, ValueError):
+        return
+    required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        args = ", ".join(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+        raise TrajhookError(
+            f"MazeProbe {probe!r}: {name}.forward({args}) needs more than the observation batch. "
+            f"HINT: pass policy_fn=lambda model, obs: ... calling it with the other arguments and returning "
+            "action logits (n, 15), a tuple led by them, or a Categorical."
+        )
+
+
 def _as_probs(out: Any, probe: str) -> torch.Tensor:
-    """Turn a policy output (logits, a tuple led by logits, or a Categorical) into probabilities."""
+    """Policy output (logits, a tuple led by logits, a Categorical, an SB3 distribution) to probabilities."""
+    if isinstance(getattr(out, "distribution", None), torch.distributions.Categorical):
+        return out.distribution.probs.float()  # a Stable-Baselines3 CategoricalDistribution
     if isinstance(out, torch.distributions.Categorical):
         return out.probs.float()
     if isinstance(out, tuple | list) and out:
@@ -187,7 +226,13 @@ class MazeProbe(Probe):
             ``(n, 3, 64, 64)``) or ``"uint8_nhwc"`` (raw frames, e.g. for cleanrl agents).
             Applied once at setup; the result is cached on the device.
         policy_fn: ``policy_fn(model, obs_batch) -> logits`` (or a tuple led by logits, or a
-            ``Categorical``) when ``model(obs_batch)`` is not the policy.
+            ``Categorical``) when ``model(obs_batch)`` is not the policy: a model without
+            ``forward`` (a cleanrl agent) or whose ``forward`` needs more than the batch.
+
+    A Stable-Baselines3 policy (``model.policy``) needs neither: without ``preprocess`` and
+    ``policy_fn`` the probe uses SB3's own preprocessing (``policy.obs_to_tensor``: channels
+    first; the policy scales images) and reads ``policy.get_distribution(obs).distribution.probs``.
+    Match ``distribution_mode`` to the training environment's (cleanrl trains on ``"easy"``).
 
     Records ``action_probs`` ``(n, 15)``, ``direction_probs`` ``(n, 5)`` over
     :data:`DIRECTIONS` and ``vectors`` ``(n, 2)`` = ``(P_right - P_left, P_up - P_down)``.
@@ -205,6 +250,8 @@ class MazeProbe(Probe):
         policy_fn: PolicyFn | None = None,
     ) -> None:
         super().__init__(name)
+        self._preprocess_given = preprocess is not None
+        self._sb3 = False
         self.seed = check_seed(f"MazeProbe {name!r}", seed)
         self.distribution_mode = check_distribution_mode(f"MazeProbe {name!r}", distribution_mode)
         if preprocess is None:
@@ -271,8 +318,14 @@ class MazeProbe(Probe):
             self.level = load_maze_level(self.seed, self.distribution_mode)
         level = self.level
         n = len(level.cells)
+        self._sb3 = self.policy_fn is None and is_sb3_policy(model)
+        if self.policy_fn is None and not self._sb3:
+            _check_callable_with_obs(model, self.name)
         obs = torch.from_numpy(level.observations).to(device)
-        self._inputs = self.preprocess(obs)
+        if self._sb3 and not self._preprocess_given:
+            self._inputs = model.obs_to_tensor(level.observations)[0]  # SB3's own: HWC to CHW, on its device
+        else:
+            self._inputs = self.preprocess(obs)
         self._directions = torch.from_numpy(direction_matrix()).to(device)
         self.add_output("action_probs", (n, N_ACTIONS), "float32")
         self.add_output("direction_probs", (n, len(DIRECTIONS)), "float32")
@@ -296,7 +349,10 @@ class MazeProbe(Probe):
         if self._inputs is None or self._directions is None:
             self._level()
             raise TrajhookError(f"MazeProbe {self.name!r}: run before setup. HINT: call setup(model, device) first.")
-        out = model(self._inputs) if self.policy_fn is None else self.policy_fn(model, self._inputs)
+        if self.policy_fn is not None:
+            out = self.policy_fn(model, self._inputs)
+        else:
+            out = model.get_distribution(self._inputs) if self._sb3 else model(self._inputs)
         action_probs = _as_probs(out, self.name)
         n = len(self.cells)
         if tuple(action_probs.shape) != (n, N_ACTIONS):

@@ -1,0 +1,77 @@
+"""The Recorder under real ``torchrun --nproc_per_node 2`` jobs (gloo, CPU): one store, rank zero's.
+
+Each launch runs a worker script from ``tests/distributed/`` under its own timeout, so a hang fails
+the test instead of stalling the suite. The workers save what an independent forward gives at every
+recorded step; the tests compare the store against it.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trajhook import load
+
+WORKERS = Path(__file__).parent / "distributed"
+
+
+def torchrun(script: str, out_dir: Path, timeout: float) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.Popen(
+        [*cmd, str(WORKERS / script), str(out_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a hang is killed with all the ranks, not just torchrun
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun {script} hung for {timeout} s:\n{stdout[-2000:]}{stderr[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+
+
+@pytest.mark.timeout(180)
+def test_ddp_and_fsdp_plain_loops_write_one_store_from_rank_zero(tmp_path):
+    torchrun("plain_loop.py", tmp_path, timeout=170)
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["ddp.h5", "fsdp.h5"]
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    rank1 = torch.load(tmp_path / "rank1.pt")
+    for kind in ("ddp", "fsdp"):
+        log = load(tmp_path / f"{kind}.h5")
+        assert log.steps.tolist() == [0, 3, 6, 9]
+        assert log.scalars["loss"].steps.tolist() == list(range(10))  # rank zero's scalars, once each
+        assert [(e.step, e.label) for e in log.events] == [(5, "halfway")]
+        expected = np.stack([rank0[kind][s].numpy() for s in (0, 3, 6, 9)])
+        # DDP: the unwrapped module's forward; FSDP: the forward of the gathered full weights
+        np.testing.assert_allclose(log["fixed"]["output"], expected, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(expected[0], expected[-1])  # the weights did change
+        assert rank0[f"{kind}_fds"]["open_while_training"]
+        assert not rank1[f"{kind}_fds"]["open_while_training"]  # rank one never opened the file
+        assert rank0[f"{kind}_fds"]["sink_calls"] == 6 and rank1[f"{kind}_fds"]["sink_calls"] == 0  # nor a sink
+
+
+@pytest.mark.timeout(240)
+def test_hf_trainer_and_lightning_ddp_and_fully_shard_write_one_store_from_rank_zero(tmp_path):
+    pytest.importorskip("transformers")
+    torchrun("frameworks.py", tmp_path, timeout=230)
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["hf.h5", "lit_ddp.h5", "lit_fsdp2.h5"]
+    expected = torch.load(tmp_path / "frameworks_rank0.pt")
+    assert expected["hf_ddp"] == "DistributedDataParallel"  # the HF Trainer really ran DDP
+    for name in ("hf", "lit_ddp", "lit_fsdp2"):
+        log = load(tmp_path / f"{name}.h5")
+        assert log.steps.tolist() == [0, 2, 4], name  # one writer: two would have doubled or broken the rows
+        want = np.stack([expected[name][s].numpy() for s in (0, 2, 4)])
+        np.testing.assert_allclose(log["fixed"]["output"], want, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert not np.allclose(want[0], want[-1])
+    hf_loss = expected["hf_loss"]  # rank zero's loss as HF logged it, at the step whose weights computed it
+    np.testing.assert_allclose(load(tmp_path / "hf.h5").scalars["loss"].values, [hf_loss[s] for s in range(1, 6)])

@@ -1,0 +1,1 @@
+"""Gymnasium environments, imported as ``trajhook.envs.<name>`` (each imports gymnasium and its backend)."""
