@@ -15,6 +15,7 @@ import torch
 from trajhook.errors import TrajhookError
 from trajhook.procgen_state import CHEESE, EMPTY, WALL, parse_maze_state
 
+pytestmark = pytest.mark.maze  # procgen: the maze environment (numpy<2)
 pytest.importorskip("procgen")
 
 from trajhook.probes.maze import MazeProbe, load_maze_level, make_maze_env
