@@ -13,3 +13,4 @@ _NEEDS = {
 }
 
 collect_ignore = [path for path, module in _NEEDS.items() if importlib.util.find_spec(module) is None]
+collect_ignore_glob = ["tests/distributed/*.py"]  # scripts that torchrun starts, not test modules
