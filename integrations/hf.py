@@ -16,14 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from trajhook.errors import TrajhookError
-
-try:
-    from transformers.trainer_callback import ExportableState, TrainerCallback
-except ImportError as err:  # pragma: no cover - the [hf] extra is missing
-    raise TrajhookError("trajhook.integrations.hf needs transformers. HINT: pip install 'trajhook[hf]'.") from err
-
+from trajhook.extras import require
 from trajhook.probes.base import Probe
 from trajhook.recorder import Recorder, check_recorder_args
+
+require("transformers", "hf", "trajhook.integrations.hf")
+from transformers.trainer_callback import ExportableState, TrainerCallback  # noqa: E402
 
 # The callbacks made in this process, by store path: HF's resume rebuilds a stateful callback as
 # ``TrajectoryCallback(**state["args"])``, and that call hands back the instance the user made.

@@ -16,16 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from trajhook.errors import TrajhookError
-
-try:
-    from stable_baselines3.common.callbacks import BaseCallback
-except ImportError as err:  # pragma: no cover - the [sb3] extra is missing
-    raise TrajhookError(
-        "trajhook.integrations.sb3 needs stable-baselines3. HINT: pip install 'trajhook[sb3]'."
-    ) from err
-
+from trajhook.extras import require
 from trajhook.probes.base import Probe
 from trajhook.recorder import Recorder, check_recorder_args
+
+require("stable_baselines3", "sb3", "trajhook.integrations.sb3")
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 
 
 class TrajectoryCallback(BaseCallback):

@@ -15,10 +15,11 @@ import torch
 from trajhook.errors import TrajhookError
 from trajhook.procgen_state import CHEESE, EMPTY, WALL, parse_maze_state
 
-pytestmark = pytest.mark.maze  # procgen: the maze environment (numpy<2)
 pytest.importorskip("procgen")
 
 from trajhook.probes.maze import MazeProbe, load_maze_level, make_maze_env
+
+pytestmark = pytest.mark.maze  # procgen: the maze environment (numpy<2)
 
 LEVELS = [("easy", 0), ("easy", 1), ("easy", 7), ("hard", 0), ("hard", 2), ("hard", 5)]
 REPO = Path(__file__).resolve().parents[1]

@@ -21,15 +21,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from trajhook.errors import TrajhookError
-
-try:
-    import gymnasium
-    from gymnasium import spaces
-except ImportError as err:  # pragma: no cover - the [maze] extra is missing
-    raise TrajhookError("trajhook.envs.maze needs gymnasium. HINT: pip install 'trajhook[maze]'.") from err
-
+from trajhook.extras import require
 from trajhook.probes.maze import N_ACTIONS, check_distribution_mode, check_seed, make_maze_env
 from trajhook.procgen_state import MazeState, parse_maze_state
+
+gymnasium = require("gymnasium", "maze", "trajhook.envs.maze")
+from gymnasium import spaces  # noqa: E402
 
 
 class ProcgenMazeEnv(gymnasium.Env):
