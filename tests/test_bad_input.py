@@ -238,7 +238,7 @@ CASES = [
     (lambda c: c.recorded(100, 50), r"Recorder\.record: step 50 is below step 100, which this session already wrote"),
     (
         lambda c: c.maybe_record_steps(0, 1, 0),
-        r"Recorder\.maybe_record: step 0 is below step 1, which this session already wrote\. HINT: pass steps",
+        r"Recorder\.maybe_record: step 0 is below step 1, which this session already wrote to its records\. HINT",
     ),
     (lambda c: c.recorded(3, 3), r"Recorder\.record: step 3 was already recorded in this session\. HINT"),
     (lambda c: c.recorded(2**70), r"Recorder\.record: step=1180591620717411303424 is outside 0\.\.2\*\*63-1.*HINT"),
@@ -247,10 +247,13 @@ CASES = [
     (lambda c: c.recorder().maybe_record(LINEAR, "3"), r"Recorder\.maybe_record: step='3' is not an integer\. HINT"),
     (lambda c: c.recorder().log_scalars(True, loss=1.0), r"Recorder\.log_scalars: step=True is not an integer"),
     (
-        lambda c: c.recorded(5).log_scalars(4, loss=1.0),
-        r"Recorder\.log_scalars: step 4 is below step 5, which this session already wrote",
+        lambda c: (rec := c.recorded(5), rec.log_scalars(5, loss=1.0), rec.log_scalars(4, loss=1.0)),
+        r"Recorder\.log_scalars: step 4 is below step 5, which this session already wrote to its scalars",
     ),
-    (lambda c: c.recorded(5).mark(4, "LR drop"), r"Recorder\.mark: step 4 is below step 5, which this session"),
+    (
+        lambda c: (rec := c.recorded(5), rec.mark(5, "warm-up ends"), rec.mark(4, "LR drop")),
+        r"Recorder\.mark: step 4 is below step 5, which this session already wrote to its events",
+    ),
     # -- scalars and marks --------------------------------------------------------------------------------------------
     (log_scalars(loss=torch.ones(3)), r"Recorder\.log_scalars: scalar 'loss' has shape \(3,\)\. HINT: pass one number"),
     (log_scalars(acc="high"), r"Recorder\.log_scalars: scalar acc='high' is not a number\. HINT: pass a float"),

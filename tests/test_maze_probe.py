@@ -343,7 +343,7 @@ def test_example_smoke_run_writes_store_animation_and_a_curve_from_the_store(tmp
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=120,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     for name in ("maze.h5", "maze.gif", "maze.mp4", "maze_vector_field.png", "maze_agreement.png"):

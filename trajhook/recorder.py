@@ -467,7 +467,10 @@ class Recorder:
         self._set_up = False
         self._writes = distributed.is_writer()  # asked again at setup, once the process group exists
         self.recorded_steps: list[int] = []
-        self._last_step = 0  # the highest step this session wrote (records, scalars, events)
+        # The highest step this session wrote, per table: each table's steps never decrease, which is
+        # what a resume's drop relies on. Tables are apart because a framework logs the loss at the
+        # step whose weights computed it, after the record of the next step (HF's on_log).
+        self._last_steps = {"record": 0, "scalar": 0, "event": 0}
         self._last_recorded: int | None = None  # this session's last record
         self._setup_dtypes: dict[str, dict[str, torch.dtype]] = {}
         self._scalar_names: set[str] = set()  # names already checked
@@ -536,8 +539,8 @@ class Recorder:
 
     def maybe_record(self, model: torch.nn.Module, step: int, **scalars: float | torch.Tensor) -> bool:
         """Log ``scalars`` at ``step``, and record the probes if ``step`` is due. Returns whether it recorded."""
-        if type(step) is not int or step < self._last_step:  # the one check on the hot path
-            step = self._checked_step(step, "maybe_record")
+        if type(step) is not int or step < self._last_steps["record"]:  # the one check on the hot path
+            step = self._checked_step(step, "maybe_record", "record")
         if scalars:
             self.log_scalars(step, **scalars)
         last = self.recorded_steps[-1] if self.recorded_steps else None
@@ -549,7 +552,7 @@ class Recorder:
     def record(self, model: torch.nn.Module, step: int) -> None:
         """Run every probe now and queue the record for the writer."""
         self._check_open("record")
-        step = self._checked_step(step, "record")
+        step = self._checked_step(step, "record", "record")
         if step == self._last_recorded:
             raise TrajhookError(
                 f"Recorder.record: step {step} was already recorded in this session. HINT: pass the next step, "
@@ -567,14 +570,14 @@ class Recorder:
                 record[probe.name] = self._checked(probe, self._run(probe, model, step), step)
             host, event = _start_copy_to_host(record)
         self._put_record((step, time.time(), host, event))
-        self._last_step = self._last_recorded = step
+        self._last_steps["record"] = self._last_recorded = step
         if not self.recorded_steps or self.recorded_steps[-1] != step:
             self.recorded_steps.append(step)
 
     def log_scalars(self, step: int, **scalars: float | torch.Tensor) -> None:
         """Log scalars (real numbers or one-element tensors, read off the device by the writer) at ``step``."""
         self._check_open("log_scalars")
-        step = self._checked_step(step, "log_scalars")
+        step = self._checked_step(step, "log_scalars", "scalar")
         values = {}
         for name, value in scalars.items():
             if name not in self._scalar_names:
@@ -582,15 +585,15 @@ class Recorder:
                 self._scalar_names.add(name)
             values[name] = _checked_scalar(name, value)
         self._put_small("scalars", (step, values))
-        self._last_step = step
+        self._last_steps["scalar"] = step
 
     def mark(self, step: int, label: str) -> None:
         """Mark an event such as ``"fine-tuning starts"`` at ``step``; plots draw it as a line."""
         self._check_open("mark")
-        step = self._checked_step(step, "mark")
+        step = self._checked_step(step, "mark", "event")
         _check_text("Recorder.mark: label", label, EVENT_LABEL_BYTES)
         self._put_small("event", (step, label))
-        self._last_step = step
+        self._last_steps["event"] = step
 
     def flush(self) -> None:
         """Wait until everything queued so far is written and committed."""
@@ -654,8 +657,8 @@ class Recorder:
                 "HINT: create a new Recorder on the same path; it resumes the store."
             )
 
-    def _checked_step(self, step: Any, method: str) -> int:
-        """``step`` as an int in [0, 2**63), not below the last step this session wrote."""
+    def _checked_step(self, step: Any, method: str, table: str) -> int:
+        """``step`` as an int in [0, 2**63), not below the last step this session wrote to ``table``."""
         if type(step) is not int:
             try:
                 if isinstance(step, bool | np.bool_):
@@ -671,9 +674,10 @@ class Recorder:
                 f"Recorder.{method}: step={step} is outside 0..2**63-1, the range the store holds. "
                 "HINT: pass the optimizer step, counted from 0."
             )
-        if step < self._last_step:
+        if step < self._last_steps[table]:
             raise TrajhookError(
-                f"Recorder.{method}: step {step} is below step {self._last_step}, which this session already wrote. "
+                f"Recorder.{method}: step {step} is below step {self._last_steps[table]}, which this session already "
+                f"wrote to its {table}s. "
                 "HINT: pass steps that never decrease (e.g. the optimizer step); to go back to an earlier "
                 "checkpoint, create a new Recorder on the same path: it resumes the store and drops the rows "
                 "from the first step it writes on."
@@ -772,7 +776,7 @@ class Recorder:
             with probing(model), self.forward_context():
                 for probe in self.probes:
                     probe.run(model)
-        self._last_step = self._last_recorded = step  # the same step checks on every rank
+        self._last_steps["record"] = self._last_recorded = step  # the same step checks on every rank
         if not self.recorded_steps or self.recorded_steps[-1] != step:
             self.recorded_steps.append(step)  # the same cadence on every rank
 
