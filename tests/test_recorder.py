@@ -275,9 +275,9 @@ def test_a_step_going_backwards_is_refused_and_a_later_resume_counts_right(store
     with Recorder(store_path, [TensorProbe("p", torch.ones(1, 4))], every_n_steps=1, wandb=False) as rec:
         rec.record(model, 100)
         rec.log_scalars(100, loss=1.0)
-        with pytest.raises(TrajhookError, match="step 50 is below step 100, .* to its records"):
+        with pytest.raises(TrajhookError, match=r"step 50 is below step 100, .* to its records"):
             rec.record(model, 50)
-        with pytest.raises(TrajhookError, match="step 50 is below step 100, .* to its scalars"):
+        with pytest.raises(TrajhookError, match=r"step 50 is below step 100, .* to its scalars"):
             rec.log_scalars(50, loss=1.0)
         rec.record(model, 101)
         rec.log_scalars(100, loss=2.0)  # each table has its own order: HF logs step 100's loss after record 101
