@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from trajhook import distributed
 from trajhook.errors import TrajhookError
 from trajhook.sinks.base import Sink
 
@@ -21,7 +22,7 @@ def resolve_sinks(wandb: Any = "auto", tensorboard: Any = None, sinks: Sequence[
     run), ``False``/``None``, a W&B run object, or a :class:`~trajhook.sinks.wandb.WandbSink`.
     ``tensorboard``: ``None``/``False``, a log folder, a ``SummaryWriter``, or a
     :class:`~trajhook.sinks.tensorboard.TensorBoardSink`. ``sinks``: further :class:`Sink` objects.
-    Only global rank zero (``RANK``) gets the W&B and TensorBoard sinks.
+    Only global rank zero (:func:`trajhook.distributed.is_writer`) gets the W&B and TensorBoard sinks.
 
     >>> resolve_sinks(wandb=False)
     []
@@ -39,7 +40,7 @@ def resolve_sinks(wandb: Any = "auto", tensorboard: Any = None, sinks: Sequence[
             "where MySink subclasses trajhook.sinks.base.Sink."
         )
     resolved = list(sinks)
-    rank_zero = os.environ.get("RANK", "0") == "0"  # other ranks of a torchrun job stay quiet
+    rank_zero = distributed.is_writer()  # other ranks of a torchrun job stay quiet
     if isinstance(wandb, WandbSink):
         wandb_sink = wandb
     elif wandb is True or (isinstance(wandb, str) and wandb == "auto") or is_run(wandb):
