@@ -217,6 +217,41 @@ def test_load_reports_a_truncated_file_as_corrupt(store_path):
         load(store_path)
 
 
+AFTER_A_FAILED_LOAD = textwrap.dedent(
+    """
+    import gc, sys
+    sys.path.insert(0, {tests!r})
+    from test_store import run
+    from trajhook import TrajhookError, load
+    gc.disable()  # the failed read's frames must be freed by reference counting, not by luck
+    try:
+        load({truncated!r})
+    except TrajhookError as err:
+        print("load failed:", "corrupt" in str(err), flush=True)
+    run({fresh!r}, range(0, 31))  # its writer thread opens datasets while the main thread waits in close()
+    print("second run finished", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_load_leaves_no_h5py_lock_held_for_the_next_recorder(tmp_path):
+    """A failed load once left h5py's global lock held in the main thread, by a ``.items()`` generator
+    suspended in a frame that the error's traceback kept alive: the next Recorder's writer thread hung."""
+    truncated, fresh = tmp_path / "truncated.h5", tmp_path / "fresh.h5"
+    run(truncated, range(0, 2000), every=1)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    code = AFTER_A_FAILED_LOAD.format(tests=os.path.dirname(__file__), truncated=str(truncated), fresh=str(fresh))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"the Recorder after a failed load hung: {err.stdout!r}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:2] == ["load failed: True", "second run finished"], proc.stdout
+    assert load(fresh).steps.tolist() == [0, 10, 20, 30]
+
+
 def test_a_store_from_before_the_generation_counter_loads_and_resumes(store_path):
     run(store_path, range(0, 31))
     with h5py.File(store_path, "r+", libver="latest") as f:  # the layout of the first stores: 4 counts

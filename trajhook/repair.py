@@ -32,6 +32,7 @@ from trajhook.store import (
     _open_swmr,
     abandon,
     create_store,
+    members,
     rows_inside_file,
 )
 
@@ -147,7 +148,7 @@ def salvage(path: str | os.PathLike) -> Salvage:
         for probe in probe_names:
             try:
                 group = file["probes"][probe]
-                specs = {k: OutputSpec(k, tuple(ds.shape[1:]), ds.dtype) for k, ds in group.items()}
+                specs = {k: OutputSpec(k, tuple(ds.shape[1:]), ds.dtype) for k, ds in members(group)}
             except CORRUPT_ERRORS as err:
                 problems.append(f"probe {probe!r} is lost ({type(err).__name__})")
                 continue

@@ -229,13 +229,26 @@ def corrupt_error(path: str | os.PathLike, err: BaseException, *, resuming: bool
     ).with_traceback(None)
 
 
+def members(group: h5py.Group | h5py.AttributeManager) -> list[tuple[str, Any]]:
+    """``list(group.items())``: a group's (name, member) pairs, or an attribute manager's (name, value).
+
+    Never loop over h5py's ``.items()`` or ``.values()`` directly: those generators hold h5py's
+    global lock (``phil``) while suspended between items. An exception raised in such a loop leaves
+    the generator suspended in the failed frame, and while a traceback keeps that frame alive (an
+    exception caught and kept, or a reference cycle that only the cyclic GC frees) the lock stays
+    held: every other thread that touches h5py, such as a Recorder's writer thread, then waits for it
+    forever. A list holds no lock.
+    """
+    return list(group.items())
+
+
 def read_schema(file: h5py.File) -> Schema:
     """The probe schema stored in an open file."""
     schema: Schema = {}
-    for name, group in file["probes"].items():
+    for name, group in members(file["probes"]):
         schema[name] = {
             key: OutputSpec(key, tuple(ds.shape[1:]), ds.dtype)
-            for key, ds in group.items()
+            for key, ds in members(group)
             if isinstance(ds, h5py.Dataset)
         }
     return schema
@@ -354,8 +367,8 @@ def tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Datase
     """Every appendable dataset of a store with the number of its committed rows."""
     yield file["steps"], counts[RECORDS]
     yield file["wall_time"], counts[RECORDS]
-    for group in file["probes"].values():
-        for ds in group.values():
+    for _, group in members(file["probes"]):
+        for _, ds in members(group):
             yield ds, counts[RECORDS]
     for key in ("step", "key", "value"):
         yield file["scalars"][key], counts[SCALARS]
@@ -408,7 +421,7 @@ class StoreWriter:
         self._pending_scalars: list[tuple[int, str, float]] = []
         self._pending_events: list[tuple[int, str]] = []
         self._chunk_rows = min(
-            (ds.chunks[0] for g in self.file["probes"].values() for ds in g.values() if hasattr(ds, "chunks")),
+            (ds.chunks[0] for _, g in members(self.file["probes"]) for _, ds in members(g) if hasattr(ds, "chunks")),
             default=_MAX_CHUNK_ROWS,
         )
 
@@ -739,7 +752,10 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
                 except TrajhookError:
                     raise
                 except CORRUPT_ERRORS as err:
-                    error = err
+                    # Without its traceback: kept in this frame, the traceback (which leads back to this
+                    # frame) would make a reference cycle holding every frame of the failed read, and
+                    # the arrays and h5py objects in them, until the cyclic GC happens to run.
+                    error = err.with_traceback(None)
             # A writer that reopens the store rewrites its metadata without SWMR ordering for a moment:
             # while it is alive, open again and read again, for up to a few seconds.
             if not (time.monotonic() < deadline and writer_alive(self.path)):
@@ -766,16 +782,16 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
                 ds.read_direct(out, np.s_[:count])
             return out
 
-        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()}
+        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in members(file.attrs)}
         self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
         self.steps = rows(file["steps"], n)
         self.wall_time = rows(file["wall_time"], n)
         self._probes = {}
-        for name, group in file["probes"].items():
+        for name, group in members(file["probes"]):
             static = file["static"][name]
             meta = json.loads(static.attrs["metadata"])
-            meta.update({k: ds[()] for k, ds in static.items()})
-            data = {key: rows(ds, n) for key, ds in group.items()}
+            meta.update({k: ds[()] for k, ds in members(static)})
+            data = {key: rows(ds, n) for key, ds in members(group)}
             self._probes[name] = ProbeLog(name, data, meta)
         names = [b.decode() for b in rows(file["scalars/names"], counts[SCALAR_NAMES])]
         steps = rows(file["scalars/step"], counts[SCALARS])
