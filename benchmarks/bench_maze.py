@@ -129,7 +129,7 @@ def training_throughput(steps: int, rounds: int, out_dir: str) -> list[Figure]:
             loops[label].append(fit(label == "with"))
     loop = {k: statistics.median(v) for k, v in loops.items()}
     whole = {k: statistics.median(v) for k, v in fits.items()}
-    every = inspect.signature(TrajectoryCallback).parameters["every_n_steps"].default
+    every = inspect.signature(TrajectoryCallback.__init__).parameters["every_n_steps"].default
     records = steps // every + 1
     return [
         Figure(

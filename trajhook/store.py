@@ -203,13 +203,14 @@ def rows_inside_file(ds: h5py.Dataset, count: int, file_size: int) -> int:
     past_end = []
 
     def check(info: Any) -> None:
-        if info.byte_offset + info.size > file_size:
+        if info.byte_offset is not None and info.byte_offset + info.size > file_size:
             past_end.append(info.chunk_offset[0])
 
-    if hasattr(ds.id, "chunk_iter"):  # one pass over the chunk index (get_chunk_info(i) is O(i) each)
-        ds.id.chunk_iter(check)
-    else:  # older h5py: the chunk of the last committed row, the one a truncation cuts first
-        check(ds.id.get_chunk_info_by_coord((count - 1 - (count - 1) % ds.chunks[0],) + (0,) * (ds.ndim - 1)))
+    # By coordinate, chunk by chunk: get_chunk_info(i) walks the index from the start each time, and
+    # h5py's chunk_iter left the writer thread of a later store hanging in h5py (seen with h5py 3.16).
+    rows = ds.chunks[0]
+    for start in range(0, count, rows):
+        check(ds.id.get_chunk_info_by_coord((start,) + (0,) * (ds.ndim - 1)))
     return min([count, *past_end])
 
 
