@@ -390,8 +390,9 @@ class Recorder:
     numpy and Python, so training is bit-identical with and without the Recorder.
 
     Steps are ints in 0..2**63-1 (numpy ints and integer 0-d tensors too) that never decrease
-    within one Recorder: a step below the last one it wrote, or a second record at the same step,
-    is a :class:`TrajhookError` at the call. A new Recorder on the same path (a resume from an
+    within one Recorder, table by table (records, scalars, events): a step below the last one it
+    wrote to that table, or a second record at the same step, is a :class:`TrajhookError` at the
+    call. A new Recorder on the same path (a resume from an
     earlier checkpoint) may start lower; its first write drops the rows from that step on.
 
     Args:
