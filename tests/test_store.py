@@ -280,3 +280,17 @@ def test_after_a_write_error_the_file_is_released_and_what_was_committed_stays(s
         rec.close()
     run(store_path, range(2, 4), every=1)  # the path can be opened again at once, as the hint says
     assert load(store_path).steps.tolist() == [0, 2, 3]
+
+
+def test_a_resume_keeps_earlier_events_that_were_added_after_later_ones(store_path):
+    """A live stage event lands at the step of its turn, after the marks of later steps."""
+    with Recorder(store_path, [probe()], every_n_steps=10, wandb=False) as rec:
+        for step in range(0, 31):
+            rec.maybe_record(Step(), step)
+        rec.mark(25, "LR drop")
+        rec._writer.put_small("event", (12, "candidate stage boundary (PCA turn; confirmed at step 30)"))
+    assert [(e.step, e.label[:6]) for e in load(store_path).events] == [(25, "LR dro"), (12, "candid")]
+    with pytest.warns(UserWarning, match=r"dropped 2 record\(s\) at step >= 20"):
+        run(store_path, range(20, 31))  # resume at 20: the mark at 25 goes, the event at 12 stays
+    events = load(store_path).events
+    assert [(e.step, e.label) for e in events] == [(12, "candidate stage boundary (PCA turn; confirmed at step 30)")]

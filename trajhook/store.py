@@ -527,16 +527,32 @@ class StoreWriter:
             return 0
         self.flush()
         dropped = 0
-        for index, key in ((RECORDS, "steps"), (SCALARS, "scalars/step"), (EVENTS, "events/step")):
+        for index, key in ((RECORDS, "steps"), (SCALARS, "scalars/step")):  # in step order (the Recorder checks)
             steps = self.file[key][: self.counts[index]]
             later = np.flatnonzero(steps >= step)
             if len(later):
                 if index == RECORDS:
                     dropped = self.counts[index] - int(later[0])
                 self.counts[index] = int(later[0])
+        self._drop_events_from(step)
         self.generation += 1  # rows past the new counts will be overwritten: readers must notice
         self._commit()
         return dropped
+
+    def _drop_events_from(self, step: int) -> None:
+        """Forget events at ``step`` or later, keeping earlier ones that come after them in the table.
+
+        Events are not in step order: a live stage event is added at the (earlier) step where a turn
+        happened, after the marks of later steps. The kept rows move down over the dropped ones
+        (rows past the count are free); the generation bump makes a concurrent reader read again.
+        """
+        steps = self.file["events/step"][: self.counts[EVENTS]]
+        kept = np.flatnonzero(steps < step)
+        if len(kept) < len(steps) and len(kept) and kept[-1] >= len(kept):  # the kept rows are not a prefix
+            labels = self.file["events/label"][: self.counts[EVENTS]]
+            self.file["events/step"][: len(kept)] = steps[kept]
+            self.file["events/label"][: len(kept)] = labels[kept]
+        self.counts[EVENTS] = len(kept)
 
     def add_record(self, step: int, wall_time: float, outputs: dict[str, dict[str, np.ndarray]]) -> None:
         if self.failed:
