@@ -48,6 +48,7 @@ def record_20(path, sink):
     with Recorder(path, [GridProbe()], every_n_steps=1, wandb=sink) as rec:
         for step in range(20):
             rec.maybe_record(model, step, loss=float(step))
+            rec.flush()  # the sink gets each step's items in step order, as from a real loop's pace
 
 
 @pytest.mark.timeout(120)
