@@ -524,6 +524,7 @@ class Recorder:
             {p.name: p.metadata for p in self.probes},
             metadata=self.metadata,
             overwrite=self.overwrite,
+            kinds={p.name: p.kind for p in self.probes},
         )
         self._sinks.open(self.probes, self.metadata)
         self._writer = _Writer(store, self._sinks, self.flush_every_s, self.max_queue, self.on_error)

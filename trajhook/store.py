@@ -28,7 +28,7 @@ from trajhook.errors import TrajhookError
 from trajhook.lock import WriterLock, writer_alive
 from trajhook.probes.base import OutputSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each probe group says which kind of probe wrote it (static/<probe> attr 'kind')
 SCALAR_NAME_BYTES = 128
 EVENT_LABEL_BYTES = 256
 # Large chunks: `load` reads uncompressed chunks straight into its arrays, near raw .npy speed at
@@ -317,7 +317,11 @@ def _append(ds: h5py.Dataset, start: int, rows: np.ndarray) -> None:
 
 
 def create_store(
-    path: Path, schema: Schema, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]
+    path: Path,
+    schema: Schema,
+    probe_metadata: Mapping[str, Mapping[str, Any]],
+    metadata: Mapping[str, Any],
+    kinds: Mapping[str, str] | None = None,
 ) -> h5py.File:
     """Create an empty store with every dataset the schema needs; SWMR is not on yet."""
     file = h5py.File(path, "w", libver="latest", locking=False)
@@ -335,7 +339,7 @@ def create_store(
             group = probes.create_group(name)
             for spec in outputs.values():
                 _create_appendable(group, spec.name, spec.shape, spec.dtype)
-            _write_probe_metadata(file, name, probe_metadata.get(name, {}))
+            _write_probe_metadata(file, name, probe_metadata.get(name, {}), (kinds or {}).get(name, "custom"))
         scalars = file.create_group("scalars")
         _create_appendable(scalars, "step", (), np.int64)
         _create_appendable(scalars, "key", (), np.int32)
@@ -353,8 +357,9 @@ def create_store(
     return file
 
 
-def _write_probe_metadata(file: h5py.File, name: str, meta: Mapping[str, Any]) -> None:
+def _write_probe_metadata(file: h5py.File, name: str, meta: Mapping[str, Any], kind: str) -> None:
     static = file.require_group("static").create_group(name)
+    static.attrs["kind"] = kind
     plain = {}
     for key, value in meta.items():
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
@@ -394,9 +399,11 @@ class StoreWriter:
         *,
         metadata: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        kinds: Mapping[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.schema = schema
+        self.kinds = dict(kinds or {})
         self.failed = False  # set by abandon(): the file handle is never touched again
         self.lock = WriterLock.acquire(self.path)  # before anything reads or writes the file
         resuming = self.path.exists() and self.path.stat().st_size > 0 and not overwrite
@@ -446,7 +453,7 @@ class StoreWriter:
     def _create(
         self, path: Path, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]
     ) -> h5py.File:
-        return create_store(path, self.schema, probe_metadata, metadata)
+        return create_store(path, self.schema, probe_metadata, metadata, self.kinds)
 
     def _create_aside(self, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]) -> None:
         """Create the store as ``<name>.new`` and rename it over ``path``; a failure leaves no new file."""
@@ -721,13 +728,35 @@ class Event:
     label: str
 
 
-class ProbeLog(Mapping[str, np.ndarray]):
-    """The recorded datasets of one probe: ``probe_log["vectors"]`` is an (N, ...) numpy array."""
+def guess_kind(outputs: Sequence[str], metadata: Mapping[str, Any]) -> str:
+    """The probe kind of a group in a format-1 store, which did not record it (format 2 does).
 
-    def __init__(self, name: str, data: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+    >>> guess_kind(["action_probs", "direction_probs", "vectors"], {"grid": 0, "cells": 0})
+    'maze'
+    >>> guess_kind(["token_loss"], {}), guess_kind(["token_loss", "target_logprob"], {}), guess_kind(["x"], {})
+    ('token_loss', 'prompts', 'custom')
+    """
+    if "vectors" in outputs and {"grid", "cells"} <= metadata.keys():
+        return "maze"
+    if "target_logprob" in outputs or "topk_ids" in outputs:
+        return "prompts"
+    if "token_loss" in outputs:
+        return "token_loss"
+    return "custom"
+
+
+class ProbeLog(Mapping[str, np.ndarray]):
+    """The recorded datasets of one probe: ``probe_log["vectors"]`` is an (N, ...) numpy array.
+
+    ``probe_log.kind`` says which probe wrote it (``"maze"``, ``"prompts"``, ``"token_loss"``,
+    ``"tensor"`` or ``"custom"``): readers dispatch on it, never on output names.
+    """
+
+    def __init__(self, name: str, data: dict[str, np.ndarray], metadata: dict[str, Any], kind: str = "custom") -> None:
         self.name = name
         self._data = data
         self.metadata = metadata
+        self.kind = kind
 
     def __getitem__(self, key: str) -> np.ndarray:
         try:
@@ -809,7 +838,9 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
             meta = json.loads(static.attrs["metadata"])
             meta.update({k: ds[()] for k, ds in members(static)})
             data = {key: rows(ds, n) for key, ds in members(group)}
-            self._probes[name] = ProbeLog(name, data, meta)
+            kind = static.attrs.get("kind")
+            kind = kind.decode() if isinstance(kind, bytes) else kind or guess_kind(list(data), meta)
+            self._probes[name] = ProbeLog(name, data, meta, str(kind))
         names = [b.decode() for b in rows(file["scalars/names"], counts[SCALAR_NAMES])]
         steps = rows(file["scalars/step"], counts[SCALARS])
         keys = rows(file["scalars/key"], counts[SCALARS])

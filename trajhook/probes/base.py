@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -99,7 +99,12 @@ class Probe:
     >>> probe.setup(torch.nn.Linear(2, 2), torch.device("cpu"))
     >>> probe.outputs["weight_norm"].describe()
     'weight_norm() float32'
+    >>> probe.kind  # stored with the probe's group; readers (CLI, sinks, report, serve) dispatch on it
+    'custom'
     """
+
+    kind: ClassVar[str] = "custom"
+    """What wrote a probe group: ``"maze"``, ``"prompts"``, ``"token_loss"``, ``"tensor"`` or ``"custom"``."""
 
     def __init__(self, name: str) -> None:
         self.name = check_name("probe", name)

@@ -241,6 +241,8 @@ class MazeProbe(Probe):
     :attr:`cheese` and :attr:`start` as ``(row, col)``.
     """
 
+    kind = "maze"
+
     def __init__(
         self,
         seed: int,

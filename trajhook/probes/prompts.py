@@ -100,6 +100,8 @@ class PromptProbe(Probe):
     boundary of the ``token_loss`` trajectory.
     """
 
+    kind = "prompts"
+
     def __init__(
         self,
         prompts: Mapping[str, str] | Sequence[str],

@@ -81,6 +81,8 @@ class TensorProbe(Probe):
     'output(4, 3) float32'
     """
 
+    kind = "tensor"
+
     def __init__(
         self,
         name: str,

@@ -74,6 +74,8 @@ class TokenLossProbe(Probe):
             (``True``: default parameters, ICL score of positions 500 and 50, clipped to the window).
     """
 
+    kind = "token_loss"
+
     def __init__(
         self,
         text_or_ids: str | Sequence[int] | np.ndarray | torch.Tensor,
