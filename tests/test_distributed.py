@@ -43,9 +43,12 @@ def torchrun(script: str, out_dir: Path, timeout: float) -> None:
 @pytest.mark.timeout(180)
 def test_ddp_and_fsdp_plain_loops_write_one_store_from_rank_zero(tmp_path):
     torchrun("plain_loop.py", tmp_path, timeout=170)
-    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["ddp.h5", "fsdp.h5"]
+    stores = ["ddp.h5", "fails_ddp.h5", "fails_fsdp.h5", "fsdp.h5", "split_ddp.h5", "split_fsdp.h5"]
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == stores
     rank0 = torch.load(tmp_path / "rank0.pt")
     rank1 = torch.load(tmp_path / "rank1.pt")
+    check_shared_probe_work(tmp_path, rank0, rank1)
+    check_failures(rank0["failures"], rank1["failures"])
     for kind in ("ddp", "fsdp"):
         log = load(tmp_path / f"{kind}.h5")
         assert log.steps.tolist() == [0, 3, 6, 9]
@@ -58,6 +61,35 @@ def test_ddp_and_fsdp_plain_loops_write_one_store_from_rank_zero(tmp_path):
         assert rank0[f"{kind}_fds"]["open_while_training"]
         assert not rank1[f"{kind}_fds"]["open_while_training"]  # rank one never opened the file
         assert rank0[f"{kind}_fds"]["sink_calls"] == 6 and rank1[f"{kind}_fds"]["sink_calls"] == 0  # nor a sink
+
+
+def check_shared_probe_work(tmp_path, rank0, rank1):
+    """Each rank ran its share of the micro-batches; the merged records equal one process's run of the same probes."""
+    for kind in ("ddp", "fsdp"):
+        log = load(tmp_path / f"split_{kind}.h5")
+        assert log.steps.tolist() == [1, 3]
+        for name, outputs in rank0["split"][kind].items():  # the last record: the final weights
+            for key, want in outputs.items():
+                np.testing.assert_allclose(log[name][key][-1], want.numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+        parts = rank0["split"][f"{kind}_parts"]
+        assert min(parts) >= 4 and sum(parts) % 2 == 1  # several micro-batches each, an odd total
+        if kind == "fsdp":  # every rank joins every forward: ceil(parts / 2) rounds per probe, padded
+            each = 2 * sum((n + 1) // 2 for n in parts)
+            assert rank0["split"]["fsdp_forwards"] == rank1["split"]["fsdp_forwards"] == each
+        else:  # a whole model per rank: the parts of both probes dealt round-robin
+            assert rank0["split"]["ddp_forwards"] == 2 * ((sum(parts) + 1) // 2)
+            assert rank1["split"]["ddp_forwards"] == 2 * (sum(parts) // 2)
+
+
+def check_failures(rank0, rank1):
+    """A probe failing on rank one raises the same TrajhookError on both ranks at once; TP is refused at setup."""
+    for kind in ("ddp", "fsdp"):
+        (message0, seconds0), (message1, seconds1) = rank0[kind], rank1[kind]
+        assert message0 == message1, kind
+        assert "bad input on rank one" in message0 and "on rank 1 of 2" in message0
+        assert seconds0 < 20 and seconds1 < 20, (kind, seconds0, seconds1)  # not the 60 s agreement timeout
+    for failures in (rank0, rank1):
+        assert "DTensor" in failures["tp"] and "'weight'" in failures["tp"] and "HINT" in failures["tp"]
 
 
 @pytest.mark.timeout(240)

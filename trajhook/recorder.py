@@ -491,14 +491,13 @@ class Recorder:
         self._check_forward_context()
         model = distributed.probe_target(model)
         self._writes = distributed.is_writer()
-        if not distributed.runs_probe(model):
-            self._set_up, self._early = True, []
-            return
-        device = model_device(model)
+        with probing(model), self.forward_context():  # every rank sets up and runs its share (distributed.py)
+            records = distributed.run_probes(
+                model, self.probes, self._first_attempt, self._first_check, setup_device=model_device(model)
+            )
         setup_nonfinite, warned = {}, set()
-        for probe in self.probes:
-            with probing(model), self.forward_context():
-                record = self._first_run(probe, model, device)
+        for probe in self.probes if records is not None else ():
+            record = records[probe.name]
             self._setup_dtypes[probe.name] = {k: t.dtype for k, t in record.items()}
             nonfinite = {
                 k: ~np.isfinite(t.detach().float().cpu().numpy()) for k, t in record.items() if t.is_floating_point()
@@ -562,15 +561,15 @@ class Recorder:
             )
         model = distributed.probe_target(model)
         self.setup(model)
+        with probing(model), self.forward_context():  # every rank runs its share; the writer gets the records
+            record = distributed.run_probes(
+                model, self.probes, lambda p, fn: self._run(p, fn, step), lambda p, r: self._checked(p, r, step)
+            )
+            host, event = _start_copy_to_host(record) if record is not None else ({}, None)
         if self._writer is None:  # another rank writes
-            self._follow(model, step)
+            self._follow(step)
             return
         self._start(step)
-        record = {}
-        with probing(model), self.forward_context():
-            for probe in self.probes:
-                record[probe.name] = self._checked(probe, self._run(probe, model, step), step)
-            host, event = _start_copy_to_host(record)
         self._put_record((step, time.time(), host, event))
         self._last_steps["record"] = self._last_recorded = step
         if not self.recorded_steps or self.recorded_steps[-1] != step:
@@ -687,10 +686,10 @@ class Recorder:
         return step
 
     @staticmethod
-    def _run(probe: Probe, model: torch.nn.Module, step: int) -> Any:
-        """``probe.run(model)``; an error names the probe and the step."""
+    def _run(probe: Probe, run: Callable[[], Any], step: int) -> Any:
+        """``run()``, a part of ``probe``'s work; an error names the probe and the step."""
         try:
-            return probe.run(model)
+            return run()
         except TrajhookError as err:
             raise TrajhookError(f"{err} (at step {step})") from err
         except Exception as err:
@@ -707,20 +706,26 @@ class Recorder:
                 "HINT: pass a callable that returns one, e.g. forward_context=lambda: torch.autocast('cpu')."
             )
 
-    def _first_run(self, probe: Probe, model: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
-        where = f"{type(probe).__name__} {probe.name!r}"
+    @staticmethod
+    def _first_attempt(probe: Probe, run: Callable[[], Any]) -> Any:
+        """``run()``, the probe's setup or a part of its first run; an error says so."""
         try:
-            probe.setup(model, device)
-            record = probe.run(model)
+            return run()
         except TrajhookError:
             raise
         except Exception as err:
             raise TrajhookError(
-                f"{where} failed on its first run at setup, before training: {type(err).__name__}: {err}. "
+                f"{type(probe).__name__} {probe.name!r} failed on its first run at setup, before training: "
+                f"{type(err).__name__}: {err}. "
                 "HINT: check that the probe's inputs fit the model (shape, dtype, device)."
             ) from err
+
+    def _first_check(self, probe: Probe, record: Any) -> dict[str, torch.Tensor]:
         if not probe.outputs:
-            raise TrajhookError(f"{where} declares no outputs. HINT: call self.add_output(...) in __init__ or setup.")
+            raise TrajhookError(
+                f"{type(probe).__name__} {probe.name!r} declares no outputs. "
+                "HINT: call self.add_output(...) in __init__ or setup."
+            )
         return self._checked(probe, record, step=None)
 
     def _checked(self, probe: Probe, record: Any, step: int | None) -> dict[str, torch.Tensor]:
@@ -772,12 +777,8 @@ class Recorder:
                 with self._writer.small_lock:
                     self._writer.drop_from_step = int(step)
 
-    def _follow(self, model: torch.nn.Module, step: int) -> None:
-        """On a rank that does not write: join the probe forwards if the parameters are sharded."""
-        if distributed.runs_probe(model):
-            with probing(model), self.forward_context():
-                for probe in self.probes:
-                    probe.run(model)
+    def _follow(self, step: int) -> None:
+        """On a rank that does not write (it ran its share of the probes): the same step bookkeeping."""
         self._last_steps["record"] = self._last_recorded = step  # the same step checks on every rank
         if not self.recorded_steps or self.recorded_steps[-1] != step:
             self.recorded_steps.append(step)  # the same cadence on every rank

@@ -152,5 +152,27 @@ class Probe:
         """Run the model on the cached inputs and return one record."""
         raise NotImplementedError(f"{type(self).__name__} must implement run(model).")
 
+    # -- sharing a record's work across ranks (optional; see trajhook.distributed) -------------
+
+    def split(self, ranks: int) -> int:
+        """Into how many parts one record's work splits when ``ranks`` ranks share it; 0: it does not split.
+
+        A probe that splits implements :meth:`run_part` and :meth:`merge`, such that
+        ``merge([run_part(model, i, n) for i in range(n)])`` equals ``run(model)``. Each part is one
+        forward of the model (under FSDP and ZeRO-3 every rank joins every forward). Rank zero merges.
+
+        >>> Probe("p").split(2)
+        0
+        """
+        return 0
+
+    def run_part(self, model: torch.nn.Module, part: int, parts: int) -> Any:
+        """Part ``part`` of ``parts`` of one record: one forward, returning tensors (any nesting of dicts/lists)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split: split() returns 0.")
+
+    def merge(self, partials: list[Any]) -> dict[str, torch.Tensor]:
+        """One record from every part's result, in order (on rank zero)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split: split() returns 0.")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -348,15 +348,31 @@ class MazeProbe(Probe):
 
     def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """One batched forward over all cells; returns action, direction probabilities and arrows."""
+        return self._forward(model, self._inputs, len(self.cells) if self.level is not None else 0)
+
+    def split(self, ranks: int) -> int:
+        """Cells split into one contiguous block per rank (when the cached inputs are one batched tensor)."""
+        return min(ranks, len(self.cells)) if ranks > 1 and isinstance(self._inputs, torch.Tensor) else 0
+
+    def run_part(self, model: torch.nn.Module, part: int, parts: int) -> dict[str, torch.Tensor]:
+        """One forward over block ``part`` of the cells."""
+        block = np.array_split(np.arange(len(self.cells)), parts)[part]
+        return self._forward(model, self._inputs[int(block[0]) : int(block[-1]) + 1], len(block))
+
+    def merge(self, partials: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The blocks concatenated in cell order."""
+        device = self._directions.device if self._directions is not None else None
+        return {key: torch.cat([p[key].to(device) for p in partials]) for key in partials[0]}
+
+    def _forward(self, model: torch.nn.Module, inputs: Any, n: int) -> dict[str, torch.Tensor]:
         if self._inputs is None or self._directions is None:
             self._level()
             raise TrajhookError(f"MazeProbe {self.name!r}: run before setup. HINT: call setup(model, device) first.")
         if self.policy_fn is not None:
-            out = self.policy_fn(model, self._inputs)
+            out = self.policy_fn(model, inputs)
         else:
-            out = model.get_distribution(self._inputs) if self._sb3 else model(self._inputs)
+            out = model.get_distribution(inputs) if self._sb3 else model(inputs)
         action_probs = _as_probs(out, self.name)
-        n = len(self.cells)
         if tuple(action_probs.shape) != (n, N_ACTIONS):
             raise TrajhookError(
                 f"MazeProbe {self.name!r}: the policy output has shape {tuple(action_probs.shape)}, expected "

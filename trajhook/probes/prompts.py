@@ -358,11 +358,39 @@ class PromptProbe(Probe):
 
     def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """One forward per micro-batch; from each, gather the recorded numbers, then drop its logits."""
+        n = self.split(1)
+        return self.merge([self.run_part(model, i, n) for i in range(n)])
+
+    def split(self, ranks: int) -> int:
+        """One part per micro-batch (they are planned at setup, the same on every rank)."""
         if not getattr(self, "_micro_batches", None):
-            self._fail(
-                "run() was called before setup()",
-                "call probe.setup(model, device) first (the Recorder does).",
-            )
+            self._fail("run() was called before setup()", "call probe.setup(model, device) first (the Recorder does).")
+        return len(self._micro_batches)
+
+    def run_part(self, model: torch.nn.Module, part: int, parts: int) -> dict[str, torch.Tensor]:
+        """The numbers micro-batch ``part`` contributes, in the order of its gather tables."""
+        batch = self._micro_batches[part]
+        logits = self._logits(model, batch)
+        out = {}
+        row, pos, tok, _ = batch.gathers["loss"]
+        if len(row):
+            out["loss"] = -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
+        row, pos, _ = batch.gathers["last"]
+        if len(row):
+            last = logits[row, pos].float()
+            out["topk_logprob"], out["topk_ids"] = last.log_softmax(-1).topk(self._k, dim=-1)
+            if self.full_logits:
+                out["logits"] = last.half()
+        row, pos, tok, _ = batch.gathers["target"]
+        if len(row):
+            out["target"] = gather_logprobs(logits, row, pos, tok, batch.runs["target"])
+        row, pos, tok, _ = batch.gathers["first"]
+        if len(row):
+            out["first"] = logits[row, pos, tok].float()
+        return out
+
+    def merge(self, partials: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Scatter every micro-batch's numbers into the record (target sums added in micro-batch order)."""
         n, device = len(self.prompt_ids), self._target_filled.device
         token_loss = torch.full((n * (self._max_len - 1),), float("nan"), device=device)
         total = torch.zeros(n * self.max_targets, device=device)
@@ -372,26 +400,19 @@ class PromptProbe(Probe):
         last_logits = None
         if self.full_logits:
             last_logits = torch.zeros((n, self.vocab_size), dtype=torch.float16, device=device)
-        for batch in self._micro_batches:
-            logits = self._logits(model, batch)
-            row, pos, tok, index = batch.gathers["loss"]
-            if len(row):
-                token_loss[index] = -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
-            row, pos, prompt = batch.gathers["last"]
-            if len(row):
-                last = logits[row, pos].float()
-                values, ids = last.log_softmax(-1).topk(self._k, dim=-1)
-                topk_logprob[prompt], topk_ids[prompt] = values, ids
+        for batch, out in zip(self._micro_batches, partials, strict=True):
+            out = {k: v.to(device) for k, v in out.items()}
+            if "loss" in out:
+                token_loss[batch.gathers["loss"][3]] = out["loss"]
+            if "topk_ids" in out:
+                prompt = batch.gathers["last"][2]
+                topk_logprob[prompt], topk_ids[prompt] = out["topk_logprob"], out["topk_ids"]
                 if last_logits is not None:
-                    last_logits[prompt] = last.half()
-                del last
-            row, pos, tok, slot = batch.gathers["target"]
-            if len(row):
-                total.index_add_(0, slot, gather_logprobs(logits, row, pos, tok, batch.runs["target"]))
-            row, pos, tok, slot = batch.gathers["first"]
-            if len(row):
-                first[slot] = logits[row, pos, tok].float()
-            del logits  # one micro-batch of logits at a time
+                    last_logits[prompt] = out["logits"]
+            if "target" in out:
+                total.index_add_(0, batch.gathers["target"][3], out["target"])
+            if "first" in out:
+                first[batch.gathers["first"][3]] = out["first"]
         record = {"token_loss": token_loss.reshape(n, self._max_len - 1)}
         if self.max_targets:
             filled = self._target_filled

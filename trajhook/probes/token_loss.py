@@ -208,14 +208,27 @@ class TokenLossProbe(Probe):
 
     def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """One forward per micro-batch of windows; keep each next token's loss."""
+        n = self.split(1)
+        return self.merge([self.run_part(model, i, n) for i in range(n)])
+
+    def split(self, ranks: int) -> int:
+        """One part per micro-batch of windows (planned at setup, the same on every rank)."""
         if not getattr(self, "_micro_batches", None):
             self._fail("run() was called before setup()", "call probe.setup(model, device) first (the Recorder does).")
+        return len(self._micro_batches)
+
+    def run_part(self, model: torch.nn.Module, part: int, parts: int) -> torch.Tensor:
+        """The losses of micro-batch ``part``'s tokens, in its gather table's order."""
+        batch = self._micro_batches[part]
+        logits = self._logits(model, batch)
+        row, pos, tok, _ = batch.gathers["loss"]
+        return -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
+
+    def merge(self, partials: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The flat ``token_loss`` record from every micro-batch's losses."""
         loss = torch.empty(self._n, device=self._device)
-        for batch in self._micro_batches:
-            logits = self._logits(model, batch)
-            row, pos, tok, index = batch.gathers["loss"]
-            loss[index] = -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
-            del logits
+        for batch, values in zip(self._micro_batches, partials, strict=True):
+            loss[batch.gathers["loss"][3]] = values.to(self._device)
         return {"token_loss": loss.half() if self.dtype == np.float16 else loss}
 
 
