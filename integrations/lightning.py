@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from trajhook import distributed
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
 from trajhook.recorder import Recorder, check_recorder_args
@@ -61,7 +62,6 @@ def __getattr__(name: str) -> type:  # unpickling (ddp_spawn) a callback made wh
 
 
 _BOTH: dict[str, type] = {}
-_UNSUPPORTED = ("FSDPStrategy", "DeepSpeed")  # ModelParallelStrategy (fully_shard) is supported
 
 
 class TrajectoryCallback(_callback_base()):
@@ -76,8 +76,8 @@ class TrajectoryCallback(_callback_base()):
     rank zero only, runs the probes under the trainer's precision context, and resumes with the
     trainer's checkpoint.
     Accepted by ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` alike. Under
-    ``ModelParallelStrategy`` (``fully_shard``) every rank joins the probe forward
-    (:mod:`trajhook.distributed`).
+    ``ModelParallelStrategy`` (``fully_shard``), ``FSDPStrategy`` and ``DeepSpeedStrategy`` stage 3
+    every rank joins each probe forward (:mod:`trajhook.distributed` says which object it calls).
     Further keyword arguments go to :class:`trajhook.Recorder` (``metadata=``, ``wandb=``...).
     """
 
@@ -138,13 +138,7 @@ class TrajectoryCallback(_callback_base()):
     def _setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit" or self.recorder is not None:
             return  # every rank makes a Recorder: it knows which rank writes and which ranks probe
-        strategy = type(trainer.strategy).__name__
-        if any(s in strategy for s in _UNSUPPORTED):
-            raise TrajhookError(
-                f"TrajectoryCallback: strategy {strategy!r} wraps the parameters in a way trajhook cannot probe. "
-                "HINT: use ModelParallelStrategy (fully_shard in configure_model), DDP or a single device, "
-                "or record from a checkpoint afterwards."
-            )
+        distributed.probe_target(pl_module, trainer)  # a sharding trajhook does not know fails here, before training
         kwargs = dict(self.recorder_kwargs)
         if kwargs.get("wandb", "auto") == "auto":
             kwargs["wandb"] = _wandb_logger_run(trainer) or "auto"
@@ -165,7 +159,7 @@ class TrajectoryCallback(_callback_base()):
         """Record the weights training starts from: step 0, or the step a checkpoint resumed at."""
         if self.recorder is not None:
             self._last_step = trainer.global_step
-            self.recorder.record(pl_module, trainer.global_step)
+            self.recorder.record(distributed.probe_target(pl_module, trainer), trainer.global_step)
 
     def _record_if_due(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
         step = trainer.global_step
@@ -175,7 +169,7 @@ class TrajectoryCallback(_callback_base()):
         loss = _loss_of(outputs) if self.log_loss else None
         if loss is not None:  # at the step whose weights computed it, as Lightning's own loggers do
             self.recorder.log_scalars(step - 1, loss=loss)
-        self.recorder.maybe_record(pl_module, step)
+        self.recorder.maybe_record(distributed.probe_target(pl_module, trainer), step)
 
     def _close(self) -> None:
         if self.recorder is not None:

@@ -20,8 +20,8 @@ from trajhook import load
 WORKERS = Path(__file__).parent / "distributed"
 
 
-def torchrun(script: str, out_dir: Path, timeout: float) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+def torchrun(script: str, out_dir: Path, timeout: float, **env_vars: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", **env_vars)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.Popen(
         [*cmd, str(WORKERS / script), str(out_dir)],
@@ -107,3 +107,28 @@ def test_hf_trainer_and_lightning_ddp_and_fully_shard_write_one_store_from_rank_
         assert not np.allclose(want[0], want[-1])
     hf_loss = expected["hf_loss"]  # rank zero's loss as HF logged it, at the step whose weights computed it
     np.testing.assert_allclose(load(tmp_path / "hf.h5").scalars["loss"].values, [hf_loss[s] for s in range(1, 6)])
+
+
+@pytest.mark.timeout(300)
+def test_zero3_fsdp2_fsdp1_under_hf_and_lightning_join_every_forward_and_keep_training_bit_identical(tmp_path):
+    """HF + DeepSpeed ZeRO-3, HF + Accelerate FSDP2, Lightning FSDPStrategy and DeepSpeedStrategy stage 3.
+
+    Accelerate's FSDP and Lightning's two strategies run on CPU only with test-only patches (said in
+    tests/distributed/engines.py); DeepSpeed itself runs unpatched on its CPU accelerator.
+    """
+    pytest.importorskip("deepspeed")
+    torchrun("engines.py", tmp_path, timeout=290, DS_ACCELERATOR="cpu")
+    engines = ["hf_fsdp2", "hf_zero3", "lit_deepspeed", "lit_fsdp1"]
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == [f"{e}.h5" for e in engines]  # one store each
+    results = torch.load(tmp_path / "engines_rank0.pt")
+    assert sorted(results) == engines
+    for name in engines:
+        log = load(tmp_path / f"{name}.h5")
+        assert log.steps.tolist() == [0, 2, 4], name
+        for key, want in results[name]["reference"].items():  # the last record: a forward of the gathered model
+            np.testing.assert_allclose(log["prompts"][key][-1], want.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+        assert not np.allclose(log["prompts"]["token_loss"][0], log["prompts"]["token_loss"][-1], equal_nan=True)
+        with_trajhook, plain = results[name]["trajhook"], results[name]["plain"]
+        assert sorted(with_trajhook) == sorted(plain) and len(plain) > 10
+        for key, value in plain.items():  # training is bit-identical with and without the one line
+            assert torch.equal(with_trajhook[key], value), (name, key)

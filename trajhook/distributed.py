@@ -176,12 +176,16 @@ def _check_dtensors(model: torch.nn.Module, fsdp2: Sequence[torch.nn.Module]) ->
         hsdp = mesh.ndim == 2 and isinstance(placements[0], Replicate)
         if id(param) not in managed or not dim0 or not (mesh.ndim == 1 or hsdp):
             raise _unknown(
-                f"parameter {name!r} is a DTensor on a {mesh.ndim}-D mesh {mesh.mesh_dim_names or ''} placed "
+                f"parameter {name!r} is a DTensor on a {mesh.ndim}-D mesh{_names(mesh)} placed "
                 f"{placements}{'' if id(param) in managed else ' outside any fully_shard module'} (tensor or "
                 "sequence parallel?)",
                 "record with FSDP2 (fully_shard on a 1-D mesh, or HSDP), DDP or ZeRO-3; or probe a checkpoint "
                 "afterwards.",
             )
+
+
+def _names(mesh: Any) -> str:
+    return f" {mesh.mesh_dim_names}" if mesh.mesh_dim_names else ""
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
