@@ -5,10 +5,13 @@ the test instead of stalling the suite. The workers save what an independent for
 recorded step; the tests compare the store against it.
 """
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +135,86 @@ def test_zero3_fsdp2_fsdp1_under_hf_and_lightning_join_every_forward_and_keep_tr
         assert sorted(with_trajhook) == sorted(plain) and len(plain) > 10
         for key, value in plain.items():  # training is bit-identical with and without the one line
             assert torch.equal(with_trajhook[key], value), (name, key)
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float, what: str) -> list[str]:
+    """Wait for every process (each in its own session); kill them all when one outlives ``timeout``."""
+    deadline, outputs = time.monotonic() + timeout, []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=max(1, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{what} hung for {timeout} s: " + " | ".join(p.communicate()[0][-2000:] for p in procs))
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-5000:]
+    return outputs
+
+
+@pytest.mark.timeout(150)
+def test_two_nodes_on_localhost_write_one_store_on_global_rank_zeros_node(tmp_path):
+    """Two ``torchrun --nnodes 2`` agents (c10d rendezvous on 127.0.0.1), each in its own node-local directory."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = []
+    for node in ("node_a", "node_b"):
+        (tmp_path / node).mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "trajhook-two-nodes"]
+        cmd += [str(WORKERS / "two_nodes.py")]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=tmp_path / node,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    wait_all(procs, 140, "two torchrun agents")
+    stores = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.h5"))
+    (rank0_node,) = [p.parent.name for p in tmp_path.glob("*/global_rank0")]  # the first agent may get rank 1
+    assert stores == [f"{rank0_node}/runs/two_nodes.h5"]  # exactly one store, on global rank zero's node
+    log = load(tmp_path / stores[0])
+    assert log.steps.tolist() == [0, 2, 4]
+    expected = torch.load(tmp_path / rank0_node / "expected.pt")
+    for name in ("grid", "ones"):  # one probe ran on each rank (whole probes dealt across ranks), merged on rank 0
+        want = np.stack([expected[s][name].numpy() for s in (0, 2, 4)])
+        np.testing.assert_allclose(log[name]["output"], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.timeout(200)
+def test_ray_train_torchtrainer_two_workers_one_store_bit_identical(tmp_path):
+    """examples/ray_train.py's loop under ``TorchTrainer`` (2 CPU workers, gloo), with and without trajhook."""
+    pytest.importorskip("ray.train")
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKERS / "ray_run.py"), str(tmp_path)],
+        env=dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    wait_all([proc], 190, "Ray Train")
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["ray.h5"]
+    log = load(tmp_path / "ray.h5")
+    assert log.steps.tolist() == [0, 4, 8]  # the record at 8 holds the final weights (9 updates)
+    with_trajhook, plain = torch.load(tmp_path / "with.pt"), torch.load(tmp_path / "without.pt")
+    assert sorted(with_trajhook) == sorted(plain)
+    for key, value in plain.items():
+        assert torch.equal(with_trajhook[key], value), key  # training is bit-identical with and without
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import ray_train
+
+    model = ray_train.build_model()
+    model.load_state_dict(with_trajhook)
+    with torch.no_grad():
+        for name, inputs in (("grid", ray_train.PROBE_GRID), ("corners", ray_train.PROBE_CORNERS)):
+            np.testing.assert_allclose(log[name]["output"][-1], model(inputs).numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(log["grid"]["output"][0], log["grid"]["output"][-1])
