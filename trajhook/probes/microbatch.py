@@ -116,6 +116,13 @@ def forward_arguments(model: Any) -> set[str]:
         params = inspect.signature(model.forward if hasattr(model, "forward") else model).parameters
     except (TypeError, ValueError):
         return set()
+    inner = getattr(model, "module", None)  # a wrapper forwarding (*args, **kwargs), e.g. an FSDP1 root
+    if (
+        isinstance(inner, torch.nn.Module)
+        and inner is not model
+        and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values())
+    ):
+        return forward_arguments(inner)
     return {p for p in ("attention_mask", "position_ids", "use_cache") if p in params}
 
 
