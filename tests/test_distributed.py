@@ -108,6 +108,9 @@ def test_hf_trainer_and_lightning_ddp_and_fully_shard_write_one_store_from_rank_
         want = np.stack([expected[name][s].numpy() for s in (0, 2, 4)])
         np.testing.assert_allclose(log["fixed"]["output"], want, rtol=1e-5, atol=1e-6, err_msg=name)
         assert not np.allclose(want[0], want[-1])
+    for rank in (0, 1):  # tensor parallel: the same clear error on both ranks, before any forward
+        refused = torch.load(tmp_path / f"frameworks_rank{rank}.pt")["lit_tp"]
+        assert "tensor_parallel_size=2" in refused and "HINT" in refused, refused
     hf_loss = expected["hf_loss"]  # rank zero's loss as HF logged it, at the step whose weights computed it
     np.testing.assert_allclose(load(tmp_path / "hf.h5").scalars["loss"].values, [hf_loss[s] for s in range(1, 6)])
 

@@ -3,7 +3,8 @@
 1. HF ``Trainer`` (DDP over gloo, set up by accelerate from torchrun's environment);
 2. Lightning ``strategy="ddp"``;
 3. Lightning ``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model`` (Lightning's
-   FSDP2; its ``FSDPStrategy`` needs a GPU).
+   FSDP2; its ``FSDPStrategy`` and ``DeepSpeedStrategy`` are in engines.py);
+4. ``ModelParallelStrategy`` with ``tensor_parallel_size=2``: refused at setup, on both ranks.
 
 Beside each TrajectoryCallback, a capture callback computes the probe's output by hand at every
 step (for the sharded model: the forward of the gathered full weights) and rank zero saves it.
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from trajhook import TensorProbe
+from trajhook.errors import TrajhookError
 from trajhook.integrations import hf, lightning
 
 out_dir = sys.argv[1]
@@ -150,6 +152,24 @@ for key, strategy in [
         enable_progress_bar=False,
         enable_model_summary=False,
     ).fit(model, DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4))
+
+# -- 4. a sharding trajhook does not know: ModelParallelStrategy with tensor parallel, refused at setup --------
+tp = pl.strategies.ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
+try:
+    pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=tp,
+        max_steps=1,
+        callbacks=[lightning.TrajectoryCallback(f"{out_dir}/lit_tp.h5", [TensorProbe("fixed", PROBE_X)])],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(LitRegressor(shard=False), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4))
+    results["lit_tp"] = None
+except TrajhookError as err:
+    results["lit_tp"] = str(err)
 
 torch.save(results, f"{out_dir}/frameworks_rank{rank}.pt")
 dist.barrier()
