@@ -70,12 +70,14 @@ def check_shared_probe_work(tmp_path, rank0, rank1):
     """Each rank ran its share of the micro-batches; the merged records equal one process's run of the same probes."""
     for kind in ("ddp", "fsdp"):
         log = load(tmp_path / f"split_{kind}.h5")
-        assert log.steps.tolist() == [1, 3]
+        assert log.steps.tolist() == [0, 2]
         for name, outputs in rank0["split"][kind].items():  # the last record: the final weights
             for key, want in outputs.items():
                 np.testing.assert_allclose(log[name][key][-1], want.numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
         parts = rank0["split"][f"{kind}_parts"]
         assert min(parts) >= 4 and all(n % 2 for n in parts)  # several micro-batches each, odd: padded
+        if kind == "fsdp":
+            assert rank0["split"]["fsdp_resharded"] == rank1["split"]["fsdp_resharded"] == [True, True]
         if kind == "fsdp":  # every rank joins every forward: ceil(parts / 2) rounds per probe, padded
             each = 2 * sum((n + 1) // 2 for n in parts)
             assert rank0["split"]["fsdp_forwards"] == rank1["split"]["fsdp_forwards"] == each

@@ -179,8 +179,11 @@ for kind in ("ddp", "fsdp"):
             loss.backward()
             opt.step()
             counter["n"] -= 1  # the training forward
-            rec.maybe_record(lm, step + 1)
-    split[f"{kind}_forwards"] = counter["n"]  # the probe forwards of the records at steps 1 and 3
+            rec.maybe_record(lm, step)  # records at 0 and 2 (after the last update)
+    split[f"{kind}_forwards"] = counter["n"]  # the probe forwards of the records at steps 0 and 2
+    if kind == "fsdp":  # after the probe every FSDP2 module is resharded, the root too (its forward leaves it full)
+        groups = [m._get_fsdp_state()._fsdp_param_group for m in (lm, lm.mix)]  # private: no public accessor
+        split["fsdp_resharded"] = [g.is_sharded for g in groups]
     split[f"{kind}_parts"] = [p.split(2) for p in probes]
     state = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:  # the same probes in one process, on the final weights
