@@ -62,7 +62,7 @@ def train_loop_per_worker(config: dict) -> None:
         rec.close()
     if config.get("weights") and rank == 0:  # the final weights, e.g. to compare runs
         torch.save(model.module.state_dict(), config["weights"])
-    ray.train.report({"loss": float(loss)})
+    ray.train.report({"loss": loss.item()})
 
 
 def fit(loop: object, config: dict, workers: int = 2, storage: str | None = None) -> object:
