@@ -223,3 +223,28 @@ def test_ray_train_torchtrainer_two_workers_one_store_bit_identical(tmp_path):
         for name, inputs in (("grid", ray_train.PROBE_GRID), ("corners", ray_train.PROBE_CORNERS)):
             np.testing.assert_allclose(log[name]["output"][-1], model(inputs).numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(log["grid"]["output"][0], log["grid"]["output"][-1])
+
+
+@pytest.mark.timeout(120)
+def test_a_failure_inside_a_sharded_forward_ends_the_job_after_the_short_agreement_timeout(tmp_path):
+    """Rank one fails inside the forward while rank zero waits in FSDP's all-gather: no 30-minute hang."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.Popen(
+        [*cmd, str(WORKERS / "fails_inside_forward.py")],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1", TRAJHOOK_AGREE_TIMEOUT_S="5"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    started = time.monotonic()
+    try:
+        output = proc.communicate(timeout=100)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the job hung after a failure inside a probe forward: " + proc.communicate()[0][-3000:])
+    assert proc.returncode != 0
+    assert "trajhook.errors.TrajhookError" in output and "out of memory inside the forward, on rank one" in output
+    assert "did not reach trajhook's agreement within 5 s" in output, output[-3000:]
+    assert time.monotonic() - started < 90

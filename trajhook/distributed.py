@@ -246,7 +246,7 @@ def _agree(group: Any, error: BaseException | None) -> None:
         messages: list[Any] = [None] * world_size()
         torch.distributed.all_gather_object(messages, None if error is None else str(error), group=group)
     except RuntimeError as err:  # a rank did not answer in time (it is stuck, or it died)
-        where = f"rank {rank()} failed: {error}. " if error is not None else ""
+        where = f"rank {rank()} failed: {str(error).rstrip('.')}. " if error is not None else ""
         raise TrajhookError(
             f"trajhook.distributed: {where}The other ranks did not reach trajhook's agreement within "
             f"{agree_timeout_s():g} s ({type(err).__name__}: {str(err)[:200]}). HINT: a probe forward failed or hung "
