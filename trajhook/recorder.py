@@ -385,7 +385,7 @@ class Recorder:
 
     One line in a training loop: ``rec.maybe_record(model, step, loss=loss)``. Scalars are logged
     at every call; the probes run when the step is due (for an int N: the first call, then
-    whenever ``step - last_recorded >= N``; see :mod:`trajhook.schedule`). Each probe run is in eval
+    each step that crosses a multiple of N, ``step // N > last // N``; see :mod:`trajhook.schedule`). Each probe run is in eval
     mode under ``no_grad``, and restores every module's train flag and the RNG states of torch,
     numpy and Python, so training is bit-identical with and without the Recorder.
 
