@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trajhook.errors import TrajhookError
+from trajhook.extras import require
 from trajhook.integrations.base import EveryNSteps, RecordingCallback
 from trajhook.probes.base import Probe
 
@@ -25,14 +27,14 @@ _PACKAGES = ("pytorch_lightning", "lightning.pytorch")  # two copies of the same
 
 def _callback_base() -> type:
     """The ``Callback`` of the Lightning package the user imported, else of ``pytorch_lightning``."""
-    for name in (*(n for n in _PACKAGES if n in sys.modules), *_PACKAGES):
-        try:
-            return importlib.import_module(name).Callback
-        except ImportError:
-            continue
-    raise TrajhookError(
-        "trajhook.integrations.lightning needs PyTorch Lightning. HINT: pip install 'trajhook[lightning]'."
-    )
+    for name in (n for n in _PACKAGES if n in sys.modules):
+        return sys.modules[name].Callback
+    try:
+        return require("pytorch_lightning", "lightning", "trajhook.integrations.lightning").Callback
+    except TrajhookError:  # the other package ships the same classes
+        with contextlib.suppress(ImportError):
+            return importlib.import_module("lightning.pytorch").Callback
+        raise
 
 
 def _accepted_by_every_imported_trainer(cls: type) -> type:

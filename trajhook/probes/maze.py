@@ -95,7 +95,7 @@ def make_maze_env(seed: int, distribution_mode: str = "hard", num_levels: int = 
 
 def procgen_version() -> str:
     """The installed procgen version, e.g. ``'0.10.7'``."""
-    import procgen
+    procgen = require("procgen", "maze", "the maze probe")
 
     return str(getattr(procgen, "__version__", "unknown")).strip()
 
