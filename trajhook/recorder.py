@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-import numpy as np
 import torch
 
 from trajhook import distributed
@@ -37,7 +36,15 @@ from trajhook.checks import (
 )
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
-from trajhook.probing import _start_copy_to_host, first_run, model_device, probing, run_probe, start_copy_to_host
+from trajhook.probing import (
+    _start_copy_to_host,
+    first_run,
+    model_device,
+    nonfinite_at_setup,
+    probing,
+    run_probe,
+    start_copy_to_host,
+)
 from trajhook.schedule import Schedule, as_schedule
 from trajhook.sinks.base import Sink, SinkSet
 from trajhook.sinks.resolve import resolve_sinks
@@ -172,12 +179,7 @@ class Recorder:
             with probing(model), self.forward_context():
                 record = first_run(probe, model, device)
             self._setup_dtypes[probe.name] = {k: t.dtype for k, t in record.items()}
-            nonfinite = {
-                k: ~np.isfinite(t.detach().float().cpu().numpy()) for k, t in record.items() if t.is_floating_point()
-            }
-            missing = {k for k, spec in probe.outputs.items() if spec.nan_marks_missing}
-            setup_nonfinite[probe.name] = {k: a for k, a in nonfinite.items() if k in missing}
-            bad = [k for k, a in nonfinite.items() if k not in missing and a.any()]
+            setup_nonfinite[probe.name], bad = nonfinite_at_setup(probe, record)
             if bad and self._writes:
                 warned.add(probe.name)
                 warnings.warn(
