@@ -323,14 +323,16 @@ class Recorder:
     def _run_probes(self, model: torch.nn.Module, step: int) -> dict[str, dict[str, torch.Tensor]]:
         """Run every probe on ``model`` under the probing guard: the one loop that runs probes at a step.
 
-        Returns probe name -> output name -> tensor (still on the device), each checked against
-        what the probe declared. How ranks share this work is decided here (:mod:`trajhook.distributed`).
+        Returns probe name -> output name -> tensor (still on the device). On the rank that writes,
+        each record is checked against what its probe declared; a rank that only joins the forwards
+        of a sharded model returns them unchecked. How ranks share this work is decided here
+        (:mod:`trajhook.distributed`).
         """
         with probing(model), self.forward_context():
-            return {
-                p.name: checked_record(p, run_probe(p, model, step), step, self._setup_dtypes.get(p.name))
-                for p in self.probes
-            }
+            record = {p.name: run_probe(p, model, step) for p in self.probes}
+        if self._writer is None:
+            return record
+        return {p.name: checked_record(p, record[p.name], step, self._setup_dtypes.get(p.name)) for p in self.probes}
 
     def _recorded(self, step: int) -> None:
         """``step`` was recorded (or, on a rank that does not write, joined): the same cadence on every rank."""
