@@ -79,7 +79,7 @@ class RecordingCallback:
         Between two training runs on this callback it marks the step the last one ended at (the
         step the next one continues from) and is written when the next one starts.
         """
-        name = f"{type(self).__name__}.mark"
+        name = f"{type(self).__name__.split('__')[0]}.mark"  # Lightning's both-packages subclass: its base's name
         check_text(f"{name}: label", label, EVENT_LABEL_BYTES)
         step = checked_step((self.step or 0) if step is None else step, "mark")
         if self.recorder is None:
