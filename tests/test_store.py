@@ -106,8 +106,8 @@ def test_a_killed_writer_loses_nothing_committed_and_the_store_resumes(store_pat
     assert log.scalars["loss"].steps.tolist() == list(range(21))
     run(store_path, range(21, 51))  # and resumes: the file is rebuilt from its committed rows
     log = load(store_path)
-    # a new session without the Recorder's state records at its first step, then every 10 after it
-    assert log.steps.tolist() == [0, 10, 20, 21, 31, 41]
+    # a new session without the Recorder's state records at its first step, then at each multiple of 10
+    assert log.steps.tolist() == [0, 10, 20, 21, 30, 40, 50]
     np.testing.assert_array_equal(log["p"]["output"], expected_rows(log.steps))
     assert log.scalars["loss"].steps.tolist() == list(range(51))
 
