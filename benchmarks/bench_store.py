@@ -12,7 +12,7 @@ writer thread does:
 3. ``trajhook.load`` of all records against ``np.load`` of the same three arrays from raw .npy
    files, both from a warm page cache (median of repeats). Goal: load <= 1.2x raw .npy.
 
-``none`` is trajhook's choice (``trajhook.store.COMPRESSION``). ``blosc-lz4`` and ``zstd`` need the
+``none`` is trajhook's choice (``trajhook.store.h5.COMPRESSION``). ``blosc-lz4`` and ``zstd`` need the
 ``hdf5plugin`` package, to write and to read; they are skipped when it is not installed.
 """
 
@@ -30,9 +30,9 @@ from collections.abc import Callable
 import numpy as np
 
 import trajhook
-from trajhook import store as store_module
 from trajhook.probes.base import OutputSpec
 from trajhook.store import StoreWriter
+from trajhook.store import h5 as store_module
 
 CELLS = 337
 OUTPUTS = {"action_probs": (CELLS, 15), "direction_probs": (CELLS, 5), "vectors": (CELLS, 2)}

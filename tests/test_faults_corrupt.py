@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 from trajhook import TrajhookError, load
-from trajhook.lock import WriterLock
 from trajhook.probes.base import OutputSpec
-from trajhook.store import StoreWriter
+from trajhook.store import StoreWriter, WriterLock
 
 SHAPE = (70, 15)
 RECORDS = 1200

@@ -170,7 +170,7 @@ def _datasets(group):
 @pytest.mark.timeout(120)
 def test_the_open_store_stays_within_twice_its_compacted_size_at_every_moment(store_path, tmp_path):
     """Issue 10 item 6: with a flush after every record, an open store once grew 6-30x its data."""
-    from trajhook.repair import repair
+    from trajhook.store.repair import repair
 
     big = TensorProbe("big", torch.rand(70, 15))  # 4 KiB a record, like a maze probe's action probs
     ratios = []

@@ -226,7 +226,7 @@ def _repair_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _repair(args: argparse.Namespace) -> None:
-    from trajhook.repair import repair
+    from trajhook.store.repair import repair
 
     out, found = repair(args.path, args.out)
     print(f"wrote {out}: saved {found.summary()}")
