@@ -54,18 +54,21 @@ def describe(log: TrajectoryLog) -> str:
 # -- choosing probes ---------------------------------------------------------------------------------
 
 
+# What each kind-based choice accepts: the probe kinds (``ProbeLog.kind``) that draw as a maze or as prompts.
+_KINDS = {"maze": ("maze",), "prompts": ("prompts", "token_loss")}
+
+
 def _is_maze(probe: Any) -> bool:
-    return "vectors" in probe and {"grid", "cells"} <= probe.metadata.keys()
+    return probe.kind in _KINDS["maze"]
 
 
 def _is_prompts(probe: Any) -> bool:
-    return "token_loss" in probe or "target_logprob" in probe
+    return probe.kind in _KINDS["prompts"]
 
 
 def _probe(log: TrajectoryLog, name: str | None, kinds: Sequence[str], purpose: str) -> str:
     """The probe ``name`` (checked), or the first probe of one of ``kinds`` ("maze", "prompts")."""
-    tests = {"maze": _is_maze, "prompts": _is_prompts}
-    fits = [n for k in kinds for n, p in log.items() if tests[k](p)]  # the first kind first
+    fits = [n for k in kinds for n, p in log.items() if p.kind in _KINDS[k]]  # the first kind first
     wanted = " or ".join(f"{k} probe" for k in kinds)
     if name is not None:
         if name not in log:
@@ -138,7 +141,7 @@ def _curves_args(parser: argparse.ArgumentParser) -> None:
 
 def _curves(args: argparse.Namespace) -> None:
     log = load(args.path)
-    with_targets = [n for n, p in log.items() if "target_logprob" in p]
+    with_targets = [n for n, p in log.items() if _is_prompts(p) and "target_logprob" in p]
     if args.probe is None and not with_targets:
         if not log.scalars:
             raise TrajhookError(
