@@ -304,13 +304,15 @@ class _Writer(threading.Thread):
         """
         warned = self.store.failed
         self.store.abandon()  # committed rows are on disk; the file is left as a crash leaves it
-        if isinstance(item, _FlushMarker):
-            item.done.set()
         if is_disk_full(err):  # HDF5's own message runs over several lines: say it plainly
             err = OSError(errno.ENOSPC, "No space left on device")
         if self.on_error != "warn" or not isinstance(err, Exception):
             self.error = err  # surfaced on the training thread at the next call
+            if isinstance(item, _FlushMarker):  # after the error is set: flush() must not return as if committed
+                item.done.set()
             return False
+        if isinstance(item, _FlushMarker):
+            item.done.set()
         if warned:
             return True
         warnings.warn(
@@ -608,6 +610,7 @@ class Recorder:
             self._raise_if_writer_failed()
             if not self._writer.is_alive():
                 raise TrajhookError(f"Recorder: the writer of {str(self.path)!r} stopped. HINT: create a new Recorder.")
+        self._raise_if_writer_failed()  # a flush that failed never returns as if it had committed
 
     def close(self) -> None:
         """Write everything queued, close the store and the sinks. Safe to call twice."""

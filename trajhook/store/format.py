@@ -7,6 +7,7 @@ Pure functions and constants; nothing here opens a file. The format is documente
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ import numpy as np
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import OutputSpec
 
-FORMAT_VERSION = 2  # 2: each probe group says which kind of probe wrote it (static/<probe> attr 'kind')
+FORMAT_VERSION = 3  # 2: each probe group records its kind (attr 'kind'); 3: a crc32 per row (/checksums)
 SCALAR_NAME_BYTES = 128
 EVENT_LABEL_BYTES = 256
 # Indices into the `committed` dataset: four row counts, then the generation, bumped by every
 # resume drop, so that a reader can tell that rows it read may have been rewritten meanwhile.
 RECORDS, SCALARS, EVENTS, SCALAR_NAMES, GENERATION = range(5)
+TABLE_NAMES = {RECORDS: "records", SCALARS: "scalars", EVENTS: "events", SCALAR_NAMES: "scalar_names"}
+"""The appendable tables, by their index in ``committed``; ``/checksums/<name>`` holds their row checksums."""
 KINDS = ("maze", "prompts", "token_loss", "tensor", "custom")
 """The probe kinds a store records (attr ``kind`` of ``static/<probe>``)."""
 
@@ -91,3 +94,32 @@ def schema_difference(stored: Schema, current: Schema) -> str | None:
                     f"probe {name!r} output {key!r}: stored {old[key].describe()}, now {new[key].describe()}"
                 )
     return "; ".join(problems) or None
+
+
+def table_columns(probe_outputs: Mapping[str, Sequence[str]]) -> dict[int, list[str]]:
+    """The datasets of each appendable table, in the order of the columns of ``/checksums/<table>``.
+
+    >>> table_columns({"maze": ["vectors"]})[RECORDS]
+    ['steps', 'wall_time', 'probes/maze/vectors']
+    """
+    return {
+        RECORDS: ["steps", "wall_time"] + [f"probes/{p}/{o}" for p, outs in probe_outputs.items() for o in outs],
+        SCALARS: ["scalars/step", "scalars/key", "scalars/value"],
+        EVENTS: ["events/step", "events/label"],
+        SCALAR_NAMES: ["scalars/names"],
+    }
+
+
+def row_checksums(rows: np.ndarray) -> np.ndarray:
+    """The zlib crc32 of each row's bytes (C order, as stored: little-endian), as uint32.
+
+    >>> row_checksums(np.array([1, 2], "<i8")).tolist() == [zlib.crc32(n.to_bytes(8, "little")) for n in (1, 2)]
+    True
+    >>> row_checksums(np.zeros((0, 3), "<f4")).shape
+    (0,)
+    """
+    rows = np.ascontiguousarray(rows)
+    if len(rows) == 0:
+        return np.zeros(0, np.uint32)
+    flat = rows.reshape(len(rows), -1).view(np.uint8).reshape(len(rows), -1)
+    return np.fromiter((zlib.crc32(row) for row in flat), np.uint32, len(rows))

@@ -284,3 +284,104 @@ def is_disk_full(err: BaseException) -> bool:
 
 def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+# -- reserving disk space before a flush ----------------------------------------------------------
+
+_FALLOC_KEEP_SIZE, _FALLOC_PUNCH_HOLE = 0x01, 0x02
+# Room for the metadata a flush adds (chunk index blocks, object header updates) beyond its new chunks.
+_METADATA_SLACK = 256 * 1024
+
+
+def _libc_fallocate() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate
+
+
+_FALLOCATE = _libc_fallocate()
+
+
+def allocate(fd: int, offset: int, length: int, mode: int = _FALLOC_KEEP_SIZE) -> bool:
+    """Linux ``fallocate``: blocks for ``[offset, offset + length)``, the file size unchanged.
+
+    Returns False where the filesystem cannot preallocate (then nothing is reserved); raises
+    OSError(ENOSPC) when the disk has no room.
+    """
+    if length <= 0:
+        return True
+    if _FALLOCATE is None:
+        return False
+    if _FALLOCATE(fd, mode, offset, length) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+def new_chunk_bytes(ds: h5py.Dataset, start: int, end: int) -> int:
+    """Bytes of the chunks that writing rows ``[start, end)`` of ``ds`` will newly allocate."""
+    if end <= start or ds.chunks is None:
+        return 0
+    rows = ds.chunks[0]
+    per_band = int(np.prod([-(-max(s, 1) // c) for s, c in zip(ds.shape[1:], ds.chunks[1:], strict=True)]))
+    chunk = int(np.prod(ds.chunks)) * ds.dtype.itemsize
+    total = 0
+    for band in range(start // rows, (end - 1) // rows + 1):
+        allocated = band * rows < ds.shape[0] and (
+            ds.id.get_chunk_info_by_coord((band * rows,) + (0,) * (ds.ndim - 1)).byte_offset is not None
+        )
+        if not allocated:
+            total += per_band * chunk
+    return total
+
+
+class SpaceReserve:
+    """Disk blocks held for the next flush, so that a full disk fails a flush before it writes a byte.
+
+    Before a flush writes, :meth:`ensure` preallocates (``fallocate``, keeping the file size) every
+    byte from the end of what it reserved before up to HDF5's end of file plus the chunks the
+    flush will allocate and some room for metadata. Every write of the flush then lands in blocks
+    the file already owns; ENOSPC comes from ``fallocate`` instead, before the store is touched.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reserved_to = 0  # every byte below this is allocated
+        self.supported = True
+
+    def ensure(self, file: h5py.File, writes: list[tuple[h5py.Dataset, int, int]]) -> None:
+        """Reserve room for writing rows ``[start, end)`` of each dataset in ``writes``."""
+        if not self.supported:
+            return
+        need = sum(new_chunk_bytes(ds, start, end) for ds, start, end in writes) + _METADATA_SLACK
+        target = int(file.id.get_filesize()) + need  # HDF5's max(end of file, end of allocated space)
+        if target <= self.reserved_to:
+            return
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            self.supported = allocate(fd, self.reserved_to, target - self.reserved_to)
+        except OSError as err:
+            raise OSError(err.errno, f"{err.strerror} (the next rows need {need / 2**20:.1f} MiB)") from None
+        finally:
+            os.close(fd)
+        self.reserved_to = target if self.supported else 0
+
+    def release(self) -> None:
+        """Give back the blocks reserved past the end of the (closed) file."""
+        if not self.supported or self.reserved_to == 0:
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                size = os.fstat(fd).st_size
+                allocate(fd, size, self.reserved_to - size, _FALLOC_KEEP_SIZE | _FALLOC_PUNCH_HOLE)
+            finally:
+                os.close(fd)
+        self.reserved_to = 0

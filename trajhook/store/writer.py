@@ -24,13 +24,17 @@ from trajhook.store.format import (
     SCALAR_NAME_BYTES,
     SCALAR_NAMES,
     SCALARS,
+    TABLE_NAMES,
     Schema,
     _dump_json,
+    row_checksums,
     schema_difference,
+    table_columns,
 )
 from trajhook.store.h5 import (
     _COMPACT_MIN_BYTES,
     _MAX_CHUNK_ROWS,
+    SpaceReserve,
     _append,
     _create_appendable,
     _first_line,
@@ -78,6 +82,10 @@ def create_store(
         events = file.create_group("events")
         _create_appendable(events, "step", (), np.int64)
         _create_appendable(events, "label", (), f"S{EVENT_LABEL_BYTES}")
+        checksums = file.create_group("checksums")
+        for index, columns in table_columns({p: list(outs) for p, outs in schema.items()}).items():
+            ds = _create_appendable(checksums, TABLE_NAMES[index], (len(columns),), np.uint32)
+            ds.attrs["columns"] = json.dumps(columns)
         # Allocated now, before SWMR: a lazily allocated counter breaks SWMR readers after a crash.
         file.create_dataset("committed", data=np.zeros(5, np.int64))
         file.flush()
@@ -100,7 +108,7 @@ def _write_probe_metadata(file: h5py.File, name: str, meta: Mapping[str, Any], k
 
 
 def tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Dataset, int]]:
-    """Every appendable dataset of a store with the number of its committed rows."""
+    """Every appendable dataset of a store with the number of its committed rows (checksums too, if any)."""
     yield file["steps"], counts[RECORDS]
     yield file["wall_time"], counts[RECORDS]
     for _, group in members(file["probes"]):
@@ -111,6 +119,19 @@ def tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Datase
     yield file["scalars/names"], counts[SCALAR_NAMES]
     for key in ("step", "label"):
         yield file["events"][key], counts[EVENTS]
+    if "checksums" in file:
+        for index, name in TABLE_NAMES.items():
+            yield file["checksums"][name], counts[index]
+
+
+def write_checksums(file: h5py.File, counts: Sequence[int]) -> None:
+    """Compute ``/checksums/<table>`` from the committed rows (a rebuild of a store that had none)."""
+    for index, name in TABLE_NAMES.items():
+        ds = file["checksums"][name]
+        columns = json.loads(ds.attrs["columns"])
+        n = int(counts[index])
+        crcs = np.stack([row_checksums(file[c][:n]) for c in columns], axis=1) if n else np.zeros((0, len(columns)))
+        _append(ds, 0, crcs.astype(np.uint32))
 
 
 class StoreWriter:
@@ -155,6 +176,8 @@ class StoreWriter:
                 raise self._open_error(err, resuming) from None
             raise
         self._scalar_index = {n: i for i, n in enumerate(self._scalar_names)}
+        self._reserve = SpaceReserve(self.path)
+        self._columns = {i: json.loads(self.file["checksums"][n].attrs["columns"]) for i, n in TABLE_NAMES.items()}
         self._pending_records: list[tuple[int, float, dict[str, dict[str, np.ndarray]]]] = []
         self._pending_scalars: list[tuple[int, str, float]] = []
         self._pending_events: list[tuple[int, str]] = []
@@ -169,8 +192,13 @@ class StoreWriter:
         if is_disk_full(err):
             return TrajhookError(
                 f"Recorder: no space left on the device of {str(self.path)!r} to "
-                f"{'resume' if resuming else 'create'} the store. "
-                + ("The store is unchanged: everything committed is still in it. " if resuming else "")
+                f"{'resume' if resuming else 'create'} the store ({_first_line(err)}). "
+                + (
+                    "The store is unchanged: everything committed is still in it. "
+                    if resuming
+                    else "A new store reserves the first chunk of every dataset (about 4 MiB for each probe "
+                    "output); no file was left. "
+                )
                 + "HINT: free disk space, or pass a path on another disk."
             )
         if resuming:
@@ -189,7 +217,12 @@ class StoreWriter:
         """Create the store as ``<name>.new`` and rename it over ``path``; a failure leaves no new file."""
         tmp = self.path.with_name(self.path.name + ".new")
         try:
-            self._create(tmp, probe_metadata, metadata).close()
+            file = self._create(tmp, probe_metadata, metadata)
+            try:  # the first flush's chunks: a disk too small for them fails now, not at the first record
+                first = [(ds, 0, 1) for ds, _ in self._tables(file, [0] * GENERATION)]
+                SpaceReserve(tmp).ensure(file, first)
+            finally:
+                file.close()
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -219,7 +252,8 @@ class StoreWriter:
             file = _open_swmr_writer(self.path)
         except OSError:  # a writer that crashed leaves the file flagged open: rebuild it from its rows
             file = None
-        if file is None or len(file["committed"]) <= GENERATION:  # also: a store from before generations
+        # also rebuilt: a store from before generations or checksums (format < 3), into the current format
+        if file is None or len(file["committed"]) <= GENERATION or "checksums" not in file:
             if file is not None:
                 file.close()
             self._rebuild(probe_metadata)
@@ -242,6 +276,8 @@ class StoreWriter:
                     new.attrs[key] = old.attrs[key]
                 for ds, n in self._tables(old, counts):
                     _append(new[ds.name], 0, ds[:n])
+                if "checksums" not in old:
+                    write_checksums(new, counts)
                 del new["static"]
                 old.copy(old["static"], new, "static")
                 new["committed"][: len(counts)] = counts
@@ -287,8 +323,10 @@ class StoreWriter:
         kept = np.flatnonzero(steps < step)
         if len(kept) < len(steps) and len(kept) and kept[-1] >= len(kept):  # the kept rows are not a prefix
             labels = self.file["events/label"][: self.counts[EVENTS]]
+            crcs = self.file["checksums/events"][: self.counts[EVENTS]]
             self.file["events/step"][: len(kept)] = steps[kept]
             self.file["events/label"][: len(kept)] = labels[kept]
+            self.file["checksums/events"][: len(kept)] = crcs[kept]
         self.counts[EVENTS] = len(kept)
 
     def add_record(self, step: int, wall_time: float, outputs: dict[str, dict[str, np.ndarray]]) -> None:
@@ -311,52 +349,66 @@ class StoreWriter:
         self._pending_events.append((step, label))
 
     def flush(self) -> None:
-        """Write buffered rows, then bump ``committed``. Readers see all of it or none."""
+        """Write buffered rows and their checksums, then bump ``committed``. Readers see all of it or none.
+
+        Before it writes, the flush reserves the disk space its writes need (:class:`SpaceReserve`):
+        a full disk fails the flush before the store is touched, so every earlier commit stays whole.
+        """
         if self.failed or not (self._pending_records or self._pending_scalars or self._pending_events):
             return
-        if self._pending_records:
-            self._write_records()
-        if self._pending_scalars:
-            self._write_scalars()
-        if self._pending_events:
-            steps, labels = zip(*self._pending_events, strict=True)
-            start = self.counts[EVENTS]
-            _append(self.file["events/step"], start, np.asarray(steps, np.int64))
-            _append(self.file["events/label"], start, np.array([s.encode() for s in labels]))
-            self.counts[EVENTS] += len(steps)
-            self._pending_events.clear()
+        writes = self._planned_writes()
+        self._reserve.ensure(self.file, [(self.file[name], start, start + len(rows)) for name, start, rows in writes])
+        for name, start, rows in writes:
+            _append(self.file[name], start, rows)
+        for index, table in TABLE_NAMES.items():
+            for name, start, rows in writes:
+                if name == f"checksums/{table}":
+                    self.counts[index] = start + len(rows)
+        self._pending_records.clear()
+        self._pending_scalars.clear()
+        self._pending_events.clear()
         self._commit()
 
-    def _write_records(self) -> None:
-        start = self.counts[RECORDS]
-        pending = self._pending_records
-        _append(self.file["steps"], start, np.array([r[0] for r in pending], np.int64))
-        _append(self.file["wall_time"], start, np.array([r[1] for r in pending], np.float64))
-        for probe, outputs in self.schema.items():
-            group = self.file["probes"][probe]
-            for key, spec in outputs.items():
-                rows = np.stack([r[2][probe][key] for r in pending]).astype(spec.dtype, copy=False)
-                _append(group[key], start, rows)
-        self.counts[RECORDS] += len(pending)
-        pending.clear()
-
-    def _write_scalars(self) -> None:
-        new_names = []
-        for _, name, _ in self._pending_scalars:
-            if name not in self._scalar_index:
-                self._scalar_index[name] = len(self._scalar_names)
-                self._scalar_names.append(name)
-                new_names.append(name.encode())
-        if new_names:
-            _append(self.file["scalars/names"], self.counts[SCALAR_NAMES], np.array(new_names))
-            self.counts[SCALAR_NAMES] += len(new_names)
-        start = self.counts[SCALARS]
-        steps, names, values = zip(*self._pending_scalars, strict=True)
-        _append(self.file["scalars/step"], start, np.asarray(steps, np.int64))
-        _append(self.file["scalars/key"], start, np.array([self._scalar_index[n] for n in names], np.int32))
-        _append(self.file["scalars/value"], start, np.asarray(values, np.float64))
-        self.counts[SCALARS] += len(steps)
-        self._pending_scalars.clear()
+    def _planned_writes(self) -> list[tuple[str, int, np.ndarray]]:
+        """``(dataset, first row, rows)`` for every buffered row, and for its table's checksums."""
+        columns: dict[int, dict[str, np.ndarray]] = {}
+        if self._pending_records:
+            pending = self._pending_records
+            data = {"steps": np.array([r[0] for r in pending], np.int64)}
+            data["wall_time"] = np.array([r[1] for r in pending], np.float64)
+            for probe, outputs in self.schema.items():
+                for key, spec in outputs.items():
+                    rows = np.stack([r[2][probe][key] for r in pending]).astype(spec.dtype, copy=False)
+                    data[f"probes/{probe}/{key}"] = rows
+            columns[RECORDS] = data
+        if self._pending_scalars:
+            new_names = []
+            for _, name, _ in self._pending_scalars:
+                if name not in self._scalar_index:
+                    self._scalar_index[name] = len(self._scalar_names)
+                    self._scalar_names.append(name)
+                    new_names.append(name.encode())
+            if new_names:
+                columns[SCALAR_NAMES] = {"scalars/names": np.array(new_names, f"S{SCALAR_NAME_BYTES}")}
+            steps, names, values = zip(*self._pending_scalars, strict=True)
+            columns[SCALARS] = {
+                "scalars/step": np.asarray(steps, np.int64),
+                "scalars/key": np.array([self._scalar_index[n] for n in names], np.int32),
+                "scalars/value": np.asarray(values, np.float64),
+            }
+        if self._pending_events:
+            steps, labels = zip(*self._pending_events, strict=True)
+            columns[EVENTS] = {
+                "events/step": np.asarray(steps, np.int64),
+                "events/label": np.array([s.encode() for s in labels], f"S{EVENT_LABEL_BYTES}"),
+            }
+        writes = []
+        for index, data in columns.items():
+            start = self.counts[index]
+            writes += [(name, start, data[name]) for name in self._columns[index]]
+            crcs = np.stack([row_checksums(data[name]) for name in self._columns[index]], axis=1)
+            writes.append((f"checksums/{TABLE_NAMES[index]}", start, crcs))
+        return writes
 
     def _commit(self) -> None:
         self.file["committed"][:] = [*self.counts, self.generation]
@@ -380,6 +432,7 @@ class StoreWriter:
         except BaseException:
             self.abandon()
             raise
+        self._reserve.release()
         try:
             dead = self.path.stat().st_size - live
             if dead > max(_COMPACT_MIN_BYTES, live // 4):
@@ -404,6 +457,8 @@ class StoreWriter:
         self.failed = True
         if self.file is not None:
             abandon(self.file)
+            if hasattr(self, "_reserve"):  # the blocks held past the end of the file; the file stays as it is
+                self._reserve.release()
         self.lock.release()
 
 
