@@ -25,11 +25,15 @@ from trajhook.store.format import (
     SCALAR_NAME_BYTES,
     SCALAR_NAMES,
     SCALARS,
+    TABLE_NAMES,
     Schema,
     _dump_json,
     _json_default,
+    damaged_rows,
     guess_kind,
+    row_checksums,
     schema_difference,
+    table_columns,
 )
 from trajhook.store.h5 import (
     _CHUNK_BYTES,
@@ -58,7 +62,7 @@ from trajhook.store.h5 import (
     rows_inside_file,
 )
 from trajhook.store.lock import WriterLock, lock_path, writer_alive
-from trajhook.store.reader import Event, ProbeLog, Series, TrajectoryLog, _generation, load
+from trajhook.store.reader import Damage, Event, ProbeLog, Series, TrajectoryLog, _generation, load, verify
 from trajhook.store.writer import StoreWriter, _write_probe_metadata, create_store, tables, warn_dropped
 
 __all__ = [
@@ -72,6 +76,7 @@ __all__ = [
     "SCALARS",
     "SCALAR_NAMES",
     "SCALAR_NAME_BYTES",
+    "Damage",
     "Event",
     "ProbeLog",
     "Schema",
@@ -93,6 +98,7 @@ __all__ = [
     "rows_inside_file",
     "schema_difference",
     "tables",
+    "verify",
     "warn_dropped",
     "writer_alive",
 ]

@@ -123,3 +123,19 @@ def row_checksums(rows: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.uint32)
     flat = rows.reshape(len(rows), -1).view(np.uint8).reshape(len(rows), -1)
     return np.fromiter((zlib.crc32(row) for row in flat), np.uint32, len(rows))
+
+
+def damaged_rows(columns: Sequence[np.ndarray], stored: np.ndarray) -> np.ndarray:
+    """Indices of the rows whose checksums, over ``columns`` (one array per dataset), differ from ``stored``.
+
+    >>> values = np.arange(6, dtype="<f4").reshape(3, 2)
+    >>> stored = row_checksums(values)[:, None]
+    >>> values[1, 0] = -1.0
+    >>> damaged_rows([values], stored).tolist()
+    [1]
+    """
+    n = len(stored)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    computed = np.stack([row_checksums(c[:n]) for c in columns], axis=1)
+    return np.flatnonzero((computed != np.asarray(stored).reshape(n, -1)).any(axis=1))

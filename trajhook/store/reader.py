@@ -16,7 +16,16 @@ import h5py
 import numpy as np
 
 from trajhook.errors import TrajhookError
-from trajhook.store.format import EVENTS, GENERATION, RECORDS, SCALAR_NAMES, SCALARS, guess_kind
+from trajhook.store.format import (
+    EVENTS,
+    GENERATION,
+    RECORDS,
+    SCALAR_NAMES,
+    SCALARS,
+    TABLE_NAMES,
+    damaged_rows,
+    guess_kind,
+)
 from trajhook.store.h5 import (
     _REOPEN_WINDOW_S,
     CORRUPT_ERRORS,
@@ -74,16 +83,51 @@ class ProbeLog(Mapping[str, np.ndarray]):
         return f"ProbeLog({self.name!r}: {shapes})"
 
 
+@dataclass(frozen=True)
+class Damage:
+    """What :func:`verify` found: the steps of rows whose stored checksum no longer matches their values.
+
+    ``checked`` is False for a store written before checksums (format < 3): nothing could be checked.
+    """
+
+    path: Path
+    checked: bool
+    records: list[int]  # steps of damaged records
+    scalars: list[int]  # steps of damaged scalar values
+    events: list[int]  # steps of damaged events
+    scalar_names: list[int]  # positions of damaged scalar names
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.scalars or self.events or self.scalar_names)
+
+    def summary(self) -> str:
+        """E.g. ``"damaged records at steps [30, 31]"``; ``"no damage found"``."""
+        parts = [
+            f"damaged {what} at {unit} {values}"
+            for what, unit, values in (
+                ("records", "steps", self.records),
+                ("scalar values", "steps", self.scalars),
+                ("events", "steps", self.events),
+                ("scalar names", "positions", self.scalar_names),
+            )
+            if values
+        ]
+        return "; ".join(parts) or "no damage found"
+
+
 class TrajectoryLog(Mapping[str, ProbeLog]):
     """A read-only snapshot of a store: the committed rows at the time of :func:`load`.
 
     ``log.steps`` and ``log.wall_time`` are (N,) arrays; ``log["maze"]["vectors"]`` is
     (N, ...) with ``log["maze"].metadata``; ``log.scalars["loss"]`` is a :class:`Series`;
     ``log.events`` a list of :class:`Event`; ``log.metadata`` the Recorder's metadata.
+    With ``verify=True``, ``log.damage`` is the :class:`Damage` its checksums reveal.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, verify: bool = False) -> None:
         self.path = Path(path)
+        self._verify = verify
+        self.damage: Damage | None = None
         deadline = time.monotonic() + _REOPEN_WINDOW_S
         while True:
             with open_for_reading(self.path) as file:
@@ -129,31 +173,49 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
         self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in members(file.attrs)}
         self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
-        self.steps = rows(file["steps"], n)
-        self.wall_time = rows(file["wall_time"], n)
+        columns = {"steps": rows(file["steps"], n), "wall_time": rows(file["wall_time"], n)}
+        self.steps, self.wall_time = columns["steps"], columns["wall_time"]
         self._probes = {}
         for name, group in members(file["probes"]):
             static = file["static"][name]
             meta = json.loads(static.attrs["metadata"])
             meta.update({k: ds[()] for k, ds in members(static)})
             data = {key: rows(ds, n) for key, ds in members(group)}
+            columns.update({f"probes/{name}/{key}": value for key, value in data.items()})
             kind = static.attrs.get("kind")
             kind = kind.decode() if isinstance(kind, bytes) else kind or guess_kind(list(data), meta)
             self._probes[name] = ProbeLog(name, data, meta, str(kind))
-        names = [b.decode() for b in rows(file["scalars/names"], counts[SCALAR_NAMES])]
-        steps = rows(file["scalars/step"], counts[SCALARS])
-        keys = rows(file["scalars/key"], counts[SCALARS])
-        values = rows(file["scalars/value"], counts[SCALARS])
+        for table, keys in ((SCALAR_NAMES, ["names"]), (SCALARS, ["step", "key", "value"])):
+            columns.update({f"scalars/{key}": rows(file["scalars"][key], counts[table]) for key in keys})
+        columns.update({f"events/{key}": rows(file["events"][key], counts[EVENTS]) for key in ("step", "label")})
+        names = [b.decode() for b in columns["scalars/names"]]
+        steps, keys, values = columns["scalars/step"], columns["scalars/key"], columns["scalars/value"]
         self.scalars = {name: Series(steps[keys == i], values[keys == i]) for i, name in enumerate(names)}
         self.events = [
             Event(int(s), label.decode())
-            for s, label in zip(
-                rows(file["events/step"], counts[EVENTS]),
-                rows(file["events/label"], counts[EVENTS]),
-                strict=True,
-            )
+            for s, label in zip(columns["events/step"], columns["events/label"], strict=True)
         ]
+        if self._verify:
+            self.damage = self._check(file, counts, columns, rows)
         return _generation(counts)
+
+    def _check(self, file: h5py.File, counts: list[int], columns: dict[str, np.ndarray], rows: Any) -> Damage:
+        """Compare every committed row with its stored checksum."""
+        if "checksums" not in file:
+            return Damage(self.path, False, [], [], [], [])
+        bad = {}
+        for index, table in TABLE_NAMES.items():
+            ds = file["checksums"][table]
+            names = json.loads(ds.attrs["columns"])
+            bad[index] = damaged_rows([columns[c] for c in names], rows(ds, counts[index]))
+        return Damage(
+            self.path,
+            True,
+            records=columns["steps"][bad[RECORDS]].tolist(),
+            scalars=columns["scalars/step"][bad[SCALARS]].tolist(),
+            events=columns["events/step"][bad[EVENTS]].tolist(),
+            scalar_names=bad[SCALAR_NAMES].tolist(),
+        )
 
     def __getitem__(self, name: str) -> ProbeLog:
         try:
@@ -176,8 +238,12 @@ def _generation(committed: Sequence[int]) -> int:
     return int(committed[GENERATION]) if len(committed) > GENERATION else 0
 
 
-def load(path: str | os.PathLike) -> TrajectoryLog:
+def load(path: str | os.PathLike, verify: bool = False) -> TrajectoryLog:
     """Read a trajhook store, also one that is still being written or whose writer crashed.
+
+    ``verify=True`` also checks every committed row against its stored crc32 (format 3) and
+    raises a TrajhookError naming the steps of damaged rows; it costs a few times a plain load
+    (``benchmarks/bench_store.py``), so it is not the default.
 
     >>> import tempfile, torch, trajhook
     >>> path = tempfile.mkdtemp() + "/run.h5"
@@ -189,5 +255,37 @@ def load(path: str | os.PathLike) -> TrajectoryLog:
     >>> log = trajhook.load(path)
     >>> log.steps.tolist(), log["linear"]["output"].shape, len(log.scalars["loss"].steps)
     ([0, 10, 20], (3, 1, 1), 25)
+    >>> load(path, verify=True).damage.summary()
+    'no damage found'
     """
-    return TrajectoryLog(path)
+    log = TrajectoryLog(path, verify=verify)
+    if log.damage is not None:
+        if not log.damage.checked:
+            raise TrajhookError(
+                f"load: {str(path)!r} has no checksums (trajhook format {log.attrs['trajhook_format']}; they came "
+                "with format 3), so verify=True cannot check it. HINT: load it without verify=True; a Recorder "
+                "that resumes it rebuilds it with checksums."
+            )
+        if log.damage:
+            raise TrajhookError(
+                f"load: {str(path)!r} fails its checksums: {log.damage.summary()}. These values changed on disk "
+                f"after they were written. HINT: run `trajhook repair {path}` to save every intact row into a new "
+                "store (the damaged rows are left out)."
+            )
+    return log
+
+
+def verify(path: str | os.PathLike) -> Damage:
+    """Check every committed row of a store against its stored checksum (``trajhook verify``).
+
+    >>> import tempfile, torch, trajhook
+    >>> path = tempfile.mkdtemp() + "/run.h5"
+    >>> with trajhook.Recorder(path, [trajhook.TensorProbe("lin", torch.ones(1, 2))], 1, wandb=False) as rec:
+    ...     rec.record(torch.nn.Linear(2, 1), 0)
+    >>> damage = verify(path)
+    >>> damage.checked, bool(damage), damage.summary()
+    (True, False, 'no damage found')
+    """
+    damage = TrajectoryLog(path, verify=True).damage
+    assert damage is not None
+    return damage

@@ -3,7 +3,8 @@
 :func:`salvage` reads a store block by block and notes which committed rows can still be read;
 :func:`repair` writes those rows into a new store (``RUN.repaired.h5``), never touching the
 original. A record is kept when every one of its datasets (step, wall time, every output of
-every probe) reads back; a probe whose datasets cannot be opened at all is left out.
+every probe) reads back and matches its stored checksum (format 3); a probe whose datasets
+cannot be opened at all is left out.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import numpy as np
 
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import OutputSpec
-from trajhook.store.format import EVENTS, GENERATION, RECORDS, SCALAR_NAMES, SCALARS
+from trajhook.store.format import EVENTS, GENERATION, RECORDS, SCALAR_NAMES, SCALARS, TABLE_NAMES, row_checksums
 from trajhook.store.h5 import CORRUPT_ERRORS, _append, _open_swmr, abandon, members, rows_inside_file
-from trajhook.store.writer import create_store
+from trajhook.store.writer import create_store, write_checksums
 
 _MAX_BAD_BLOCKS = 16  # per dataset: past this many unreadable blocks, the rest counts as lost (bounded time)
 _TABLES = {
@@ -44,6 +45,7 @@ class Salvage:
     data: dict[str, np.ndarray] = field(default_factory=dict)  # dataset name -> its committed rows
     probes: dict[str, dict[str, OutputSpec]] = field(default_factory=dict)  # probes that still open
     problems: list[str] = field(default_factory=list)
+    damaged: dict[int, np.ndarray] = field(default_factory=dict)  # table index -> rows failing their checksum
 
     def summary(self) -> str:
         """E.g. ``'1400 of 2000 committed records, 512 of 512 committed scalar values, ...'``."""
@@ -153,12 +155,57 @@ def salvage(path: str | os.PathLike) -> Salvage:
         for index, (_, names) in _TABLES.items():
             group = record_masks if index == RECORDS else [masks[n] for n in names]
             readable[index] = np.logical_and.reduce([m[: committed[index]] for m in group]) if group else []
+        damaged = _checksum_failures(file, committed, data, take, masks, problems)
+        for index, bad in damaged.items():
+            readable[index] = readable[index] & ~bad
+            if bad.any():
+                what, rows = _TABLES[index][0], np.flatnonzero(bad)
+                where = (
+                    f"positions {rows.tolist()}"
+                    if index == SCALAR_NAMES
+                    else f"steps {data[_TABLES[index][1][0]][rows].tolist()}"
+                )
+                problems.append(f"{len(rows)} {what} fail their checksums ({where}) and are left out")
         if committed[SCALARS]:  # a value whose name is lost cannot be kept
             keys = np.full(committed[SCALARS], -1, np.int64)
             read = data.get("scalars/key", np.zeros(0, np.int32))[: committed[SCALARS]]
             keys[: len(read)] = read
             readable[SCALARS] &= np.isin(keys, np.flatnonzero(readable[SCALAR_NAMES]))
-        return Salvage(path, committed, readable, data, probes, problems)
+        return Salvage(path, committed, readable, data, probes, problems, damaged)
+
+
+def _checksum_failures(
+    file: h5py.File,
+    committed: dict[int, int],
+    data: dict[str, np.ndarray],
+    take: Any,
+    masks: dict[str, np.ndarray],
+    problems: list[str],
+) -> dict[int, np.ndarray]:
+    """Per table, a mask of the committed rows whose values no longer match their stored crc32 (or whose
+    checksum is unreadable). Stores from before checksums (format < 3) have none: nothing is flagged."""
+    try:
+        if "checksums" not in file:
+            return {}
+    except CORRUPT_ERRORS:
+        return {}
+    damaged = {}
+    for index, table in TABLE_NAMES.items():
+        name, n = f"checksums/{table}", committed[index]
+        try:
+            columns = json.loads(file[name].attrs["columns"])
+        except (*CORRUPT_ERRORS, json.JSONDecodeError) as err:
+            problems.append(f"{name} is unreadable ({type(err).__name__}); its rows were not checked")
+            continue
+        take(name, n)
+        stored = data.get(name, np.zeros((0, len(columns)), np.uint32))
+        bad = ~masks[name][:n].copy()  # an unreadable checksum: the row cannot be vouched for
+        for j, column in enumerate(columns):
+            if column in data:
+                m = min(n, len(stored), len(data[column]))
+                bad[:m] |= row_checksums(data[column][:m]) != stored[:m, j]
+        damaged[index] = bad
+    return damaged
 
 
 def _attrs(file: h5py.File, problems: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -231,6 +278,7 @@ def repair(path: str | os.PathLike, out: str | os.PathLike | None = None) -> tup
                     rows = found.data.get(name, np.zeros((0, *new[name].shape[1:]), new[name].dtype))
                     _append(new[name], 0, rows[: len(keep)][keep[: len(rows)]])
                 counts[index] = int(keep.sum())
+            write_checksums(new, counts)  # of the rows kept: each was checked against its old checksum
             new["committed"][:] = counts
             new.close()
         except BaseException:
