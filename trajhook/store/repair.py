@@ -160,11 +160,9 @@ def salvage(path: str | os.PathLike) -> Salvage:
             readable[index] = readable[index] & ~bad
             if bad.any():
                 what, rows = _TABLES[index][0], np.flatnonzero(bad)
-                where = (
-                    f"positions {rows.tolist()}"
-                    if index == SCALAR_NAMES
-                    else f"steps {data[_TABLES[index][1][0]][rows].tolist()}"
-                )
+                steps = data.get(_TABLES[index][1][0])
+                where = f"steps {steps[rows].tolist()}" if index != SCALAR_NAMES and steps is not None else None
+                where = where or f"rows {rows.tolist()}"
                 problems.append(f"{len(rows)} {what} fail their checksums ({where}) and are left out")
         if committed[SCALARS]:  # a value whose name is lost cannot be kept
             keys = np.full(committed[SCALARS], -1, np.int64)
@@ -199,11 +197,15 @@ def _checksum_failures(
             continue
         take(name, n)
         stored = data.get(name, np.zeros((0, len(columns)), np.uint32))
-        bad = ~masks[name][:n].copy()  # an unreadable checksum: the row cannot be vouched for
-        for j, column in enumerate(columns):
+        bad = np.zeros(n, bool)
+        for j, column in enumerate(columns):  # only rows whose values and checksum both read back
             if column in data:
                 m = min(n, len(stored), len(data[column]))
-                bad[:m] |= row_checksums(data[column][:m]) != stored[:m, j]
+                both = masks[name][:m] & masks[column][:m]
+                bad[:m] |= both & (row_checksums(data[column][:m]) != stored[:m, j])
+        unchecked = int((~masks[name][:n]).sum())
+        if unchecked:
+            problems.append(f"{unchecked} {_TABLES[index][0]} could not be checked (their checksums are unreadable)")
         damaged[index] = bad
     return damaged
 
