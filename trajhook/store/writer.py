@@ -280,6 +280,9 @@ class StoreWriter:
                     write_checksums(new, counts)
                 del new["static"]
                 old.copy(old["static"], new, "static")
+                for name, static in members(new["static"]):  # a format-1 store did not record kinds
+                    if "kind" not in static.attrs:
+                        static.attrs["kind"] = self.kinds.get(name, "custom")
                 new["committed"][: len(counts)] = counts
                 new.close()
             os.replace(tmp, self.path)
