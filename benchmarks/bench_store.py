@@ -186,8 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             f"{r['verify_s'] * 1e3:10.0f} {r['verify_vs_npy']:11.2f}x {r['peak_vs_closed']:11.2f}x"
         )
     print("load/.npy, verify/.npy: medians of the ratios of alternated runs (verify: load(verify=True));")
-    print("peak/closed: the largest file size while")
-    print("written with a flush every 5 records, over its size after close()")
+    print("peak/closed: the largest file size while written with a flush every 5 records, over its size after close()")
     return results
 
 

@@ -150,3 +150,11 @@ def test_plot_and_animate_a_procgen_maze_store(tmp_path, capsys):
     frames = iio.imread(tmp_path / "maze.gif", index=None)
     assert len(frames) == 3 and not (frames[0] == frames[1]).all()
     assert "wrote" in capsys.readouterr().out
+    # the same through -o, the one output form of every subcommand; the probe is chosen by its stored kind
+    assert load(tmp_path / "maze.h5")["maze"].kind == "maze"
+    assert main(["plot", str(tmp_path / "maze.h5"), "-o", str(tmp_path / "f2.png"), "--step", "10"]) == 0
+    assert (iio.imread(tmp_path / "f2.png") == image).all()
+    assert main(["animate", str(tmp_path / "maze.h5"), "-o", str(tmp_path / "m2.gif")]) == 0
+    assert (iio.imread(tmp_path / "m2.gif", index=None) == frames).all()
+    assert main(["curves", str(tmp_path / "maze.h5"), "-o", str(tmp_path / "c.png")]) == 2  # no targets, no loss
+    assert "has no target curves and no scalars" in capsys.readouterr().err
