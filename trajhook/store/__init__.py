@@ -49,6 +49,7 @@ from trajhook.store.h5 import (
     _append,
     _create_appendable,
     _first_line,
+    _hdf5_library,
     _open_any,
     _open_swmr,
     _open_swmr_writer,
