@@ -327,3 +327,16 @@ def test_older_formats_load_and_a_resume_rebuilds_them_with_checksums(tmp_path, 
 
         assert zlib.crc32(f["probes/maze/vectors"][1].tobytes()) == f["checksums/records"][1, 2 + 2]
         assert json.loads(f["checksums/records"].attrs["columns"])[2 + 2] == "probes/maze/vectors"
+
+
+def test_repair_keeps_each_probe_groups_kind(tmp_path):
+    from fake_maze import GridProbe, policy
+
+    from trajhook.store.repair import repair
+
+    path = tmp_path / "run.h5"
+    with Recorder(path, [GridProbe(), TensorProbe("p", torch.ones(1, 2))], every_n_steps=1, wandb=False) as rec:
+        rec.record(policy(), 0)
+    out, _ = repair(path)
+    log = load(out, verify=True)
+    assert {name: log[name].kind for name in log} == {"maze": "maze", "p": "tensor"}

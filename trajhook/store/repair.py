@@ -22,7 +22,16 @@ import numpy as np
 
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import OutputSpec
-from trajhook.store.format import EVENTS, GENERATION, RECORDS, SCALAR_NAMES, SCALARS, TABLE_NAMES, row_checksums
+from trajhook.store.format import (
+    EVENTS,
+    GENERATION,
+    RECORDS,
+    SCALAR_NAMES,
+    SCALARS,
+    TABLE_NAMES,
+    guess_kind,
+    row_checksums,
+)
 from trajhook.store.h5 import CORRUPT_ERRORS, _append, _open_swmr, abandon, members, rows_inside_file
 from trajhook.store.writer import create_store, write_checksums
 
@@ -255,7 +264,9 @@ def repair(path: str | os.PathLike, out: str | os.PathLike | None = None) -> tup
                 try:
                     old.copy(old["static"][probe], static, probe)
                 except CORRUPT_ERRORS:
-                    static.create_group(probe).attrs["metadata"] = "{}"
+                    lost = static.create_group(probe)
+                    lost.attrs["metadata"] = "{}"
+                    lost.attrs["kind"] = guess_kind(list(found.probes[probe]), {})
                     found.problems.append(f"probe {probe!r} lost its static metadata")
             counts = [0] * (GENERATION + 1)
             for index, (_, names) in _TABLES.items():
