@@ -325,21 +325,26 @@ def allocate(fd: int, offset: int, length: int, mode: int = _FALLOC_KEEP_SIZE) -
     raise OSError(code, os.strerror(code))
 
 
-def new_chunk_bytes(ds: h5py.Dataset, start: int, end: int) -> int:
-    """Bytes of the chunks that writing rows ``[start, end)`` of ``ds`` will newly allocate."""
-    if end <= start or ds.chunks is None:
-        return 0
-    rows = ds.chunks[0]
+def chunk_layout(ds: h5py.Dataset) -> tuple[int, int]:
+    """``(rows per chunk, bytes of the chunks that hold one band of rows)`` of a chunked dataset."""
     per_band = int(np.prod([-(-max(s, 1) // c) for s, c in zip(ds.shape[1:], ds.chunks[1:], strict=True)]))
-    chunk = int(np.prod(ds.chunks)) * ds.dtype.itemsize
-    total = 0
-    for band in range(start // rows, (end - 1) // rows + 1):
-        allocated = band * rows < ds.shape[0] and (
-            ds.id.get_chunk_info_by_coord((band * rows,) + (0,) * (ds.ndim - 1)).byte_offset is not None
-        )
-        if not allocated:
-            total += per_band * chunk
-    return total
+    return ds.chunks[0], per_band * int(np.prod(ds.chunks)) * ds.dtype.itemsize
+
+
+def new_chunk_bytes(extent: int, start: int, end: int, rows: int, band_bytes: int) -> int:
+    """Bytes of the chunks that writing rows ``[start, end)`` newly allocates in a dataset of ``extent``
+    rows: every band of ``rows`` rows that starts at or past the extent (the writer writes whole rows,
+    so every band that starts inside the extent has its chunks).
+
+    >>> new_chunk_bytes(extent=100, start=100, end=150, rows=64, band_bytes=1000)  # rows 128.. start a band
+    1000
+    >>> new_chunk_bytes(extent=0, start=0, end=1, rows=64, band_bytes=1000), new_chunk_bytes(100, 100, 110, 64, 1000)
+    (1000, 0)
+    """
+    if end <= start:
+        return 0
+    first = max(start // rows, -(-extent // rows))
+    return max(0, (end - 1) // rows - first + 1) * band_bytes
 
 
 class SpaceReserve:
@@ -356,11 +361,11 @@ class SpaceReserve:
         self.reserved_to = 0  # every byte below this is allocated
         self.supported = True
 
-    def ensure(self, file: h5py.File, writes: list[tuple[h5py.Dataset, int, int]]) -> None:
-        """Reserve room for writing rows ``[start, end)`` of each dataset in ``writes``."""
+    def ensure(self, file: h5py.File, new_chunks: int) -> None:
+        """Reserve room for a flush that allocates ``new_chunks`` bytes of new chunks (:func:`new_chunk_bytes`)."""
         if not self.supported:
             return
-        need = sum(new_chunk_bytes(ds, start, end) for ds, start, end in writes) + _METADATA_SLACK
+        need = new_chunks + _METADATA_SLACK
         target = int(file.id.get_filesize()) + need  # HDF5's max(end of file, end of allocated space)
         if target <= self.reserved_to:
             return

@@ -40,9 +40,11 @@ from trajhook.store.h5 import (
     _first_line,
     _open_swmr_writer,
     abandon,
+    chunk_layout,
     corrupt_error,
     is_disk_full,
     members,
+    new_chunk_bytes,
     open_for_reading,
     read_schema,
     rows_inside_file,
@@ -177,6 +179,9 @@ class StoreWriter:
             raise
         self._scalar_index = {n: i for i, n in enumerate(self._scalar_names)}
         self._reserve = SpaceReserve(self.path)
+        self._datasets = {ds.name.lstrip("/"): ds for ds, _ in self._tables(self.file, self.counts)}
+        self._layouts = {name: chunk_layout(ds) for name, ds in self._datasets.items()}
+        self._extents = {name: ds.shape[0] for name, ds in self._datasets.items()}
         self._columns = {i: json.loads(self.file["checksums"][n].attrs["columns"]) for i, n in TABLE_NAMES.items()}
         self._pending_records: list[tuple[int, float, dict[str, dict[str, np.ndarray]]]] = []
         self._pending_scalars: list[tuple[int, str, float]] = []
@@ -219,7 +224,7 @@ class StoreWriter:
         try:
             file = self._create(tmp, probe_metadata, metadata)
             try:  # the first flush's chunks: a disk too small for them fails now, not at the first record
-                first = [(ds, 0, 1) for ds, _ in self._tables(file, [0] * GENERATION)]
+                first = sum(chunk_layout(ds)[1] for ds, _ in self._tables(file, [0] * GENERATION))
                 SpaceReserve(tmp).ensure(file, first)
             finally:
                 file.close()
@@ -360,9 +365,14 @@ class StoreWriter:
         if self.failed or not (self._pending_records or self._pending_scalars or self._pending_events):
             return
         writes = self._planned_writes()
-        self._reserve.ensure(self.file, [(self.file[name], start, start + len(rows)) for name, start, rows in writes])
+        new_chunks = sum(
+            new_chunk_bytes(self._extents[name], start, start + len(rows), *self._layouts[name])
+            for name, start, rows in writes
+        )
+        self._reserve.ensure(self.file, new_chunks)
         for name, start, rows in writes:
-            _append(self.file[name], start, rows)
+            _append(self._datasets[name], start, rows)
+            self._extents[name] = max(self._extents[name], start + len(rows))
         for index, table in TABLE_NAMES.items():
             for name, start, rows in writes:
                 if name == f"checksums/{table}":
