@@ -373,7 +373,7 @@ class SpaceReserve:
         try:
             self.supported = allocate(fd, self.reserved_to, target - self.reserved_to)
         except OSError as err:
-            raise OSError(err.errno, f"{err.strerror} (the next rows need {need / 2**20:.1f} MiB)") from None
+            raise OSError(err.errno, f"{err.strerror} ({need / 2**20:.1f} MiB needed)") from None
         finally:
             os.close(fd)
         self.reserved_to = target if self.supported else 0
