@@ -88,13 +88,15 @@ class Writer(threading.Thread):
         """
         warned = self.store.failed
         self.store.abandon()  # committed rows are on disk; the file is left as a crash leaves it
-        if isinstance(item, FlushMarker):
-            item.done.set()
         if is_disk_full(err):  # HDF5's own message runs over several lines: say it plainly
             err = OSError(errno.ENOSPC, "No space left on device")
         if self.on_error != "warn" or not isinstance(err, Exception):
             self.error = err  # surfaced on the training thread at the next call
+            if isinstance(item, FlushMarker):  # after the error is set: flush() must not return as if committed
+                item.done.set()
             return False
+        if isinstance(item, FlushMarker):
+            item.done.set()
         if warned:
             return True
         warnings.warn(
@@ -186,6 +188,7 @@ class Writer(threading.Thread):
                 raise TrajhookError(
                     f"Recorder: the writer of {str(self.store.path)!r} stopped. HINT: create a new Recorder."
                 )
+        self.raise_if_failed()  # a flush that failed never returns as if it had committed
 
     def drop_from(self, step: int) -> None:
         """Before the next write, drop the rows an earlier, longer run left from ``step`` on (a resume)."""
