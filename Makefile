@@ -15,7 +15,8 @@ LM_VENV   := .venv-lm
 MAZE_EXTRAS := maze,sb3,lightning,wandb,tensorboard,report,dev
 LM_EXTRAS   := hf,lightning,wandb,tensorboard,report,dev
 LM_TEST_DEPS := trl datasets lightning "numpy>=2"
-PYTEST_ENV := WANDB_MODE=offline WANDB_SILENT=true MPLBACKEND=Agg
+PYTEST_ENV := WANDB_MODE=offline WANDB_SILENT=true MPLBACKEND=Agg TRAJHOOK_STRICT_SKIPS=1
+PYTEST := -m pytest -q -rs
 
 .PHONY: demo test test-maze test-lm lint bench browser clean
 
@@ -50,14 +51,14 @@ browser:
 
 # The language-model side runs every test not marked `maze` (numpy 2); the maze side runs the rest.
 test: lint browser $(MAZE_VENV)/.installed
-	$(PYTEST_ENV) $(LM_VENV)/bin/python -m pytest -q -m "not maze"
-	$(PYTEST_ENV) $(MAZE_VENV)/bin/python -m pytest -q -m maze
+	$(PYTEST_ENV) $(LM_VENV)/bin/python $(PYTEST) -m "not maze"
+	$(PYTEST_ENV) $(MAZE_VENV)/bin/python $(PYTEST) -m maze
 
 test-lm: $(LM_VENV)/.installed
-	$(PYTEST_ENV) $(LM_VENV)/bin/python -m pytest -q -m "not maze"
+	$(PYTEST_ENV) $(LM_VENV)/bin/python $(PYTEST) -m "not maze"
 
 test-maze: $(MAZE_VENV)/.installed
-	$(PYTEST_ENV) $(MAZE_VENV)/bin/python -m pytest -q -m maze
+	$(PYTEST_ENV) $(MAZE_VENV)/bin/python $(PYTEST) -m maze
 
 bench: $(MAZE_VENV)/.installed
 	$(MAZE_VENV)/bin/python benchmarks/run_all.py

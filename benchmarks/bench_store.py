@@ -11,8 +11,10 @@ writer thread does:
    run), against its size after ``close()``: the store must stay within 2x at every moment;
 3. ``trajhook.load`` of all records against ``np.load`` of the same three arrays from raw .npy
    files, both from a warm page cache (median of repeats). Goal: load <= 1.2x raw .npy.
+   For the default (no compression) also ``trajhook.load(verify=True)``, which checks every row's
+   crc32, in the same alternation: it decides whether verifying can be the default (<= 1.2x).
 
-``none`` is trajhook's choice (``trajhook.store.COMPRESSION``). ``blosc-lz4`` and ``zstd`` need the
+``none`` is trajhook's choice (``trajhook.store.h5.COMPRESSION``). ``blosc-lz4`` and ``zstd`` need the
 ``hdf5plugin`` package, to write and to read; they are skipped when it is not installed.
 """
 
@@ -30,9 +32,9 @@ from collections.abc import Callable
 import numpy as np
 
 import trajhook
-from trajhook import store as store_module
 from trajhook.probes.base import OutputSpec
 from trajhook.store import StoreWriter
+from trajhook.store import h5 as store_module
 
 CELLS = 337
 OUTPUTS = {"action_probs": (CELLS, 15), "direction_probs": (CELLS, 5), "vectors": (CELLS, 2)}
@@ -132,8 +134,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             write_s = write(path, data, flush_every=50)
             size = os.path.getsize(path)
             trajhook.load(path)  # warm
-            pairs = [  # alternated with raw .npy reads, so that background load falls on both alike
-                (median_seconds(lambda path=path: trajhook.load(path), 1), median_seconds(read_npy, 1))
+            verify = name == "none"
+            pairs = [  # alternated with raw .npy reads, so that background load falls on all alike
+                (
+                    median_seconds(lambda path=path: trajhook.load(path), 1),
+                    median_seconds(read_npy, 1),
+                    median_seconds(lambda path=path: trajhook.load(path, verify=True), 1) if verify else np.nan,
+                )
                 for _ in range(args.repeats)
             ]
             load_s = statistics.median(p[0] for p in pairs)
@@ -150,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 "size_ratio": size / raw_bytes,
                 "load_s": load_s,
                 "npy_s": npy_pair_s,
-                "load_vs_npy": statistics.median(a / b for a, b in pairs),
+                "load_vs_npy": statistics.median(a / b for a, b, _ in pairs),
+                "verify_s": statistics.median(p[2] for p in pairs),
+                "verify_vs_npy": statistics.median(c / b for _, b, c in pairs),
                 "peak_vs_closed": max(sizes) / os.path.getsize(growth),
             }
             os.remove(path)
@@ -166,16 +175,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         f"{platform.machine()}, {os.cpu_count()} CPUs"
     )
     header = f"{'compression':12s} {'chunk':>7s} {'append rec/s':>12s} {'KB/record':>10s} {'vs raw':>7s} "
-    header += f"{'load ms':>8s} {'.npy ms':>8s} {'load/.npy':>10s} {'peak/closed':>12s}"
+    header += f"{'load ms':>8s} {'.npy ms':>8s} {'load/.npy':>10s} {'verify ms':>10s} {'verify/.npy':>12s} "
+    header += f"{'peak/closed':>12s}"
     print(header)
     for name, r in results.items():
         print(
             f"{name:12s} {r['chunk_kib']:4.0f} KiB {r['records_per_s']:12.0f} "
             f"{r['bytes_per_record'] / 1e3:10.1f} {r['size_ratio']:7.2f} "
-            f"{r['load_s'] * 1e3:8.0f} {r['npy_s'] * 1e3:8.0f} {r['load_vs_npy']:9.2f}x {r['peak_vs_closed']:11.2f}x"
+            f"{r['load_s'] * 1e3:8.0f} {r['npy_s'] * 1e3:8.0f} {r['load_vs_npy']:9.2f}x "
+            f"{r['verify_s'] * 1e3:10.0f} {r['verify_vs_npy']:11.2f}x {r['peak_vs_closed']:11.2f}x"
         )
-    print("load/.npy: median of the ratios of alternated runs; peak/closed: the largest file size while")
-    print("written with a flush every 5 records, over its size after close()")
+    print("load/.npy, verify/.npy: medians of the ratios of alternated runs (verify: load(verify=True));")
+    print("peak/closed: the largest file size while written with a flush every 5 records, over its size after close()")
     return results
 
 

@@ -7,7 +7,7 @@ Afterwards the script reads the store back, prints how often the strongest recor
 lies on a shortest path, and writes the vector-field animation (GIF + MP4) and two figures.
 
     python examples/maze_lightning.py            # about 3 minutes on 2 CPU cores
-    python examples/maze_lightning.py --fast     # a smoke run, a few seconds
+    python examples/maze_lightning.py --small    # a smoke run, a few seconds
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--out-dir", type=Path, default=Path("runs"))
     p.add_argument("--figures-dir", type=Path, default=None, help="where the PNG figures go (default: --out-dir)")
-    p.add_argument("--fast", action="store_true", help="tiny smoke run (few levels and steps, figures in out-dir)")
+    p.add_argument("--small", action="store_true", help="tiny smoke run (few levels and steps, figures in out-dir)")
     args = p.parse_args(argv)
-    if args.fast:
+    if args.small:
         args.steps, args.train_levels, args.every, args.channels = 30, 8, 10, (4, 8, 8)
     args.figures_dir = args.figures_dir or args.out_dir
     if args.first_train_level <= args.probe_level < args.first_train_level + args.train_levels:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=not args.fast,
+        enable_progress_bar=not args.small,
         num_sanity_val_steps=0,
     )
     sampler = WeightedRandomSampler(weights, num_samples=args.steps * args.batch_size, replacement=True)

@@ -2,7 +2,7 @@
 
 The maze comes from trajhook's Gymnasium environment (``trajhook.envs.maze.ProcgenMazeEnv``: a range
 of levels, easy or hard). The MazeProbe needs no ``policy_fn`` or ``preprocess`` for an SB3
-policy: it uses SB3's own observation preprocessing and action distribution. ``every_n_steps``
+policy: the callback hands it SB3's own observation preprocessing and action distribution. ``every_n_steps``
 counts environment timesteps (SB3's ``num_timesteps``), and the policy learning starts from is
 recorded too.
 
@@ -16,6 +16,7 @@ import argparse
 import time
 
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 import trajhook
@@ -32,9 +33,10 @@ parser.add_argument("--distribution-mode", default="easy", help="the probe uses 
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--out", default="runs/sb3_maze.h5", help="the trajhook store")
 parser.add_argument("--small", action="store_true", help="tiny settings for smoke tests")
+parser.add_argument("--checkpoints", default=None, help="also save the model at every record, into this folder")
 args = parser.parse_args()
 if args.small:
-    args.timesteps, args.record_every, args.n_envs = 128, 64, 2
+    args.timesteps, args.record_every, args.n_envs = 256, 64, 2  # two rollouts of 128, one update between
 
 env_kwargs = {"start_level": 0, "num_levels": args.num_levels, "distribution_mode": args.distribution_mode}
 envs = make_vec_env(ProcgenMazeEnv, n_envs=args.n_envs, seed=args.seed, env_kwargs=env_kwargs)
@@ -53,9 +55,10 @@ model = PPO(
 held_out = args.num_levels  # the first level after the training range
 probe = trajhook.MazeProbe(seed=held_out, distribution_mode=args.distribution_mode)
 start = time.time()
-model.learn(
-    args.timesteps, callback=TrajectoryCallback(args.out, [probe], args.record_every, overwrite=True), progress_bar=True
-)
+callbacks = [TrajectoryCallback(args.out, [probe], args.record_every, overwrite=True)]
+if args.checkpoints:  # SB3's own checkpoints at the same timesteps (save_freq counts vec-env steps)
+    callbacks.append(CheckpointCallback(args.record_every // args.n_envs, args.checkpoints))
+model.learn(args.timesteps, callback=callbacks, progress_bar=True)
 print(f"{model.num_timesteps} timesteps in {time.time() - start:.0f} s; log at {args.out}")
 
 log = trajhook.load(args.out)

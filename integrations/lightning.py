@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -18,22 +19,23 @@ from typing import Any
 
 from trajhook import distributed
 from trajhook.errors import TrajhookError
+from trajhook.extras import require
+from trajhook.integrations.base import EveryNSteps, RecordingCallback
 from trajhook.probes.base import Probe
-from trajhook.recorder import Recorder, check_recorder_args
 
 _PACKAGES = ("pytorch_lightning", "lightning.pytorch")  # two copies of the same classes
 
 
 def _callback_base() -> type:
     """The ``Callback`` of the Lightning package the user imported, else of ``pytorch_lightning``."""
-    for name in (*(n for n in _PACKAGES if n in sys.modules), *_PACKAGES):
-        try:
-            return importlib.import_module(name).Callback
-        except ImportError:
-            continue
-    raise TrajhookError(
-        "trajhook.integrations.lightning needs PyTorch Lightning. HINT: pip install 'trajhook[lightning]'."
-    )
+    for name in (n for n in _PACKAGES if n in sys.modules):
+        return sys.modules[name].Callback
+    try:
+        return require("pytorch_lightning", "lightning", "trajhook.integrations.lightning").Callback
+    except TrajhookError:  # the other package ships the same classes
+        with contextlib.suppress(ImportError):
+            return importlib.import_module("lightning.pytorch").Callback
+        raise
 
 
 def _accepted_by_every_imported_trainer(cls: type) -> type:
@@ -64,7 +66,7 @@ def __getattr__(name: str) -> type:  # unpickling (ddp_spawn) a callback made wh
 _BOTH: dict[str, type] = {}
 
 
-class TrajectoryCallback(_callback_base()):
+class TrajectoryCallback(_callback_base(), RecordingCallback):
     """Record ``probes`` every ``every_n_steps`` optimizer steps (``trainer.global_step``).
 
     Records at the start of training (step 0, or the step a checkpoint resumed at: the first
@@ -78,6 +80,7 @@ class TrajectoryCallback(_callback_base()):
     Accepted by ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` alike. Under
     ``ModelParallelStrategy`` (``fully_shard``), ``FSDPStrategy`` and ``DeepSpeedStrategy`` stage 3
     every rank joins each probe forward (:mod:`trajhook.distributed` says which object it calls).
+    ``callback.mark("LR drop")`` marks the current step (or pass ``step=``).
     Further keyword arguments go to :class:`trajhook.Recorder` (``metadata=``, ``wandb=``...).
     """
 
@@ -88,21 +91,13 @@ class TrajectoryCallback(_callback_base()):
         self,
         path: str | os.PathLike,
         probes: Sequence[Probe],
-        every_n_steps: int = 100,
+        every_n_steps: EveryNSteps = 100,
         *,
         log_loss: bool = True,
         **recorder_kwargs: Any,
     ) -> None:
         super().__init__()
-        check_recorder_args(path, probes, every_n_steps)
-        self.path = os.fspath(path)
-        self.probes = list(probes)
-        self.every_n_steps = every_n_steps
-        self.log_loss = log_loss
-        self.recorder_kwargs = recorder_kwargs
-        self.recorder: Recorder | None = None
-        self._loaded_state: Mapping[str, Any] = {}
-        self._last_step: int | None = None
+        self._init_recording(path, probes, every_n_steps, recorder_kwargs, log_loss)
 
     @property
     def state_key(self) -> str:  # the same key whichever Lightning packages were imported
@@ -114,10 +109,10 @@ class TrajectoryCallback(_callback_base()):
         self._setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self._record_start(trainer, pl_module)
+        self._record_start(distributed.probe_target(pl_module, trainer), trainer.global_step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._record_if_due(trainer, pl_module, outputs)
+        self._on_batch_end(trainer, pl_module, outputs)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._close()
@@ -126,56 +121,32 @@ class TrajectoryCallback(_callback_base()):
         self._close()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.recorder.state_dict() if self.recorder is not None else dict(self._loaded_state)
+        return self._state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded_state = dict(state_dict)
-        if self.recorder is not None:
-            self.recorder.load_state_dict(state_dict)
+        self._load_state(state_dict)
 
     # -- helpers ----------------------------------------------------------------------------------
 
     def _setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Open the Recorder with the trainer's precision context, W&B run and TensorBoard writer."""
         if stage != "fit" or self.recorder is not None:
             return  # every rank makes a Recorder: it knows which rank writes and which ranks probe
         distributed.probe_target(pl_module, trainer)  # a sharding trajhook does not know fails here, before training
-        kwargs = dict(self.recorder_kwargs)
-        if kwargs.get("wandb", "auto") == "auto":
-            kwargs["wandb"] = _wandb_logger_run(trainer) or "auto"
-        if kwargs.get("tensorboard") is None:
-            kwargs["tensorboard"] = _tensorboard_logger_writer(trainer)
-        self.recorder = Recorder(
-            self.path,
-            self.probes,
-            self.every_n_steps,
-            forward_context=trainer.precision_plugin.forward_context,
-            **kwargs,
-        )
-        self.recorder.load_state_dict(self._loaded_state)
-        self.recorder_kwargs["overwrite"] = False  # a later fit() continues this store, never wipes it
-        self.recorder.setup(pl_module)  # runs every probe once: bad inputs fail before training
+        extra: dict[str, Any] = {"forward_context": trainer.precision_plugin.forward_context}
+        if self.recorder_kwargs.get("wandb", "auto") == "auto":
+            extra["wandb"] = _wandb_logger_run(trainer) or "auto"
+        if self.recorder_kwargs.get("tensorboard") is None:
+            extra["tensorboard"] = _tensorboard_logger_writer(trainer)
+        self._open_recorder(**extra).setup(pl_module)  # runs every probe once: bad inputs fail before training
 
-    def _record_start(self, trainer: Any, pl_module: Any) -> None:
-        """Record the weights training starts from: step 0, or the step a checkpoint resumed at."""
-        if self.recorder is not None:
-            self._last_step = trainer.global_step
-            self.recorder.record(distributed.probe_target(pl_module, trainer), trainer.global_step)
-
-    def _record_if_due(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
+    def _on_batch_end(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
+        """Once per optimizer step: the loss at the step whose weights computed it, then the record if due."""
         step = trainer.global_step
-        if self.recorder is None or trainer.sanity_checking or step == self._last_step:
+        if self.recorder is None or trainer.sanity_checking or step == self.step:
             return  # the same global_step again: a micro-batch under gradient accumulation
-        self._last_step = step
-        loss = _loss_of(outputs) if self.log_loss else None
-        if loss is not None:  # at the step whose weights computed it, as Lightning's own loggers do
-            self.recorder.log_scalars(step - 1, loss=loss)
-        self.recorder.maybe_record(distributed.probe_target(pl_module, trainer), step)
-
-    def _close(self) -> None:
-        if self.recorder is not None:
-            self._loaded_state = self.recorder.state_dict()
-            self.recorder, recorder = None, self.recorder
-            recorder.close()  # a later fit() opens a new Recorder, which resumes the store
+        self._log_loss(step - 1, _loss_of(outputs) if self.log_loss else None)  # as Lightning's own loggers do
+        self._record_if_due(distributed.probe_target(pl_module, trainer), step)
 
 
 def _wandb_logger_run(trainer: Any) -> Any:

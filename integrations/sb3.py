@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from trajhook.errors import TrajhookError
+import torch
+
 from trajhook.extras import require
+from trajhook.integrations.base import EveryNSteps, RecordingCallback
 from trajhook.probes.base import Probe
-from trajhook.recorder import Recorder, check_recorder_args
+from trajhook.probes.maze import MazeProbe
 
 require("stable_baselines3", "sb3", "trajhook.integrations.sb3")
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 
 
-class TrajectoryCallback(BaseCallback):
+class TrajectoryCallback(BaseCallback, RecordingCallback):
     """Record ``probes`` on ``model.policy`` every ``every_n_steps`` environment timesteps.
 
     ``model.learn(total_timesteps, callback=TrajectoryCallback("runs/log.h5", [MazeProbe(seed=7)], 10_000))``.
@@ -32,67 +34,61 @@ class TrajectoryCallback(BaseCallback):
     The step is SB3's ``num_timesteps`` (it grows by ``n_envs`` per vec-env step), the x-axis of
     SB3's own logger. The callback records the policy learning starts from (step 0, or
     ``num_timesteps`` when ``learn(reset_num_timesteps=False)`` continues), then at each due step
-    as the Recorder decides. A :class:`~trajhook.MazeProbe` needs no ``policy_fn`` here: it uses
-    SB3's own preprocessing and action distribution. Each ``learn()`` closes the store at its end;
-    a later ``learn()`` resumes it. Further keyword arguments go to :class:`trajhook.Recorder`.
+    as the Recorder decides. A :class:`~trajhook.MazeProbe` needs no ``policy_fn`` here: the callback
+    hands it SB3's own preprocessing and action distribution (:meth:`MazeProbe.adapt`).
+    ``callback.mark("curriculum step")`` marks the current step (or pass ``step=``). Each ``learn()``
+    closes the store at its end; a later ``learn()`` resumes it. Further keyword arguments go to
+    :class:`trajhook.Recorder`.
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         probes: Sequence[Probe],
-        every_n_steps: int = 10_000,
+        every_n_steps: EveryNSteps = 10_000,
         *,
         verbose: int = 0,
         **recorder_kwargs: Any,
     ) -> None:
         super().__init__(verbose)
-        check_recorder_args(path, probes, every_n_steps)
-        self.path = os.fspath(path)
-        self.probes = list(probes)
-        self.every_n_steps = every_n_steps
-        self.recorder_kwargs = recorder_kwargs
-        self.recorder: Recorder | None = None
-        self._state: dict[str, Any] = {}
+        self._init_recording(path, probes, every_n_steps, recorder_kwargs)
 
     # -- hooks: one line each ---------------------------------------------------------------------
 
     def _on_training_start(self) -> None:
-        self._record_start()
+        self._record_start(self._adapted(self.model.policy), self.model.num_timesteps)
 
     def _on_step(self) -> bool:
-        return self._record_if_due()
+        self._record_if_due(self.model.policy, self.model.num_timesteps)
+        return True  # never stops training
 
     def _on_training_end(self) -> None:
         self._close()
 
-    def mark(self, label: str, step: int | None = None) -> None:
-        """Mark an event at ``step`` (default: the current ``num_timesteps``)."""
-        if self.recorder is None:
-            raise TrajhookError("TrajectoryCallback.mark: no learn() is running. HINT: mark from inside training.")
-        self.recorder.mark(self.num_timesteps if step is None else step, label)
-
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _record_start(self) -> None:
-        """Open a Recorder for this learn() and record the policy it starts from."""
+    def _adapted(self, policy: Any) -> Any:
+        """Hand each MazeProbe SB3's way to call the policy (unless the user gave one); warn on a mode mismatch."""
         _warn_on_other_distribution_mode(self.training_env, self.probes)
-        self.recorder = Recorder(self.path, self.probes, self.every_n_steps, **self.recorder_kwargs)
-        self.recorder.load_state_dict(self._state)
-        self.recorder_kwargs["overwrite"] = False  # a later learn() continues the store
-        self.recorder.setup(self.model.policy)  # runs every probe once: bad inputs fail before the first step
-        self.recorder.record(self.model.policy, self.model.num_timesteps)
+        for probe in self.probes:
+            if isinstance(probe, MazeProbe):
+                probe.adapt(policy_fn=sb3_action_distribution, preprocess=sb3_preprocess(policy))
+        return policy
 
-    def _record_if_due(self) -> bool:
-        if self.recorder is not None:
-            self.recorder.maybe_record(self.model.policy, self.model.num_timesteps)
-        return True
 
-    def _close(self) -> None:
-        if self.recorder is not None:
-            self._state = self.recorder.state_dict()
-            self.recorder, recorder = None, self.recorder
-            recorder.close()
+def sb3_action_distribution(policy: Any, obs: torch.Tensor) -> torch.distributions.Categorical:
+    """The policy's action distribution for a batch of observations, as SB3 samples actions from it."""
+    return policy.get_distribution(obs).distribution
+
+
+def sb3_preprocess(policy: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """SB3's own preprocessing: ``policy.obs_to_tensor`` (channels first, on the policy's device; the policy
+    scales images in its forward)."""
+
+    def preprocess(obs: torch.Tensor) -> torch.Tensor:
+        return policy.obs_to_tensor(obs.cpu().numpy())[0]
+
+    return preprocess
 
 
 def _warn_on_other_distribution_mode(env: Any, probes: Sequence[Probe]) -> None:

@@ -3,7 +3,8 @@
 ``GridProbe`` records what a MazeProbe records (``action_probs``, ``direction_probs``,
 ``vectors``) for every free cell of a hand-made grid, from a small policy over fixed per-cell
 features. Its metadata has the MazeProbe's keys (``grid``, ``cells``, ``cheese``, ``start``),
-so plots, sinks, the CLI and the report treat it as a maze probe, on the LM side too.
+and its ``kind`` is ``"maze"``, so plots, sinks, the CLI and the report treat it as a maze probe, on the LM
+side too.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def small_maze(size: int = 9) -> np.ndarray:
 class GridProbe(Probe):
     """The policy's direction probabilities on every free cell of ``grid``; the model maps
     ``(n_cells, 2)`` cell coordinates in [0, 1] to 15 action logits."""
+
+    kind = "maze"  # stands in for a MazeProbe: readers dispatch on the stored kind
 
     def __init__(self, name: str = "maze", grid: np.ndarray | None = None, policy_fn=None) -> None:
         super().__init__(name)

@@ -6,13 +6,17 @@ Recorder the case opened must still close cleanly: a rejected value never reache
 thread, and whatever was recorded before it stays loadable.
 """
 
+import ast
+import traceback
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from trajhook import MazeProbe, Probe, Recorder, TensorProbe, TrajhookError, load
+from trajhook import MazeProbe, Probe, Recorder, TensorProbe, TrajhookError, checks, load
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,6 +38,24 @@ class Later(TensorProbe):
     def run(self, model):
         out = super().run(model)
         return {"output": self.later(out["output"])} if self.armed else out
+
+
+class Whole(Later):
+    """Like Later, but ``later`` maps the whole record."""
+
+    def run(self, model):
+        out = TensorProbe.run(self, model)
+        return self.later(out) if self.armed else out
+
+
+def armed_whole(later):
+    def action(c):
+        whole = Whole(later)
+        rec = c.recorded(0, probes=[whole])
+        whole.armed = True
+        rec.record(LINEAR, 1)
+
+    return action
 
 
 class Declared(Probe):
@@ -124,6 +146,14 @@ CASES = [
     (below_a_file, r"cannot create the folder .*HINT: choose a path in a writable folder"),
     (not_a_store, r"is not an HDF5 file, or it is corrupt .*HINT: pass the \.h5 file written by"),
     (another_hdf5_file, r"is an HDF5 file but not a trajhook store .*HINT: pass a trajhook store"),
+    (
+        lambda c: Recorder("/proc/sys/trajhook.h5", [probe()], 1),
+        r"path '/proc/sys/trajhook\.h5' is not writable\. HINT",
+    ),
+    (
+        lambda c: c.recorder(on_error="ignore"),
+        r"Recorder: on_error='ignore' is not 'raise' or 'warn'\. HINT: 'raise' stops",
+    ),
     (lambda c: Recorder(c.path, [], 1), r"Recorder: probes=\[\] is not a non-empty list of probes\. HINT"),
     (lambda c: Recorder(c.path, probe(), 1), r"is not a non-empty list of probes\. HINT: pass e\.g\. \[TensorProbe"),
     (lambda c: Recorder(c.path, [nn.Linear(2, 2)], 1), r"Linear\(.*\) is not a trajhook Probe\. HINT: subclass"),
@@ -267,6 +297,11 @@ CASES = [
     (mark(""), r"Recorder\.mark: label '' is not a non-empty string\. HINT"),
     (mark(3), r"Recorder\.mark: label 3 is not a non-empty string\. HINT"),
     (mark("LR\0drop"), r"Recorder\.mark: label 'LR\\x00drop' contains a NUL character, which the store cannot hold"),
+    (armed_whole(lambda out: out["output"]), r"Whole 'later'\.run returned Tensor at step 1; it must return a dict"),
+    (
+        armed_whole(lambda out: {"other": out["output"]}),
+        r"Whole 'later'\.run returned \['other'\] at step 1, but declares \['output'\]\. HINT: return exactly",
+    ),
     (mark("x" * 257), r"Recorder\.mark: label 'x{70,}.* is over 256 bytes\. HINT"),
     (mark("bad \ud800"), r"Recorder\.mark: label 'bad \\ud800' is not valid Unicode \(a lone surrogate\)\. HINT"),
     # -- after close ------------------------------------------------------------------------------------------------
@@ -293,8 +328,34 @@ def test_bad_input(tmp_path, action, message):
         load(case.path)  # and what was recorded before the bad call is loadable
 
 
-def test_the_table_is_big_enough():
-    assert len(CASES) >= 40
+def _raise_sites(module) -> set[int]:
+    """The lines of every ``raise TrajhookError(...)`` in ``module``'s source, found by reading it."""
+    tree = ast.parse(Path(module.__file__).read_text())
+    return {
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Raise)
+        and isinstance(node.exc, ast.Call)
+        and getattr(node.exc.func, "id", None) == "TrajhookError"
+    }
+
+
+def test_the_table_reaches_every_argument_check(tmp_path):
+    # every check in trajhook.checks (read from its source, not from this table) is raised by some case
+    hit = set()
+    for index, (action, _) in enumerate(CASES):
+        case = Case(tmp_path / f"{index}" / "run.h5")
+        case.path.parent.mkdir()
+        try:
+            action(case)
+        except TrajhookError as err:
+            frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == checks.__file__]
+            hit |= {frames[-1].lineno} if frames else set()
+        finally:
+            for rec in case.opened:
+                rec.close()
+    missed = _raise_sites(checks) - hit
+    assert not missed, f"no case reaches the checks at trajhook/checks.py lines {sorted(missed)}"
 
 
 @pytest.mark.parametrize("every", [0, -5, 2.5, True])

@@ -80,6 +80,10 @@ def test_curves_pca_animate_and_report(stores, tmp_path, capsys):
         (["plot", "{d}/maze.h5", "{t}/x.png", "--step", "7"], r"step 7 was not recorded \(first 0, last 20.*HINT"),
         (["plot", "{d}/lm.h5", "{t}/x.png", "--step", "999"], r"prompt_record: step 999 was not recorded.*HINT"),
         (["curves", "{d}/lin.h5", "-o", "{t}/c.png"], r"has no target curves and no scalars to draw\. HINT"),
+        (["plot", "{d}/maze.h5"], r"^trajhook: plot: no output file\. HINT: pass one with -o"),
+        (["curves", "{d}/lm.h5"], r"^trajhook: curves: no output file\. HINT: pass one with -o"),
+        (["plot", "{d}/maze.h5", "{t}/a.png", "-o", "{t}/b.png"], r"plot: the output is given twice.*HINT"),
+        (["verify", "{d}/plain.h5"], r"plain.h5' is an HDF5 file but not a trajhook store.*HINT"),
     ],
 )
 def test_bad_input_is_one_clear_line_with_exit_code_2(stores, tmp_path, capsys, argv, message):
@@ -101,6 +105,10 @@ def test_a_real_process_exits_2_and_unknown_subcommands_are_refused(stores):
     assert proc.returncode == 2 and "has no maze probe or prompts probe" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "trajhook.cli", "frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice: 'frobnicate'" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("trajhook: ")  # one line, as every error
+    proc = subprocess.run([sys.executable, "-m", "trajhook.cli", "plot", "--step", "x"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("trajhook: plot: argument --step: invalid int value: 'x'. HINT"), proc.stderr
 
 
 WRITER = textwrap.dedent(
@@ -150,3 +158,11 @@ def test_plot_and_animate_a_procgen_maze_store(tmp_path, capsys):
     frames = iio.imread(tmp_path / "maze.gif", index=None)
     assert len(frames) == 3 and not (frames[0] == frames[1]).all()
     assert "wrote" in capsys.readouterr().out
+    # the same through -o, the one output form of every subcommand; the probe is chosen by its stored kind
+    assert load(tmp_path / "maze.h5")["maze"].kind == "maze"
+    assert main(["plot", str(tmp_path / "maze.h5"), "-o", str(tmp_path / "f2.png"), "--step", "10"]) == 0
+    assert (iio.imread(tmp_path / "f2.png") == image).all()
+    assert main(["animate", str(tmp_path / "maze.h5"), "-o", str(tmp_path / "m2.gif")]) == 0
+    assert (iio.imread(tmp_path / "m2.gif", index=None) == frames).all()
+    assert main(["curves", str(tmp_path / "maze.h5"), "-o", str(tmp_path / "c.png")]) == 2  # no targets, no loss
+    assert "has no target curves and no scalars" in capsys.readouterr().err

@@ -15,13 +15,13 @@ import sys
 import textwrap
 import time
 
+import h5py
 import numpy as np
 import pytest
 
 from trajhook import TrajhookError, load
-from trajhook.lock import WriterLock
 from trajhook.probes.base import OutputSpec
-from trajhook.store import StoreWriter
+from trajhook.store import StoreWriter, WriterLock
 
 SHAPE = (70, 15)
 RECORDS = 1200
@@ -205,3 +205,81 @@ def test_a_reader_retries_while_a_live_writer_reopens_the_store(store_path, tmp_
     with pytest.raises(TrajhookError, match="not an HDF5 file, or it is corrupt"):
         load(store_path)
     assert time.monotonic() - start < 1.0
+
+
+def flip_value_byte(path, dataset, row, byte_in_row):
+    """Flip one byte of a stored value in the file itself: its offset from h5py's chunk index."""
+    with h5py.File(path, "r") as f:
+        ds = f[dataset]
+        rows = ds.chunks[0]
+        info = ds.id.get_chunk_info_by_coord((row // rows * rows,) + (0,) * (ds.ndim - 1))
+        row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        offset = info.byte_offset + (row % rows) * row_bytes + byte_in_row
+    with open(path, "r+b") as raw:
+        raw.seek(offset)
+        byte = raw.read(1)[0]
+        raw.seek(offset)
+        raw.write(bytes([byte ^ 0x10]))
+
+
+DAMAGED_STEPS, DAMAGED_SCALAR_STEP = [30, 31, 900], 500
+
+
+@pytest.fixture(scope="module")
+def bit_flipped(tmp_path_factory):
+    """A closed store with one flipped byte in the values of records 30, 31 and 900 and of scalar 500."""
+    path = tmp_path_factory.mktemp("flipped") / "run.h5"
+    write_store(path, crashed=False)
+    for step, where in zip(DAMAGED_STEPS, (7, 4 * 70 * 15 - 1, 1001), strict=True):
+        flip_value_byte(path, "probes/p/output", step, where)
+    flip_value_byte(path, "scalars/value", DAMAGED_SCALAR_STEP, 3)
+    return path
+
+
+def cli(*argv):
+    return subprocess.run([sys.executable, "-m", "trajhook.cli", *map(str, argv)], capture_output=True, text=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_flipped_byte_in_a_value_is_detected_naming_the_steps(bit_flipped):
+    plain = load(bit_flipped)  # the default load does not verify (see benchmarks/bench_store.py): wrong values
+    wrong = [int(s) for s, r in zip(plain.steps, plain["p"]["output"], strict=True) if not (r == s).all()]
+    assert wrong == DAMAGED_STEPS
+    with pytest.raises(
+        TrajhookError,
+        match=r"fails its checksums: damaged records at steps \[30, 31, 900\]; "
+        r"damaged scalar values at steps \[500\].*HINT: run `trajhook repair",
+    ):
+        load(bit_flipped, verify=True)
+    proc = cli("verify", bit_flipped)  # a real process: exit 1, one line naming the steps
+    assert proc.returncode == 1, proc
+    assert proc.stderr.count("\n") == 1 and "damaged records at steps [30, 31, 900]" in proc.stderr, proc.stderr
+    assert "damaged scalar values at steps [500]" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_verify_passes_an_intact_store_and_refuses_bad_input(tmp_path):
+    path = tmp_path / "run.h5"
+    write_store(path, crashed=True)  # as a killed writer leaves it: still verifiable
+    proc = cli("verify", path)
+    assert proc.returncode == 0 and "every committed value matches its checksum" in proc.stdout, proc
+    proc = cli("verify", tmp_path / "none.h5")
+    assert (
+        proc.returncode == 2 and proc.stderr.startswith("trajhook: load: no file at") and proc.stderr.count("\n") == 1
+    )
+
+
+@pytest.mark.timeout(120)
+def test_repair_leaves_out_exactly_the_damaged_records(bit_flipped, tmp_path):
+    out = tmp_path / "fixed.h5"
+    proc = cli("repair", bit_flipped, "-o", out)
+    assert proc.returncode == 0, proc
+    assert "3 records fail their checksums (steps [30, 31, 900]) and are left out" in proc.stdout, proc.stdout
+    log = load(out, verify=True)  # the new store has checksums of its own, and they hold
+    kept = [s for s in range(RECORDS) if s not in DAMAGED_STEPS]
+    assert log.steps.tolist() == kept
+    for step, row in zip(log.steps, log["p"]["output"], strict=True):
+        assert (row == step).all()
+    loss = log.scalars["loss"]
+    assert loss.steps.tolist() == [s for s in range(RECORDS) if s != DAMAGED_SCALAR_STEP]
+    np.testing.assert_array_equal(loss.values, loss.steps.astype(float))

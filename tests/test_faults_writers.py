@@ -19,8 +19,8 @@ import pytest
 from test_store import Step, expected_rows, probe  # tests/ is on sys.path under pytest
 
 from trajhook import Recorder, TrajhookError, load
-from trajhook import lock as lock_module
-from trajhook.lock import WriterLock, lock_path
+from trajhook.store import lock as lock_module
+from trajhook.store.lock import WriterLock, lock_path
 
 WRITER = textwrap.dedent(
     """

@@ -46,11 +46,20 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
 @pytest.mark.timeout(600)
 def test_sb3_maze_small_records_at_env_timesteps(tmp_path):
     pytest.importorskip("stable_baselines3")
-    stdout, out = run_example("sb3_maze.py", tmp_path)
+    from stable_baselines3 import PPO
+    from test_maze_sb3 import direct_probs
+
+    from trajhook.probes.maze import load_maze_level
+
+    stdout, out = run_example("sb3_maze.py", tmp_path, "--checkpoints", str(tmp_path / "ckpt"))
     log = load(out)
-    assert log.steps.tolist() == [0, 64, 128]
-    probs = log["maze"]["action_probs"]
-    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert log.steps.tolist() == [0, 64, 128, 192, 256]  # 2 envs; PPO updates after the rollout ending at 128
+    # each record is the policy SB3 saved at that timestep: its evaluate_actions on the level's frames, here
+    frames = load_maze_level(200, "easy").observations
+    for i, step in enumerate(log.steps[1:], start=1):
+        policy = PPO.load(tmp_path / "ckpt" / f"rl_model_{step}_steps.zip", device="cpu").policy
+        np.testing.assert_allclose(log["maze"]["action_probs"][i], direct_probs(policy, frames), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(log["maze"]["action_probs"][3], log["maze"]["action_probs"][2])  # the update between
     assert "held-out level 200" in stdout
 
 

@@ -145,6 +145,7 @@ def test_two_trainers_share_one_axis_and_mark_between_them(tmp_path):
     cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=2)
     train(tmp_path, model, [cb], max_steps=4)
     cb.mark("phase two")  # between trainers: the step the next one starts at
+    cb.mark("given", step=5)  # any step, as in every framework: mark(label, step=None)
 
     class MarkAtThree(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -155,7 +156,7 @@ def test_two_trainers_share_one_axis_and_mark_between_them(tmp_path):
     train(tmp_path, model, [cb, direct, MarkAtThree()], max_steps=4, learning_rate=0.01)
     log = load(path)
     assert log.steps.tolist() == [0, 2, 4, 6, 8]
-    assert [(e.step, e.label) for e in log.events] == [(4, "phase two"), (7, "inside")]
+    assert [(e.step, e.label) for e in log.events] == [(4, "phase two"), (5, "given"), (7, "inside")]
     np.testing.assert_allclose(log["fixed"]["output"][-1], direct.outputs[4], rtol=1e-6)
     assert log.scalars["loss"].steps.tolist() == list(range(8))
 

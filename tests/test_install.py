@@ -1,8 +1,12 @@
 """What `pip install trajhook` promises: a light core, numpy 1 or 2, and clear errors for missing extras."""
 
+import ast
+import importlib.metadata
 import importlib.util
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,3 +55,121 @@ def test_maze_probe_without_procgen_names_the_extra_to_install(tmp_path):
     probe = trajhook.MazeProbe(seed=0)
     with pytest.raises(TrajhookError, match=r"pip install 'trajhook\[maze\]'"):
         trajhook.Recorder(tmp_path / "run.h5", [probe], wandb=False).setup(model)
+
+
+LIGHT = ("trajhook.analysis", "trajhook.plots", "trajhook.report", "trajhook.serve", "trajhook.integrations")
+
+
+@pytest.mark.timeout(60)
+def test_import_trajhook_loads_no_analysis_plotting_report_or_service_module():
+    code = (
+        "import sys, trajhook; "
+        f"print(sorted(m for m in sys.modules if m.startswith({LIGHT!r}) or m.split('.')[0] in {FRAMEWORKS!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_lazy_exports_and_one_version():
+    from trajhook.analysis.online import StageTracker
+    from trajhook.sinks.base import Sink
+    from trajhook.sinks.tensorboard import TensorBoardSink
+    from trajhook.sinks.wandb import WandbSink
+
+    assert (trajhook.StageTracker, trajhook.Sink) == (StageTracker, Sink)
+    assert (trajhook.WandbSink, trajhook.TensorBoardSink) == (WandbSink, TensorBoardSink)
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and 'version = { attr = "trajhook._version.__version__" }' in pyproject
+    assert not re.search(r'(?m)^version = "', pyproject)  # no second copy of the number
+    assert importlib.metadata.version("trajhook") == trajhook.__version__
+
+
+BLOCK = """
+import sys
+BLOCKED = {blocked!r}
+
+class Missing:  # as if the extra were not installed: every import of these modules fails
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, Missing())
+for name in [m for m in sys.modules if m.split(".")[0] in BLOCKED]:
+    del sys.modules[name]
+import torch, trajhook
+from trajhook import TrajhookError
+path = {path!r}
+try:
+{action}
+except TrajhookError as err:
+    print("ERROR", err)
+else:
+    print("NO ERROR")
+"""
+
+STORE = "trajhook.Recorder(path, [trajhook.TensorProbe('p', torch.ones(1, 2))], wandb=False)"
+
+EXTRAS = {
+    "maze": (
+        ["procgen"],
+        "    trajhook.Recorder(path, [trajhook.MazeProbe(seed=0)], wandb=False).setup(torch.nn.Linear(2, 15))",
+    ),
+    "lightning": (["pytorch_lightning", "lightning"], "    import trajhook.integrations.lightning"),
+    "wandb": (["wandb"], "    trajhook.Recorder(path, [trajhook.TensorProbe('p', torch.ones(1, 2))], wandb=True)"),
+    "tensorboard": (
+        ["tensorboard"],
+        "    trajhook.Recorder(path, [trajhook.TensorProbe('p', torch.ones(1, 2))], wandb=False, tensorboard='tb')",
+    ),
+    "hf": (["transformers"], "    import trajhook.integrations.hf"),
+    "sb3": (["stable_baselines3"], "    import trajhook.integrations.sb3"),
+    "report": (
+        ["plotly"],
+        f"    with {STORE} as rec:\n        rec.record(torch.nn.Linear(2, 1), 0)\n    from trajhook.cli import main\n"
+        "    if main(['report', path, '-o', path + '.html']):\n        raise TrajhookError('the CLI said why above')",
+    ),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("extra", sorted(EXTRAS))
+def test_each_missing_extra_names_its_pip_install(tmp_path, extra):
+    blocked, action = EXTRAS[extra]
+    code = BLOCK.format(blocked=blocked, path=str(tmp_path / "run.h5"), action=action)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ERROR " in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert f"HINT: pip install 'trajhook[{extra}]'" in proc.stdout + proc.stderr  # the CLI says it on stderr
+
+
+def _module_level_imports() -> dict[str, set[str]]:
+    """trajhook module -> the trajhook modules it imports at module level, read from the source."""
+    root = Path(__file__).resolve().parents[1]
+    files = {}
+    for path in [*root.glob("trajhook/**/*.py"), *root.glob("integrations/*.py")]:
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join(("trajhook", *parts) if parts[0] == "integrations" else parts).removesuffix(".__init__")
+        files[name] = path
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module for a in node.names
+                }
+        graph[name] = {t for t in targets if t in files and t != name}
+    return graph
+
+
+def test_no_import_cycle_between_trajhook_modules():
+    graph = _module_level_imports()
+    assert graph["trajhook.recorder"] >= {"trajhook.checks", "trajhook.probing", "trajhook.writer"}  # it reads them
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
+
+    cycles = sorted(name for name in graph if reaches(name, name, set()))
+    assert cycles == [], f"modules on an import cycle: {cycles}"

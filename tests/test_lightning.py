@@ -56,11 +56,29 @@ def trainer(tmp_path, callbacks, max_steps, **kwargs):
     )
 
 
+class DirectForward(pl.Callback):
+    """The probe's output computed here, by hand, on the weights of each optimizer step (eval mode)."""
+
+    def __init__(self):
+        self.outputs = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step not in self.outputs:  # the first micro-batch after the update to ``step``
+            pl_module.eval()
+            with torch.no_grad():
+                self.outputs[step] = pl_module(PROBE_X).numpy()
+            pl_module.train()
+
+
 def test_records_once_per_due_optimizer_step_under_accumulation(tmp_path):
     path = tmp_path / "run.h5"
     model = Regressor()
     cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=5)
-    trainer(tmp_path, [cb], max_steps=12, accumulate_grad_batches=2, num_sanity_val_steps=2).fit(model, data(), data(8))
+    direct = DirectForward()
+    trainer(tmp_path, [cb, direct], max_steps=12, accumulate_grad_batches=2, num_sanity_val_steps=2).fit(
+        model, data(), data(8)
+    )
     log = load(path)
     assert log.steps.tolist() == [0, 5, 10]
     loss = log.scalars["loss"]
@@ -68,10 +86,29 @@ def test_records_once_per_due_optimizer_step_under_accumulation(tmp_path):
     # the loss at step s is that of the last micro-batch run on the weights of step s, (accumulation-normalized)
     for s, v in zip(loss.steps, loss.values, strict=True):
         np.testing.assert_allclose(v, model.losses[s][-1] / 2, rtol=1e-6)
-    model.eval()
-    with torch.no_grad():
-        final = model(PROBE_X).numpy()
-    assert not np.allclose(log["fixed"]["output"][-1], final)  # step 10 is before the last 2 steps
+    # each record holds the weights after exactly s updates, not those of a later micro-batch or step
+    for i, s in enumerate([5, 10]):
+        np.testing.assert_allclose(log["fixed"]["output"][i + 1], direct.outputs[s], rtol=1e-6)
+    assert not np.allclose(direct.outputs[10], direct.outputs[11], rtol=1e-6)  # so a later step would differ
+
+
+def test_mark_at_the_current_step_or_a_given_one(tmp_path):
+    path = tmp_path / "run.h5"
+    cb = TrajectoryCallback(path, [TensorProbe("fixed", PROBE_X)], every_n_steps=4)
+    cb.mark("before fit")  # no training runs yet: step 0, written when fit starts
+
+    class Marker(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 7:
+                cb.mark("LR drop")  # the current step
+            if trainer.global_step == 8:
+                cb.mark("given", step=9)
+
+    trainer(tmp_path, [cb, Marker()], max_steps=10).fit(Regressor(), data())
+    log = load(path)
+    assert [(e.step, e.label) for e in log.events] == [(0, "before fit"), (7, "LR drop"), (9, "given")]
+    with pytest.raises(TrajhookError, match=r"TrajectoryCallback.mark: label '' is not a non-empty string"):
+        cb.mark("")
 
 
 def test_last_record_equals_the_trained_model_and_sanity_check_is_skipped(tmp_path):

@@ -334,12 +334,12 @@ def test_parse_maze_state_reads_mouse_and_round_trips(levels):
 
 
 def test_example_smoke_run_writes_store_animation_and_a_curve_from_the_store(tmp_path):
-    """examples/maze_lightning.py --fast: the printed curve equals one recomputed from the store."""
+    """examples/maze_lightning.py --small: the printed curve equals one recomputed from the store."""
     from trajhook import load
     from trajhook.analysis.maze import shortest_path_moves
 
     out = subprocess.run(
-        [sys.executable, "examples/maze_lightning.py", "--fast", "--out-dir", str(tmp_path)],
+        [sys.executable, "examples/maze_lightning.py", "--small", "--out-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -99,13 +99,18 @@ def test_sb3_callback_records_from_the_start_at_env_timesteps_with_sb3_preproces
         def _on_step(self):
             if self.model.num_timesteps % 32 == 0:  # the due steps only: 15 forwards each
                 expected[self.model.num_timesteps] = direct_probs(self.model.policy, probe.observations)
+            if self.model.num_timesteps == 40:
+                cb.mark("at 40")  # the current step
+                cb.mark("given", step=50)
             return True
 
     model = ppo()
     cb = TrajectoryCallback(tmp_path / "run.h5", [probe], every_n_steps=32)
+    cb.mark("before learn")  # no learn() runs yet: step 0, written when it starts
     model.learn(96, callback=[cb, Direct()])
     log = load(tmp_path / "run.h5")
     assert log.steps.tolist() == [0, 32, 64, 96]  # num_timesteps: 2 envs, so +2 per vec-env step
+    assert [(e.step, e.label) for e in log.events] == [(0, "before learn"), (40, "at 40"), (50, "given")]
     want = np.stack([expected[s] for s in (0, 32, 64, 96)])
     np.testing.assert_allclose(log["maze"]["action_probs"], want, rtol=1e-5, atol=1e-7)
     assert not np.allclose(want[0], want[-1])  # PPO updated the policy after each 32-step rollout

@@ -32,12 +32,24 @@ def recorded(every, calls, state=None, path=None) -> list[int]:
     return due
 
 
-def test_int_cadence_counts_from_the_last_record_not_from_zero(store_path):
-    # "due when nothing was recorded yet or step - last >= N", whatever the first step is
-    assert recorded(5, range(3, 20), path=store_path) == [3, 8, 13, 18]
-    assert recorded(np.int64(4), range(0, 30, 3), path=store_path) == [0, 6, 12, 18, 24]  # numpy ints
-    assert load(store_path).steps.tolist() == [0, 6, 12, 18, 24]
+def test_int_cadence_records_the_first_call_then_each_multiple_crossed(store_path):
+    # "due at the first call, then when step // N > last // N": the grid of multiples of N, whatever the first step
+    assert recorded(5, range(1, 31), path=store_path) == [1, 5, 10, 15, 20, 25, 30]  # a loop counting from 1
+    assert recorded(5, range(3, 20), path=store_path) == [3, 5, 10, 15]
+    # a loop whose step jumps by 3 (frames, say) records once per multiple of 4 crossed, at the first call past it
+    assert recorded(np.int64(4), range(0, 30, 3), path=store_path) == [0, 6, 9, 12, 18, 21, 24]  # numpy ints
+    assert load(store_path).steps.tolist() == [0, 6, 9, 12, 18, 21, 24]
+    # a jump over several multiples records once, and the grid stays: 100 crosses 10..100, then 110 and 120
+    assert recorded(10, [0, 5, 100, 105, 110, 125], path=store_path) == [0, 100, 110, 125]
     assert recorded(np.int32(1), [0, 0, 1, 1, 2], path=store_path) == [0, 1, 2]  # never twice at one step
+
+
+def test_two_runs_with_the_same_n_record_the_same_grid(store_path):
+    # SB3 with 3 envs counts 0, 3, 6, ...; with 4 envs 0, 4, 8, ...: each records once per 12 crossed
+    three = recorded(12, range(0, 61, 3), path=store_path)
+    four = recorded(12, range(0, 61, 4), path=store_path)
+    assert three == [0, 12, 24, 36, 48, 60]
+    assert four == [0, 12, 24, 36, 48, 60]
 
 
 def test_log_spaced_steps_match_the_formula():
@@ -56,7 +68,8 @@ def test_log_spaced_steps_match_the_formula():
 def test_scheduled_steps_are_recorded_once_even_when_the_loop_skips_them(store_path):
     # a loop counting in steps of 3 (frames, say): each scheduled step is caught by the first call past it
     assert recorded([0, 4, 5, 7, 20], range(0, 30, 3), path=store_path) == [0, 6, 9, 21]
-    assert recorded(log_spaced(first=1, per_decade=10), range(40), path=store_path) == log_spaced().steps(39)
+    expected = [0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32]  # round(10 ** (k / 10)) up to 39, and 0
+    assert recorded(log_spaced(first=1, per_decade=10), range(40), path=store_path) == expected
     assert recorded(range(10, 100, 10), range(95), path=store_path) == list(range(10, 100, 10))
     assert recorded(np.array([2, 3]), range(5), path=store_path) == [2, 3]
 
@@ -119,6 +132,8 @@ def test_a_failing_schedule_function_names_itself(store_path):
     ("every", "first_calls", "later_calls", "expected_later"),
     [
         (5, range(0, 12), range(12, 25), [15, 20]),  # last recorded 10: 12..14 are not due
+        (5, range(1, 13), range(13, 25), [15, 20]),  # counting from 1: 1, 5, 10, then the same grid after a resume
+        (10, range(0, 30, 7), range(28, 50, 7), [35, 42]),  # jumps: 0, 7, 14, 21, 28; resumed 28 is not due
         ([0, 3, 11, 13, 30], range(0, 12), range(12, 25), [13]),  # 11 was recorded; 13 is the next
         (log_spaced(first=1, per_decade=10), range(0, 21), range(21, 33), [25, 32]),
     ],

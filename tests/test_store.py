@@ -1,5 +1,6 @@
 """The HDF5 store: resume, truncation, crash safety, a reader in another process, bad files."""
 
+import json
 import os
 import signal
 import subprocess
@@ -106,8 +107,8 @@ def test_a_killed_writer_loses_nothing_committed_and_the_store_resumes(store_pat
     assert log.scalars["loss"].steps.tolist() == list(range(21))
     run(store_path, range(21, 51))  # and resumes: the file is rebuilt from its committed rows
     log = load(store_path)
-    # a new session without the Recorder's state records at its first step, then every 10 after it
-    assert log.steps.tolist() == [0, 10, 20, 21, 31, 41]
+    # a new session without the Recorder's state records at its first step, then at each multiple of 10
+    assert log.steps.tolist() == [0, 10, 20, 21, 30, 40, 50]
     np.testing.assert_array_equal(log["p"]["output"], expected_rows(log.steps))
     assert log.scalars["loss"].steps.tolist() == list(range(51))
 
@@ -170,7 +171,7 @@ def _datasets(group):
 @pytest.mark.timeout(120)
 def test_the_open_store_stays_within_twice_its_compacted_size_at_every_moment(store_path, tmp_path):
     """Issue 10 item 6: with a flush after every record, an open store once grew 6-30x its data."""
-    from trajhook.repair import repair
+    from trajhook.store.repair import repair
 
     big = TensorProbe("big", torch.rand(70, 15))  # 4 KiB a record, like a maze probe's action probs
     ratios = []
@@ -294,3 +295,48 @@ def test_a_resume_keeps_earlier_events_that_were_added_after_later_ones(store_pa
         run(store_path, range(20, 31))  # resume at 20: the mark at 25 goes, the event at 12 stays
     events = load(store_path).events
     assert [(e.step, e.label) for e in events] == [(12, "candidate stage boundary (PCA turn; confirmed at step 30)")]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_formats_load_and_a_resume_rebuilds_them_with_checksums(tmp_path, version):
+    from fake_maze import GridProbe, maze_store, policy
+
+    path = tmp_path / "maze.h5"
+    maze_store(path, steps=10, every=5)
+    written = load(path)
+    with h5py.File(path, "r+") as f:  # what trajhook wrote before checksums (2) and before kinds (1)
+        del f["checksums"]
+        f.attrs["trajhook_format"] = version
+        if version == 1:
+            del f["static/maze"].attrs["kind"]
+    log = load(path)
+    assert log.attrs["trajhook_format"] == version
+    assert log["maze"].kind == "maze"  # stored (2) or guessed from the outputs and the grid (1)
+    assert log.steps.tolist() == written.steps.tolist() == [0, 5, 10]
+    np.testing.assert_array_equal(log["maze"]["vectors"], written["maze"]["vectors"])
+    with pytest.raises(TrajhookError, match=rf"has no checksums \(trajhook format {version}; they came with format 3"):
+        load(path, verify=True)
+    with Recorder(path, [GridProbe()], every_n_steps=5, wandb=False) as rec:  # a resume rebuilds it as format 3
+        rec.record(policy(), 20)
+    log = load(path, verify=True)
+    assert log.attrs["trajhook_format"] == 3 and log["maze"].kind == "maze"
+    assert log.steps.tolist() == [0, 5, 10, 20]
+    np.testing.assert_array_equal(log["maze"]["vectors"][:3], written["maze"]["vectors"])
+    with h5py.File(path, "r") as f:  # the checksums are those of the stored bytes (docs/FORMAT.md)
+        import zlib
+
+        assert zlib.crc32(f["probes/maze/vectors"][1].tobytes()) == f["checksums/records"][1, 2 + 2]
+        assert json.loads(f["checksums/records"].attrs["columns"])[2 + 2] == "probes/maze/vectors"
+
+
+def test_repair_keeps_each_probe_groups_kind(tmp_path):
+    from fake_maze import GridProbe, policy
+
+    from trajhook.store.repair import repair
+
+    path = tmp_path / "run.h5"
+    with Recorder(path, [GridProbe(), TensorProbe("p", torch.ones(1, 2))], every_n_steps=1, wandb=False) as rec:
+        rec.record(policy(), 0)
+    out, _ = repair(path)
+    log = load(out, verify=True)
+    assert {name: log[name].kind for name in log} == {"maze": "maze", "p": "tensor"}

@@ -166,3 +166,28 @@ def test_the_lightning_callback_uses_the_trainers_tensorboard_logger(tmp_path):
     loss = acc.Scalars("trajhook/loss")
     np.testing.assert_allclose([e.value for e in loss], log.scalars["loss"].values, rtol=1e-6)
     assert "train_loss" in acc.Tags()["scalars"]
+
+
+@pytest.mark.maze
+@pytest.mark.timeout(300)
+def test_a_real_maze_probe_gets_its_vector_field_panel_by_its_kind(tmp_path):
+    """The real MazeProbe (GridProbe stands in above): panels_for reads its kind, TensorBoard gets its field."""
+    from trajhook import MazeProbe
+    from trajhook.sinks.panels import MazePanels, panels_for
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.Flatten(), nn.Linear(4 * 64, 15))
+    probe = MazeProbe(seed=1, distribution_mode="easy")
+    assert probe.kind == "maze" and type(panels_for(probe)) is MazePanels
+    sink = TensorBoardSink(tmp_path / "tb", image_every_s=0)
+    with Recorder(tmp_path / "run.h5", [probe], every_n_steps=1, wandb=False, tensorboard=sink) as rec:
+        for step in range(3):
+            rec.record(cnn, step * 10)
+            nn.init.normal_(cnn[-1].weight)  # a visibly different field at each step
+    log = load(tmp_path / "run.h5")
+    assert log[probe.name].kind == "maze"
+    images = read(tmp_path / "tb").Images(f"trajhook/{probe.name}/vector_field")
+    assert [im.step for im in images] == log.steps.tolist() == [0, 10, 20]
+    pixels = [iio.imread(io.BytesIO(im.encoded_image_string)) for im in images]
+    assert all(p.ndim == 3 and min(p.shape[:2]) > 200 and p.std() > 10 for p in pixels)
+    assert not np.array_equal(pixels[0], pixels[1])

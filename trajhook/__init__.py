@@ -1,12 +1,14 @@
 """trajhook: watch a model change while it trains.
 
-``import trajhook`` imports torch, numpy and h5py only; ``trajhook.plots`` (matplotlib) and
-``trajhook.analysis`` load on first use, and each framework only where it is used.
+``import trajhook`` imports torch, numpy and h5py only. ``trajhook.plots`` (matplotlib),
+``trajhook.analysis``, :class:`StageTracker` and the sinks load on first use, and each framework
+only where it is used (:mod:`trajhook.extras`).
 """
 
 import importlib
 from typing import Any
 
+from trajhook._version import __version__
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import OutputSpec, Probe
 from trajhook.probes.maze import MazeProbe
@@ -17,7 +19,14 @@ from trajhook.recorder import Recorder
 from trajhook.schedule import log_spaced
 from trajhook.store import Event, ProbeLog, Series, TrajectoryLog, load
 
-__version__ = "0.1.0"
+# name -> module: loaded on first access, so that `import trajhook` stays light
+_LAZY = {
+    "StageTracker": "trajhook.analysis.online",
+    "Sink": "trajhook.sinks.base",
+    "WandbSink": "trajhook.sinks.wandb",
+    "TensorBoardSink": "trajhook.sinks.tensorboard",
+}
+
 __all__ = [
     "Event",
     "MazeProbe",
@@ -27,10 +36,14 @@ __all__ = [
     "PromptProbe",
     "Recorder",
     "Series",
+    "Sink",
+    "StageTracker",
+    "TensorBoardSink",
     "TensorProbe",
     "TokenLossProbe",
     "TrajectoryLog",
     "TrajhookError",
+    "WandbSink",
     "__version__",
     "analysis",
     "load",
@@ -42,4 +55,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in ("plots", "analysis"):
         return importlib.import_module(f"trajhook.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'trajhook' has no attribute {name!r}")

@@ -1,15 +1,17 @@
 """The ``trajhook`` command: look at a store without writing Python.
 
-trajhook info runs/maze.h5                       what is in it (also while it is being written)
-trajhook plot runs/maze.h5 field.png --step 2000 a maze probe's vector field, or a prompt probe's record
-trajhook curves runs/lm.h5 -o curves.png         target log-probs beside the loss, with events
-trajhook pca runs/a.h5 runs/b.h5 -o pca.png      per-token-loss trajectories in one PCA basis
-trajhook animate runs/maze.h5 maze.gif maze.mp4  the vector field over every recorded step
-trajhook report runs/a.h5 runs/b.h5 -o report.html   one offline HTML page, one step slider
-trajhook repair runs/maze.h5                     saves what a damaged store still holds
+trajhook info runs/maze.h5                          what is in it (also while it is being written)
+trajhook plot runs/maze.h5 -o field.png --step 2000 a maze probe's vector field, or a prompt probe's record
+trajhook curves runs/lm.h5 -o curves.png            target log-probs beside the loss, with events
+trajhook pca runs/a.h5 runs/b.h5 -o pca.png         per-token-loss trajectories in one PCA basis
+trajhook animate runs/maze.h5 -o maze.gif maze.mp4  the vector field over every recorded step
+trajhook report runs/a.h5 runs/b.h5 -o report.html  one offline HTML page, one step slider
+trajhook verify runs/maze.h5                        checks every value against its checksum (exit 1: damage)
+trajhook repair runs/maze.h5 [-o fixed.h5]          saves what a damaged store still holds
 
-Every error is one line on stderr and exit code 2. To add a subcommand, write ``_<name>_args``
-and ``_<name>`` and add one line to :data:`COMMANDS`.
+Every subcommand that writes files takes them as ``-o/--out`` (``plot`` and ``animate`` also take
+them positionally, as before). Every error is one line on stderr and exit code 2. To add a
+subcommand, write ``_<name>_args`` and ``_<name>`` and add one line to :data:`COMMANDS`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from trajhook.errors import TrajhookError
 from trajhook.store import TrajectoryLog, load
@@ -54,18 +56,21 @@ def describe(log: TrajectoryLog) -> str:
 # -- choosing probes ---------------------------------------------------------------------------------
 
 
+# What each kind-based choice accepts: the probe kinds (``ProbeLog.kind``) that draw as a maze or as prompts.
+_KINDS = {"maze": ("maze",), "prompts": ("prompts", "token_loss")}
+
+
 def _is_maze(probe: Any) -> bool:
-    return "vectors" in probe and {"grid", "cells"} <= probe.metadata.keys()
+    return probe.kind in _KINDS["maze"]
 
 
 def _is_prompts(probe: Any) -> bool:
-    return "token_loss" in probe or "target_logprob" in probe
+    return probe.kind in _KINDS["prompts"]
 
 
 def _probe(log: TrajectoryLog, name: str | None, kinds: Sequence[str], purpose: str) -> str:
     """The probe ``name`` (checked), or the first probe of one of ``kinds`` ("maze", "prompts")."""
-    tests = {"maze": _is_maze, "prompts": _is_prompts}
-    fits = [n for k in kinds for n, p in log.items() if tests[k](p)]  # the first kind first
+    fits = [n for k in kinds for n, p in log.items() if p.kind in _KINDS[k]]  # the first kind first
     wanted = " or ".join(f"{k} probe" for k in kinds)
     if name is not None:
         if name not in log:
@@ -108,14 +113,48 @@ def _info(args: argparse.Namespace) -> None:
     print(describe(load(args.path)))
 
 
+def _add_out(
+    parser: argparse.ArgumentParser,
+    help_text: str,
+    *,
+    many: bool = False,
+    required: bool = True,
+    positional: bool = False,
+) -> None:
+    """The one way every subcommand takes the file(s) it writes: ``-o/--out``.
+
+    ``positional=True`` also accepts them after the store's path, as ``plot`` and ``animate`` did
+    before; :func:`_out` then checks that exactly one of the two forms was used.
+    """
+    nargs = "+" if many else None
+    parser.add_argument("-o", "--out", nargs=nargs, default=None, help=help_text)
+    if positional:
+        parser.add_argument("out_positional", nargs="*" if many else "?", default=None, help=argparse.SUPPRESS)
+    parser.set_defaults(out_required=required)
+
+
+def _out(args: argparse.Namespace) -> Any:
+    """The output file(s) given with ``-o/--out`` or, where allowed, positionally."""
+    given = getattr(args, "out_positional", None) or None
+    if given is not None and args.out is not None:
+        raise TrajhookError(
+            f"{args.command}: the output is given twice ({given} and -o {args.out}). HINT: pass it once, with -o."
+        )
+    out = args.out if args.out is not None else given
+    if out is None and args.out_required:
+        raise TrajhookError(f"{args.command}: no output file. HINT: pass one with -o, e.g. -o out.png.")
+    return out
+
+
 def _plot_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path")
-    parser.add_argument("out", help="an image file, e.g. field.png")
+    _add_out(parser, "an image file, e.g. field.png", positional=True)
     parser.add_argument("--step", type=int, default=None, help="a recorded step (default: the last)")
     parser.add_argument("--probe", default=None, help="a maze or prompt probe (default: the first maze probe)")
 
 
 def _plot(args: argparse.Namespace) -> None:
+    _out(args)  # a missing output fails before the store is read
     log = load(args.path)
     probe = _probe(log, args.probe, ("maze", "prompts"), "plot")
     if _is_maze(log[probe]):
@@ -126,19 +165,20 @@ def _plot(args: argparse.Namespace) -> None:
         from trajhook.plots.prompts import prompt_record
 
         fig = prompt_record(log, step=args.step, probe=probe)
-    _save(fig, args.out)
+    _save(fig, _out(args))
 
 
 def _curves_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path")
-    parser.add_argument("-o", "--out", required=True, help="an image file, e.g. curves.png")
+    _add_out(parser, "an image file, e.g. curves.png")
     parser.add_argument("--probe", default=None, help="a prompt probe with targets (default: the first)")
     parser.add_argument("--select", nargs="+", default=None, help="keep targets whose label contains one of these")
 
 
 def _curves(args: argparse.Namespace) -> None:
+    out = _out(args)
     log = load(args.path)
-    with_targets = [n for n, p in log.items() if "target_logprob" in p]
+    with_targets = [n for n, p in log.items() if _is_prompts(p) and "target_logprob" in p]
     if args.probe is None and not with_targets:
         if not log.scalars:
             raise TrajhookError(
@@ -157,12 +197,12 @@ def _curves(args: argparse.Namespace) -> None:
         from trajhook.plots.prompts import target_curves
 
         fig = target_curves(log, probe=probe, select=args.select)
-    _save(fig, args.out)
+    _save(fig, out)
 
 
 def _pca_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", help="one or more stores of the same probe: one joint basis")
-    parser.add_argument("-o", "--out", required=True, help="an image file, e.g. pca.png")
+    _add_out(parser, "an image file, e.g. pca.png")
     parser.add_argument("--probe", default=None, help="default: the first prompt probe")
     parser.add_argument("--output", default="token_loss", help="the recorded dataset (default: token_loss)")
 
@@ -171,6 +211,7 @@ def _pca(args: argparse.Namespace) -> None:
     from trajhook.plots.prompts import pca_trajectories
     from trajhook.report.data import run_names
 
+    out = _out(args)
     logs = [load(p) for p in args.paths]
     runs = []
     for name, log in zip(run_names(logs), logs, strict=True):
@@ -187,12 +228,12 @@ def _pca(args: argparse.Namespace) -> None:
         if len(log.steps) < 2:
             raise TrajhookError(f"{str(log.path)!r} has {len(log.steps)} record(s). HINT: a trajectory needs two.")
         runs.append((name, log.steps, log[probe][args.output], log.events))
-    _save(pca_trajectories(runs), args.out)
+    _save(pca_trajectories(runs), out)
 
 
 def _animate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path")
-    parser.add_argument("out", nargs="+", help="output files ending in .gif or .mp4")
+    _add_out(parser, "output files ending in .gif or .mp4", many=True, positional=True)
     parser.add_argument("--probe", default=None, help="maze probe name (default: the first)")
     parser.add_argument("--fps", type=float, default=8.0)
 
@@ -200,14 +241,15 @@ def _animate_args(parser: argparse.ArgumentParser) -> None:
 def _animate(args: argparse.Namespace) -> None:
     from trajhook.plots.maze import animate_vector_field
 
+    out = _out(args)
     log = load(args.path)
-    for path in animate_vector_field(log, args.out, probe=_probe(log, args.probe, ("maze",), "animate"), fps=args.fps):
+    for path in animate_vector_field(log, out, probe=_probe(log, args.probe, ("maze",), "animate"), fps=args.fps):
         print(f"wrote {path}")
 
 
 def _report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", help="one or more stores; several runs share the slider by step")
-    parser.add_argument("-o", "--out", required=True, help="the HTML file, e.g. report.html")
+    _add_out(parser, "the HTML file, e.g. report.html")
     parser.add_argument("--max-frames", type=int, default=120, help="frames per run (first, last, events kept)")
 
 
@@ -216,23 +258,47 @@ def _report(args: argparse.Namespace) -> None:
 
     if args.max_frames < 2:
         raise TrajhookError(f"report: --max-frames {args.max_frames} is below 2. HINT: e.g. --max-frames 120.")
-    out = write_report(args.paths, args.out, max_frames=args.max_frames)
+    out = write_report(args.paths, _out(args), max_frames=args.max_frames)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
 def _repair_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path")
-    parser.add_argument("--out", default=None, help="the new store (default: RUN.repaired.h5 beside it)")
+    _add_out(parser, "the new store (default: RUN.repaired.h5 beside it)", required=False)
 
 
 def _repair(args: argparse.Namespace) -> None:
-    from trajhook.repair import repair
+    from trajhook.store.repair import repair
 
-    out, found = repair(args.path, args.out)
+    out, found = repair(args.path, _out(args))
     print(f"wrote {out}: saved {found.summary()}")
 
 
-Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
+def _verify_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from trajhook.store.reader import verify
+
+    damage = verify(args.path)
+    if not damage.checked:
+        raise TrajhookError(
+            f"verify: {args.path!r} was written before checksums (format < 3): nothing to check against. "
+            "HINT: a Recorder that resumes it rebuilds it with checksums."
+        )
+    if damage:
+        print(
+            f"trajhook: {args.path}: {damage.summary()}. HINT: `trajhook repair {args.path}` saves every intact row "
+            "into a new store.",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{args.path}: every committed value matches its checksum")
+    return 0
+
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
 COMMANDS: list[Command] = [
     ("info", "summarize a store (also while it is being written)", _info_args, _info),
     ("plot", "one step of a maze probe (vector field) or a prompt probe, as an image", _plot_args, _plot),
@@ -240,15 +306,24 @@ COMMANDS: list[Command] = [
     ("pca", "per-token-loss PCA trajectories of one or more runs, in one basis", _pca_args, _pca),
     ("animate", "the maze vector field over all steps, as GIF and/or MP4", _animate_args, _animate),
     ("report", "one self-contained HTML page with one step slider over every panel", _report_args, _report),
-    ("repair", "save the readable committed rows of a damaged store into a new one", _repair_args, _repair),
+    ("verify", "check every committed value against its checksum; exit 1 if any is damaged", _verify_args, _verify),
+    ("repair", "save the readable, intact committed rows of a damaged store into a new one", _repair_args, _repair),
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr with exit code 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("trajhook").strip() or "error"
+        self.exit(2, f"trajhook: {where}: {message}. HINT: see {self.prog} -h.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trajhook", description="Look at a trajhook store.")
+    parser = _Parser(prog="trajhook", description="Look at a trajhook store.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text, add_arguments, run in COMMANDS:
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text)  # a _Parser too
         add_arguments(command)
         command.set_defaults(run=run)
     return parser
@@ -257,11 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except TrajhookError as err:
-        print(f"trajhook: {err}", file=sys.stderr)
+        print(f"trajhook: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,20 @@
 """Optional dependencies: import one by name, or say which extra to install.
 
-``import trajhook`` needs torch, numpy and h5py only. Everything else (procgen, Lightning, W&B,
-TensorBoard, transformers, Stable-Baselines3) is imported where it is used, through
-:func:`require`, so a missing one is a :class:`~trajhook.TrajhookError` that names the
-``pip install`` to run.
+``import trajhook`` needs torch, numpy and h5py only. Everything else is imported where it is
+used, through :func:`require` (the one way trajhook imports an optional dependency), so a missing
+one is a :class:`~trajhook.TrajhookError` that names the ``pip install`` to run:
+
+=============  ==========================================  ============================================
+extra          modules                                     required by
+=============  ==========================================  ============================================
+maze           procgen, gymnasium                          ``MazeProbe`` (at setup), ``trajhook.envs.maze``
+lightning      pytorch_lightning (or lightning.pytorch)    ``trajhook.integrations.lightning``
+wandb          wandb                                       ``Recorder(wandb=True)``, at construction
+tensorboard    tensorboard                                 ``Recorder(tensorboard="runs/tb")``
+hf             transformers                                ``trajhook.integrations.hf``
+sb3            stable_baselines3                           ``trajhook.integrations.sb3``
+report         plotly                                      ``trajhook report``
+=============  ==========================================  ============================================
 """
 
 from __future__ import annotations

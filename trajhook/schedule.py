@@ -2,8 +2,11 @@
 
 ``every_n_steps`` takes any of:
 
-- an ``int`` ``N`` (numpy ints too): a step is due when nothing was recorded yet in this
-  session's state, or when ``step - last_recorded >= N``;
+- an ``int`` ``N`` (numpy ints too): the aligned cadence. A step is due when nothing was recorded
+  yet, or when the count crosses a multiple of ``N`` since the last record
+  (``step // N > last_recorded // N``). A loop counting 1, 2, 3, ... records 1, N, 2N, ...; a loop
+  whose step jumps (SB3's ``num_timesteps``, CleanRL's ``global_step``) records once per multiple
+  crossed; two runs with the same ``N`` record the same grid, and a resume keeps it;
 - :func:`log_spaced`: dense early, sparse later, as Pythia's checkpoints are spaced;
 - a list (tuple, range, numpy array) of steps, e.g. ``[0, 10, 100, 1000]``;
 - a callable ``step -> bool``, asked at every call of ``maybe_record``.
@@ -21,8 +24,10 @@ cadence. Integrations never decide themselves: they call ``recorder.maybe_record
 >>> [step for step in range(20) if schedule.is_due(step, last=None if step == 0 else step - 1)]
 [0, 1, 2, 3, 6, 10, 18]
 >>> every_3 = as_schedule(3)
->>> every_3.is_due(7, last=None), every_3.is_due(7, last=5), every_3.is_due(8, last=5)
+>>> every_3.is_due(7, last=None), every_3.is_due(5, last=4), every_3.is_due(6, last=5)
 (True, False, True)
+>>> [step for step in range(1, 12) if every_3.is_due(step, last=None if step == 1 else step - 1)]
+[1, 3, 6, 9]
 """
 
 from __future__ import annotations
@@ -59,17 +64,22 @@ class Schedule:
 
 
 class EveryN(Schedule):
-    """Due when nothing was recorded yet or ``step - last >= n``.
+    """Due when nothing was recorded yet or ``step`` has crossed a multiple of ``n`` since ``last``.
 
     >>> EveryN(10).steps(35)
     [0, 10, 20, 30]
+    >>> every_5 = EveryN(5)
+    >>> [s for s in range(1, 31) if every_5.is_due(s, last=None if s == 1 else s - 1)]  # counting from 1
+    [1, 5, 10, 15, 20, 25, 30]
+    >>> every_5.is_due(12, last=8), every_5.is_due(14, last=10)  # a jump over 10; no multiple crossed
+    (True, False)
     """
 
     def __init__(self, n: int) -> None:
         self.n = int(n)
 
     def is_due(self, step: int, last: int | None) -> bool:
-        return last is None or step - last >= self.n
+        return last is None or step // self.n > last // self.n
 
     def __repr__(self) -> str:
         return f"every {self.n} steps"
@@ -183,8 +193,8 @@ class CallableSchedule(Schedule):
 
 
 def log_spaced(
-    first: int = 1,
-    per_decade: int = 10,
+    first: float = 1,
+    per_decade: float = 10,
     until: int | None = None,
     then_every: int | None = None,
     *,
@@ -194,13 +204,16 @@ def log_spaced(
 
     Step 0 (the initial weights) comes first unless ``zero=False``. From ``until`` on the steps are
     ``until, until + then_every, ...`` (``then_every`` defaults to ``until``); without ``until``
-    the spacing stays logarithmic forever. Pythia's checkpoints are roughly
+    the spacing stays logarithmic forever. ``first`` and ``per_decade`` may be fractional (the
+    steps are rounded). Pythia's checkpoints are roughly
     ``log_spaced(first=1, per_decade=3.3, until=1000, then_every=1000)``.
 
     >>> log_spaced(first=1, per_decade=10).steps(60)
     [0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, 40, 50]
     >>> log_spaced(first=10, per_decade=2, until=1000, then_every=500, zero=False).steps(2500)
     [10, 32, 100, 316, 1000, 1500, 2000, 2500]
+    >>> log_spaced(first=1, per_decade=3.3, until=1000, then_every=1000).steps(3000)
+    [0, 1, 2, 4, 8, 16, 33, 66, 132, 266, 534, 1000, 2000, 3000]
     """
     where = "log_spaced"
     if isinstance(first, bool) or not isinstance(first, numbers.Real) or not first > 0:

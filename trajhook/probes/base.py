@@ -43,6 +43,22 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def stage_tracker(track_stages: Any, where: str, **defaults: Any) -> Any:
+    """A probe's ``track_stages=`` argument as a StageTracker, or None when off.
+
+    :mod:`trajhook.analysis.online` is imported only when tracking is on: ``import trajhook``
+    imports no analysis module.
+
+    >>> stage_tracker(False, "MyProbe") is None
+    True
+    """
+    if track_stages is None or track_stages is False:
+        return None
+    from trajhook.analysis.online import as_tracker
+
+    return as_tracker(track_stages, where, **defaults)
+
+
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
     """The numpy dtype a tensor of ``dtype`` is stored as (bfloat16 is widened to float32).
 

@@ -95,7 +95,7 @@ def make_maze_env(seed: int, distribution_mode: str = "hard", num_levels: int = 
 
 def procgen_version() -> str:
     """The installed procgen version, e.g. ``'0.10.7'``."""
-    import procgen
+    procgen = require("procgen", "maze", "the maze probe")
 
     return str(getattr(procgen, "__version__", "unknown")).strip()
 
@@ -160,15 +160,6 @@ def load_maze_level(seed: int, distribution_mode: str = "hard", env: Any = None)
     return MazeLevel(int(seed), distribution_mode, state, cells, render_cells(env, state, cells))
 
 
-def is_sb3_policy(model: Any) -> bool:
-    """Whether ``model`` looks like a Stable-Baselines3 policy (``obs_to_tensor`` and ``get_distribution``).
-
-    >>> is_sb3_policy(torch.nn.Linear(2, 2))
-    False
-    """
-    return callable(getattr(model, "obs_to_tensor", None)) and callable(getattr(model, "get_distribution", None))
-
-
 def _check_callable_with_obs(model: Any, probe: str) -> None:
     """Raise, naming ``policy_fn``, when ``model(obs)`` cannot be the policy: no forward, or one needing more."""
     forward = getattr(type(model), "forward", None)
@@ -195,9 +186,7 @@ def _check_callable_with_obs(model: Any, probe: str) -> None:
 
 
 def _as_probs(out: Any, probe: str) -> torch.Tensor:
-    """Policy output (logits, a tuple led by logits, a Categorical, an SB3 distribution) to probabilities."""
-    if isinstance(getattr(out, "distribution", None), torch.distributions.Categorical):
-        return out.distribution.probs.float()  # a Stable-Baselines3 CategoricalDistribution
+    """Policy output (logits, a tuple led by logits, a Categorical) to probabilities."""
     if isinstance(out, torch.distributions.Categorical):
         return out.probs.float()
     if isinstance(out, tuple | list) and out:
@@ -229,9 +218,8 @@ class MazeProbe(Probe):
             ``Categorical``) when ``model(obs_batch)`` is not the policy: a model without
             ``forward`` (a cleanrl agent) or whose ``forward`` needs more than the batch.
 
-    A Stable-Baselines3 policy (``model.policy``) needs neither: without ``preprocess`` and
-    ``policy_fn`` the probe uses SB3's own preprocessing (``policy.obs_to_tensor``: channels
-    first; the policy scales images) and reads ``policy.get_distribution(obs).distribution.probs``.
+    A framework's callback may supply both (:meth:`adapt`): with
+    :class:`trajhook.integrations.sb3.TrajectoryCallback`, a Stable-Baselines3 policy needs neither.
     Match ``distribution_mode`` to the training environment's (cleanrl trains on ``"easy"``).
 
     Records ``action_probs`` ``(n, 15)``, ``direction_probs`` ``(n, 5)`` over
@@ -253,7 +241,6 @@ class MazeProbe(Probe):
     ) -> None:
         super().__init__(name)
         self._preprocess_given = preprocess is not None
-        self._sb3 = False
         self.seed = check_seed(f"MazeProbe {name!r}", seed)
         self.distribution_mode = check_distribution_mode(f"MazeProbe {name!r}", distribution_mode)
         if preprocess is None:
@@ -282,6 +269,16 @@ class MazeProbe(Probe):
         self._inputs: Any = None
         self._directions: torch.Tensor | None = None
         self._checked_finite = False  # non-finite policy output is an error on the first (setup) run only
+
+    def adapt(self, policy_fn: PolicyFn | None = None, preprocess: Preprocess | None = None) -> None:
+        """A framework's own way to call its policy and prepare observations, set by its callback before setup.
+
+        What the user passed to the constructor wins: each is used only where none was given.
+        """
+        if self.policy_fn is None and policy_fn is not None:
+            self.policy_fn = policy_fn
+        if not self._preprocess_given and preprocess is not None:
+            self.preprocess = preprocess
 
     # -- level facts, available after setup ---------------------------------------------------
     def _level(self) -> MazeLevel:
@@ -320,14 +317,9 @@ class MazeProbe(Probe):
             self.level = load_maze_level(self.seed, self.distribution_mode)
         level = self.level
         n = len(level.cells)
-        self._sb3 = self.policy_fn is None and is_sb3_policy(model)
-        if self.policy_fn is None and not self._sb3:
+        if self.policy_fn is None:
             _check_callable_with_obs(model, self.name)
-        obs = torch.from_numpy(level.observations).to(device)
-        if self._sb3 and not self._preprocess_given:
-            self._inputs = model.obs_to_tensor(level.observations)[0]  # SB3's own: HWC to CHW, on its device
-        else:
-            self._inputs = self.preprocess(obs)
+        self._inputs = self.preprocess(torch.from_numpy(level.observations).to(device))
         self._directions = torch.from_numpy(direction_matrix()).to(device)
         self.add_output("action_probs", (n, N_ACTIONS), "float32")
         self.add_output("direction_probs", (n, len(DIRECTIONS)), "float32")
@@ -368,10 +360,7 @@ class MazeProbe(Probe):
         if self._inputs is None or self._directions is None:
             self._level()
             raise TrajhookError(f"MazeProbe {self.name!r}: run before setup. HINT: call setup(model, device) first.")
-        if self.policy_fn is not None:
-            out = self.policy_fn(model, inputs)
-        else:
-            out = model.get_distribution(inputs) if self._sb3 else model(inputs)
+        out = model(inputs) if self.policy_fn is None else self.policy_fn(model, inputs)
         action_probs = _as_probs(out, self.name)
         if tuple(action_probs.shape) != (n, N_ACTIONS):
             raise TrajhookError(

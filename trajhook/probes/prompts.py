@@ -68,13 +68,12 @@ ask for (``padding_side``, else the tokenizer's, else right).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trajhook.analysis.online import StageTracker, as_tracker
 from trajhook.errors import TrajhookError
-from trajhook.probes.base import Probe, check_name
+from trajhook.probes.base import Probe, check_name, stage_tracker
 from trajhook.probes.microbatch import (
     MicroBatch,
     as_logits,
@@ -84,6 +83,9 @@ from trajhook.probes.microbatch import (
     gather_logprobs,
     plan_micro_batches,
 )
+
+if TYPE_CHECKING:  # imported where it is used: import trajhook imports no analysis module
+    from trajhook.analysis.online import StageTracker
 
 LogitsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], Any]
 
@@ -139,7 +141,7 @@ class PromptProbe(Probe):
                 "pass e.g. max_tokens_per_batch=4096, or leave it out for the memory-bounded default.",
             )
         self.max_tokens_per_batch = max_tokens_per_batch
-        self.stage_tracker = as_tracker(track_stages, f"PromptProbe {name!r}")
+        self.stage_tracker: StageTracker | None = stage_tracker(track_stages, f"PromptProbe {name!r}")
         self.prompt_ids = [self._encode(text, f"prompt {n!r}", True) for n, text in self._named_prompts()]
         self.target_ids = [
             [self._encode(t, f"target {t!r} of prompt {n!r}", False) for t in texts]

@@ -33,14 +33,13 @@ MiB of float32 logits, at least one window), and only the log-prob of each next 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from trajhook.analysis.online import StageTracker, as_tracker
 from trajhook.errors import TrajhookError
-from trajhook.probes.base import Probe
+from trajhook.probes.base import Probe, stage_tracker
 from trajhook.probes.microbatch import (
     as_logits,
     call_model,
@@ -50,6 +49,9 @@ from trajhook.probes.microbatch import (
     plan_micro_batches,
 )
 from trajhook.probes.prompts import check_fits_model, check_ids, first_forward_vocab, model_context
+
+if TYPE_CHECKING:  # imported where it is used: import trajhook imports no analysis module
+    from trajhook.analysis.online import StageTracker
 
 LogitsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], Any]
 
@@ -105,7 +107,7 @@ class TokenLossProbe(Probe):
         self.max_tokens_per_batch = tokens
         self.logits_fn = logits_fn
         self.tokenizer = tokenizer
-        self.stage_tracker = as_tracker(track_stages, f"TokenLossProbe {name!r}", icl=(500, 50))
+        self.stage_tracker: StageTracker | None = stage_tracker(track_stages, f"TokenLossProbe {name!r}", icl=(500, 50))
 
     def _fail(self, problem: str, hint: str) -> None:
         raise TrajhookError(f"TokenLossProbe {self.name!r}: {problem}. HINT: {hint}")

@@ -61,11 +61,11 @@ def _finite_list(values: np.ndarray, digits: int = 4) -> list:
 
 
 def _maze_probes(log: Any) -> list[str]:
-    return [name for name, probe in log.items() if "vectors" in probe and {"grid", "cells"} <= probe.metadata.keys()]
+    return [name for name, probe in log.items() if probe.kind == "maze"]
 
 
 def _prompt_probes(log: Any) -> list[str]:
-    return [name for name, probe in log.items() if "token_loss" in probe or "target_logprob" in probe]
+    return [name for name, probe in log.items() if probe.kind in ("prompts", "token_loss")]
 
 
 def run_names(logs: Sequence[Any]) -> list[str]:

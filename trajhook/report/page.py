@@ -14,21 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trajhook.errors import TrajhookError
+from trajhook.extras import require
 from trajhook.report.template import TEMPLATE
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 def _plotly() -> Any:
-    try:
-        import plotly.graph_objects as go
-    except ImportError:
-        raise TrajhookError(
-            "report: the HTML report draws with Plotly, which is not installed. HINT: pip install 'trajhook[report]' "
-            "(or pip install plotly)."
-        ) from None
-    return go
+    return require("plotly.graph_objects", "report", "trajhook report (the HTML report draws with Plotly)")
 
 
 def maze_figure(maze: dict[str, Any]) -> dict[str, Any]:

@@ -153,10 +153,9 @@ class PromptPanels(Panels):
 
 
 def panels_for(probe: Probe, pca_every_n_records: int = 10) -> Panels:
-    """The panels that suit a probe: maze vector fields, prompt curves, or plain scalars."""
-    outputs = probe.outputs
-    if "vectors" in outputs and {"grid", "cells"} <= probe.metadata.keys():
+    """The panels that suit a probe's ``kind``: maze vector fields, prompt curves, or plain scalars."""
+    if probe.kind == "maze":
         return MazePanels(probe)
-    if "token_loss" in outputs or "target_logprob" in outputs:
+    if probe.kind in ("prompts", "token_loss"):
         return PromptPanels(probe, pca_every_n_records)
     return Panels(probe)

@@ -8,7 +8,6 @@ is trajhook's step. Every write happens on the sink's own thread
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from trajhook.errors import TrajhookError
+from trajhook.extras import require
 from trajhook.probes.base import Probe
 from trajhook.sinks.service import ServiceSink
 
@@ -57,11 +57,7 @@ class TensorBoardSink(ServiceSink):
                 raise TrajhookError(
                     f"TensorBoardSink: logdir={logdir!r} is not a path. HINT: e.g. TensorBoardSink('runs/tb')."
                 )
-            if importlib.util.find_spec("tensorboard") is None:
-                raise TrajhookError(
-                    "TensorBoardSink: the tensorboard package is not installed. "
-                    "HINT: pip install 'trajhook[tensorboard]'."
-                )
+            require("tensorboard", "tensorboard", "TensorBoardSink")
         self.logdir = None if logdir is None else os.fspath(logdir)
         self.writer = writer
         self._owns_writer = writer is None

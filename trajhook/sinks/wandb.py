@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from trajhook.extras import require
 from trajhook.probes.base import Probe
 from trajhook.sinks.panels import EVENT_KEY, STEP_KEY, key_part
 from trajhook.sinks.service import ServiceSink
@@ -67,6 +68,8 @@ class WandbSink(ServiceSink):
 
     def __init__(self, run: Any = "auto", **options: Any) -> None:
         super().__init__(**options)
+        if run is True:  # asked for W&B: without it, an error now, before training
+            require("wandb", "wandb", "Recorder(wandb=True)")
         self.run_arg = run
         self.run: Any = None
         self.started_run = False
@@ -91,7 +94,7 @@ class WandbSink(ServiceSink):
             self.run.config.update(config, allow_val_change=True)
 
     def _service_write(self, step: int, items: Mapping[str, Any]) -> None:
-        import wandb
+        wandb = require("wandb", "wandb", "WandbSink")
 
         row = {k: wandb.Image(v) if isinstance(v, np.ndarray) else v for k, v in items.items()}
         for key in row:
@@ -103,7 +106,7 @@ class WandbSink(ServiceSink):
             self.run.finish()
 
     def _resolve_run(self) -> Any:
-        import wandb
+        wandb = require("wandb", "wandb", "WandbSink")
 
         if self.run_arg not in ("auto", True):
             return self.run_arg

@@ -1,0 +1,105 @@
+"""The HDF5 trajectory store: the writer used by the Recorder, and ``load`` for reading.
+
+One module per concept:
+
+- :mod:`~trajhook.store.format`: names, the format version, table indices, probe kinds, schemas;
+- :mod:`~trajhook.store.h5`: the h5py layer (SWMR opening, chunk shapes, appending, abandoning a file);
+- :mod:`~trajhook.store.lock`: one writer per store (``<store>.lock``);
+- :mod:`~trajhook.store.writer`: :class:`StoreWriter` (append, commit, resume, rebuild);
+- :mod:`~trajhook.store.reader`: :func:`load` and :class:`TrajectoryLog`, read under a seqlock;
+- :mod:`~trajhook.store.repair`: ``trajhook repair``, saving what a damaged store still holds.
+
+The format is documented in ``docs/FORMAT.md``. In short: every dataset is created before SWMR
+mode is switched on, rows are appended to chunked, uncompressed, resizable datasets, and the
+``committed`` dataset, written after the rows, says how many rows of each table are whole.
+Readers trust only ``committed``. This package knows nothing of torch.
+"""
+
+from trajhook.store.format import (
+    EVENT_LABEL_BYTES,
+    EVENTS,
+    FORMAT_VERSION,
+    GENERATION,
+    KINDS,
+    RECORDS,
+    SCALAR_NAME_BYTES,
+    SCALAR_NAMES,
+    SCALARS,
+    TABLE_NAMES,
+    Schema,
+    _dump_json,
+    _json_default,
+    damaged_rows,
+    guess_kind,
+    row_checksums,
+    schema_difference,
+    table_columns,
+)
+from trajhook.store.h5 import (
+    _CHUNK_BYTES,
+    _COMPACT_MIN_BYTES,
+    _HDF5,
+    _MAX_CHUNK_BYTES,
+    _MAX_CHUNK_ROWS,
+    _METADATA_READ_ATTEMPTS,
+    _REOPEN_WINDOW_S,
+    _STRING_CHUNK_ROWS,
+    COMPRESSION,
+    CORRUPT_ERRORS,
+    _append,
+    _create_appendable,
+    _first_line,
+    _hdf5_library,
+    _open_any,
+    _open_swmr,
+    _open_swmr_writer,
+    abandon,
+    chunk_shape,
+    corrupt_error,
+    is_disk_full,
+    members,
+    open_for_reading,
+    read_schema,
+    rows_inside_file,
+)
+from trajhook.store.lock import WriterLock, lock_path, writer_alive
+from trajhook.store.reader import Damage, Event, ProbeLog, Series, TrajectoryLog, _generation, load, verify
+from trajhook.store.writer import StoreWriter, _write_probe_metadata, create_store, tables, warn_dropped
+
+__all__ = [
+    "CORRUPT_ERRORS",
+    "EVENTS",
+    "EVENT_LABEL_BYTES",
+    "FORMAT_VERSION",
+    "GENERATION",
+    "KINDS",
+    "RECORDS",
+    "SCALARS",
+    "SCALAR_NAMES",
+    "SCALAR_NAME_BYTES",
+    "Damage",
+    "Event",
+    "ProbeLog",
+    "Schema",
+    "Series",
+    "StoreWriter",
+    "TrajectoryLog",
+    "WriterLock",
+    "abandon",
+    "chunk_shape",
+    "corrupt_error",
+    "create_store",
+    "guess_kind",
+    "is_disk_full",
+    "load",
+    "lock_path",
+    "members",
+    "open_for_reading",
+    "read_schema",
+    "rows_inside_file",
+    "schema_difference",
+    "tables",
+    "verify",
+    "warn_dropped",
+    "writer_alive",
+]

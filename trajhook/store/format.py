@@ -1,0 +1,141 @@
+"""The store's format: names, version, table indices, probe kinds, and the schema rules.
+
+Pure functions and constants; nothing here opens a file. The format is documented in
+``docs/FORMAT.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trajhook.errors import TrajhookError
+from trajhook.probes.base import OutputSpec
+
+FORMAT_VERSION = 3  # 2: each probe group records its kind (attr 'kind'); 3: a crc32 per row (/checksums)
+SCALAR_NAME_BYTES = 128
+EVENT_LABEL_BYTES = 256
+# Indices into the `committed` dataset: four row counts, then the generation, bumped by every
+# resume drop, so that a reader can tell that rows it read may have been rewritten meanwhile.
+RECORDS, SCALARS, EVENTS, SCALAR_NAMES, GENERATION = range(5)
+TABLE_NAMES = {RECORDS: "records", SCALARS: "scalars", EVENTS: "events", SCALAR_NAMES: "scalar_names"}
+"""The appendable tables, by their index in ``committed``; ``/checksums/<name>`` holds their row checksums."""
+KINDS = ("maze", "prompts", "token_loss", "tensor", "custom")
+"""The probe kinds a store records (attr ``kind`` of ``static/<probe>``)."""
+
+Schema = dict[str, dict[str, OutputSpec]]
+"""probe name -> output name -> spec."""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _dump_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise TrajhookError(
+            f"{what} cannot be stored: {err}. HINT: use numpy arrays, numbers, strings, lists and dicts."
+        ) from None
+
+
+def guess_kind(outputs: Sequence[str], metadata: Mapping[str, Any]) -> str:
+    """The probe kind of a group in a format-1 store, which did not record it (format 2 does).
+
+    >>> guess_kind(["action_probs", "direction_probs", "vectors"], {"grid": 0, "cells": 0})
+    'maze'
+    >>> guess_kind(["token_loss"], {}), guess_kind(["token_loss", "target_logprob"], {}), guess_kind(["x"], {})
+    ('token_loss', 'prompts', 'custom')
+    """
+    if "vectors" in outputs and {"grid", "cells"} <= metadata.keys():
+        return "maze"
+    if "target_logprob" in outputs or "topk_ids" in outputs:
+        return "prompts"
+    if "token_loss" in outputs:
+        return "token_loss"
+    return "custom"
+
+
+def schema_difference(stored: Schema, current: Schema) -> str | None:
+    """Describe how two schemas differ, or None if they are the same.
+
+    >>> f32 = np.dtype("float32")
+    >>> a = {"maze": {"vectors": OutputSpec("vectors", (96, 2), f32)}}
+    >>> b = {"maze": {"vectors": OutputSpec("vectors", (80, 2), f32)}}
+    >>> schema_difference(a, b)
+    "probe 'maze' output 'vectors': stored vectors(96, 2) float32, now vectors(80, 2) float32"
+    """
+    problems = []
+    for name in sorted(stored.keys() - current.keys()):
+        problems.append(f"probe {name!r} is in the store but not among the probes")
+    for name in sorted(current.keys() - stored.keys()):
+        problems.append(f"probe {name!r} is new (not in the store)")
+    for name in sorted(stored.keys() & current.keys()):
+        old, new = stored[name], current[name]
+        for key in sorted(old.keys() | new.keys()):
+            if key not in new:
+                problems.append(f"probe {name!r} no longer records {key!r}")
+            elif key not in old:
+                problems.append(f"probe {name!r} now records {key!r}, the store has no such dataset")
+            elif (old[key].shape, old[key].dtype) != (new[key].shape, new[key].dtype):
+                problems.append(
+                    f"probe {name!r} output {key!r}: stored {old[key].describe()}, now {new[key].describe()}"
+                )
+    return "; ".join(problems) or None
+
+
+def table_columns(probe_outputs: Mapping[str, Sequence[str]]) -> dict[int, list[str]]:
+    """The datasets of each appendable table, in the order of the columns of ``/checksums/<table>``.
+
+    >>> table_columns({"maze": ["vectors"]})[RECORDS]
+    ['steps', 'wall_time', 'probes/maze/vectors']
+    """
+    return {
+        RECORDS: ["steps", "wall_time"] + [f"probes/{p}/{o}" for p, outs in probe_outputs.items() for o in outs],
+        SCALARS: ["scalars/step", "scalars/key", "scalars/value"],
+        EVENTS: ["events/step", "events/label"],
+        SCALAR_NAMES: ["scalars/names"],
+    }
+
+
+def row_checksums(rows: np.ndarray) -> np.ndarray:
+    """The zlib crc32 of each row's bytes (C order, as stored: little-endian), as uint32.
+
+    >>> row_checksums(np.array([1, 2], "<i8")).tolist() == [zlib.crc32(n.to_bytes(8, "little")) for n in (1, 2)]
+    True
+    >>> row_checksums(np.zeros((0, 3), "<f4")).shape
+    (0,)
+    """
+    rows = np.ascontiguousarray(rows)
+    if len(rows) == 0:
+        return np.zeros(0, np.uint32)
+    flat = rows.reshape(len(rows), -1).view(np.uint8).reshape(len(rows), -1)
+    return np.fromiter((zlib.crc32(row) for row in flat), np.uint32, len(rows))
+
+
+def damaged_rows(columns: Sequence[np.ndarray], stored: np.ndarray) -> np.ndarray:
+    """Indices of the rows whose checksums, over ``columns`` (one array per dataset), differ from ``stored``.
+
+    >>> values = np.arange(6, dtype="<f4").reshape(3, 2)
+    >>> stored = row_checksums(values)[:, None]
+    >>> values[1, 0] = -1.0
+    >>> damaged_rows([values], stored).tolist()
+    [1]
+    """
+    n = len(stored)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    computed = np.stack([row_checksums(c[:n]) for c in columns], axis=1)
+    return np.flatnonzero((computed != np.asarray(stored).reshape(n, -1)).any(axis=1))

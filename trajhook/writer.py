@@ -1,0 +1,222 @@
+"""The writer thread: owns the HDF5 store and feeds the sinks, so the training thread never waits on disk or
+on a service.
+
+The training thread queues records (host copies of the probe outputs, still in flight from the device)
+into a bounded queue, and scalars and events into a small list; the writer waits for the copies,
+converts to numpy, appends, commits every ``flush_every_s`` and at each flush marker, feeds the
+sinks and the probes' stage trackers. A write error is kept and raised on the training thread at its
+next call (``on_error="raise"``), or warned about once (``"warn"``).
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import threading
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from trajhook.errors import TrajhookError
+from trajhook.sinks.base import SinkSet
+from trajhook.store import StoreWriter, is_disk_full, warn_dropped
+
+
+def new_nonfinite(array: np.ndarray, at_setup: np.ndarray | None) -> bool:
+    """Whether ``array`` is NaN or inf anywhere the probe's setup run was finite."""
+    nonfinite = ~np.isfinite(array)
+    if at_setup is not None:
+        nonfinite &= ~at_setup
+    return bool(nonfinite.any())
+
+
+class Writer(threading.Thread):
+    """The one thread that writes the file and feeds the sinks; the training thread only queues."""
+
+    def __init__(
+        self, store: StoreWriter, sinks: SinkSet, flush_every_s: float, max_queue: int, on_error: str = "raise"
+    ) -> None:
+        super().__init__(name="trajhook-writer", daemon=True)
+        self.store = store
+        self.on_error = on_error
+        self.sinks = sinks
+        self.flush_every_s = flush_every_s
+        self.records: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.small: list[tuple[str, Any]] = []  # scalars and events: tiny, never block training
+        self.small_lock = threading.Lock()
+        self.drop_from_step: int | None = None
+        self.error: BaseException | None = None
+        self.nonfinite_warned: set[str] = set()
+        self.setup_nonfinite: dict[str, dict[str, np.ndarray]] = {}  # e.g. NaN padding, by design
+        self.stage_trackers: dict[str, Any] = {}  # probe name -> StageTracker (trajhook.analysis.online)
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        next_flush = time.monotonic() + self.flush_every_s
+        while True:
+            item = None
+            try:
+                try:
+                    item = self.records.get(timeout=max(0.0, min(0.2, next_flush - time.monotonic())))
+                except queue.Empty:
+                    item = None
+                self._drain_small()
+                if isinstance(item, FlushMarker):
+                    self.store.flush()
+                    item.done.set()
+                elif item is not None:
+                    self._write_record(*item)
+                if time.monotonic() >= next_flush:
+                    self.store.flush()
+                    next_flush = time.monotonic() + self.flush_every_s
+                if self._stopping.is_set() and self.records.empty():
+                    self._drain_small()
+                    self.store.flush()
+                    return
+            except BaseException as err:
+                if not self._failed(err, item):
+                    return
+
+    def _failed(self, err: BaseException, item: Any) -> bool:
+        """After a write error the store's handle is never touched again (HDF5 can crash on it later).
+
+        ``on_error="raise"``: the error reaches the training thread at its next call; the writer stops.
+        ``on_error="warn"``: one warning, then the writer goes on draining the queue (the sinks still
+        get each record; the store ignores it), so training runs to its end. Returns whether to go on.
+        """
+        warned = self.store.failed
+        self.store.abandon()  # committed rows are on disk; the file is left as a crash leaves it
+        if is_disk_full(err):  # HDF5's own message runs over several lines: say it plainly
+            err = OSError(errno.ENOSPC, "No space left on device")
+        if self.on_error != "warn" or not isinstance(err, Exception):
+            self.error = err  # surfaced on the training thread at the next call
+            if isinstance(item, FlushMarker):  # after the error is set: flush() must not return as if committed
+                item.done.set()
+            return False
+        if isinstance(item, FlushMarker):
+            item.done.set()
+        if warned:
+            return True
+        warnings.warn(
+            f"Recorder: writing {str(self.store.path)!r} failed: {type(err).__name__}: {err}. Recording to the "
+            "store stopped; training goes on. Everything committed before is intact. HINT: free disk space, "
+            "then resume the store with a new Recorder on the same path.",
+            stacklevel=1,
+        )
+        return True
+
+    def _drain_small(self) -> None:
+        """Apply a pending resume drop, then write the scalars and events queued so far."""
+        with self.small_lock:  # taken together, so a drop never falls after this session's own rows
+            drop, self.drop_from_step = self.drop_from_step, None
+            items, self.small = self.small, []
+        if drop is not None:
+            warn_dropped(self.store.path, drop, self.store.drop_from(drop))
+        for kind, payload in items:
+            if kind == "scalars":
+                step, values = payload
+                values = {k: float(v) for k, v in values.items()}  # a tensor's .item() waits here
+                for name, value in values.items():
+                    self.store.add_scalar(step, name, value)
+                self.sinks.scalars(step, values)
+            else:
+                step, label = payload
+                self.store.add_event(step, label)
+                self.sinks.event(step, label)
+
+    def _write_record(self, step: int, wall_time: float, host: dict, event: Any) -> None:
+        if event is not None:
+            event.synchronize()
+        arrays = {p: {k: t.numpy() for k, t in outputs.items()} for p, outputs in host.items()}
+        for probe, outputs in arrays.items():
+            if probe not in self.nonfinite_warned:
+                expected = self.setup_nonfinite.get(probe, {})
+                bad = [k for k, a in outputs.items() if a.dtype.kind == "f" and new_nonfinite(a, expected.get(k))]
+                if bad:
+                    self.nonfinite_warned.add(probe)
+                    warnings.warn(
+                        f"Recorder: probe {probe!r} produced NaN or inf in {bad} at step {step}; stored as is "
+                        "(warned once per probe).",
+                        stacklevel=1,
+                    )
+        self.store.add_record(step, wall_time, arrays)
+        self.sinks.record(step, arrays)
+        self._track_stages(step, arrays)
+
+    def _track_stages(self, step: int, arrays: dict) -> None:
+        """Feed the opted-in probes' stage trackers; an event they confirm goes to the store and the sinks."""
+        for probe, tracker in list(self.stage_trackers.items()):
+            try:
+                found = tracker.update(step, arrays[probe][tracker.output])
+            except Exception as err:  # a tracker never stops the writer: the store stays complete
+                del self.stage_trackers[probe]
+                warnings.warn(f"Recorder: the stage tracker of {probe!r} failed and is off: {err!r}", stacklevel=1)
+                continue
+            for at_step, label in found:
+                self.store.add_event(at_step, label)
+                self.sinks.event(at_step, label)
+
+    def put_small(self, kind: str, payload: Any) -> None:
+        with self.small_lock:
+            self.small.append((kind, payload))
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- called on the training thread ----------------------------------------------------------
+
+    def put_record(self, item: Any) -> None:
+        """Queue a record ``(step, wall_time, host, event)`` or a flush marker; blocks while the queue is full,
+        never drops. A write error raised on this thread since is raised here."""
+        while True:
+            self.raise_if_failed()
+            try:
+                self.records.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is written and committed."""
+        done = threading.Event()
+        self.put_record(FlushMarker(done))
+        while not done.wait(0.05):
+            self.raise_if_failed()
+            if not self.is_alive():
+                raise TrajhookError(
+                    f"Recorder: the writer of {str(self.store.path)!r} stopped. HINT: create a new Recorder."
+                )
+        self.raise_if_failed()  # a flush that failed never returns as if it had committed
+
+    def drop_from(self, step: int) -> None:
+        """Before the next write, drop the rows an earlier, longer run left from ``step`` on (a resume)."""
+        if any(self.store.counts):
+            with self.small_lock:
+                self.drop_from_step = int(step)
+
+    def finish(self) -> None:
+        """Write everything queued, then close the store (or leave it as a crash leaves it after an error)."""
+        self.stop()
+        self.join()
+        if self.error is None:
+            self.store.close()
+        else:  # what was committed is on disk, the rest never was; the handle is never touched
+            self.store.abandon()
+
+    def raise_if_failed(self) -> None:
+        """Carry a write error from this thread to the training thread, as a TrajhookError."""
+        if self.error is not None:
+            err = self.error
+            raise TrajhookError(
+                f"Recorder: writing {str(self.store.path)!r} failed: {type(err).__name__}: {err}. "
+                "Everything committed before is intact. HINT: check disk space and permissions."
+            ) from err
+
+
+class FlushMarker:
+    """Queued by ``Writer.flush``: the writer commits everything before it, then sets ``done``."""
+
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
