@@ -183,8 +183,11 @@ class Follower:
         if key in self._frames:
             self._frames.move_to_end(key)
             return self._frames[key]
-        info = self._probes.get(probe)
         steps = self._steps.array
+        if not len(steps) or step > steps[-1]:
+            self.refresh()  # asked for a record newer than the last read: catch up first
+            steps = self._steps.array
+        info = self._probes.get(probe)
         i = int(np.searchsorted(steps, step, side="left"))
         if info is None or info["kind"] != "maze" or i >= len(steps) or steps[i] != step or self._file is None:
             return None
