@@ -42,4 +42,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in ("plots", "analysis"):
         return importlib.import_module(f"trajhook.{name}")
+    if name == "show":  # the live page inline in a notebook (trajhook[serve])
+        return importlib.import_module("trajhook.serve.notebook").show
     raise AttributeError(f"module 'trajhook' has no attribute {name!r}")
