@@ -42,8 +42,10 @@ def bind(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise TrajhookError(f"serve: cannot resolve --host {host!r} ({err}). HINT: e.g. --host 127.0.0.1.") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    # proto IPPROTO_TCP, as getaddrinfo says: asyncio sets TCP_NODELAY on accepted sockets only then, and
+    # without it every keep-alive response waits ~40 ms for a delayed ACK (Nagle)
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)

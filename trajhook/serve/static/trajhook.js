@@ -601,9 +601,8 @@
         if (app.following || step === null) show(app.axis.length - 1);
         else show(Math.max(0, atOrBefore(app.axis, step)));
       }
-      if (jobs.length) {
-        await Promise.all(jobs);
-        show(app.index); // panels made by these updates draw the step too
+      if (jobs.length) { // not awaited: a slow PCA must not hold back the next poll
+        Promise.all(jobs).then(function () { show(app.index); }); // panels these make draw the step too
       }
     }
 
