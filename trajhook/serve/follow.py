@@ -3,8 +3,9 @@
 The thread owns the file's h5py handle: every read of that file (a refresh, a frame) runs on it,
 because h5py serialises calls behind one global lock and multi-threaded reads of one file crashed
 (NOTES.md, "A live view"). It keeps only what is small per record: the step index, the wall time,
-the scalars, each prompt probe's target log-probs, and a thinned sample of each token-loss probe
-(at most :data:`MAX_SAMPLES` rows, by stride doubling, plus the newest). Maze frames are read from
+the scalars, each prompt probe's target log-probs, and a thinned sample
+(at most :data:`MAX_SAMPLES` rows, by stride doubling, plus the newest) of each output a PCA panel
+draws. Maze frames are read from
 the file when asked for, through a small LRU cache.
 
 What it handles:
@@ -112,7 +113,7 @@ class Snapshot:
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]
     events: list[tuple[int, str]]
     targets: dict[str, np.ndarray]
-    samples: dict[str, tuple[np.ndarray, np.ndarray]]
+    samples: dict[str, tuple[np.ndarray, np.ndarray]]  # "probe/dataset" -> (record indices, rows)
     attrs: dict[str, Any]
 
 
@@ -325,11 +326,15 @@ class Follower:
         new_steps = rows("steps", n0, n1)
         new_targets = {}
         new_samples = {}
+        from trajhook.serve.payloads import PCA_SOURCES
+
+        sampled = {dataset for dataset, _, _ in PCA_SOURCES}
         for name, info in self._probes.items():
             if "target_logprob" in info["outputs"]:
                 new_targets[name] = rows(f"probes/{name}/target_logprob", n0, n1)
-            if "token_loss" in info["outputs"]:
-                new_samples[name] = rows(f"probes/{name}/token_loss", n0, n1)
+            for dataset in sampled:  # what the PCA panels draw: thinned, kept in memory
+                if dataset in info["outputs"]:
+                    new_samples[f"{name}/{dataset}"] = rows(f"probes/{name}/{dataset}", n0, n1)
             for key in info["outputs"]:
                 file[f"probes/{name}/{key}"].refresh()  # frames read these later
         names = [b.decode() for b in rows("scalars/names", 0, counts[SCALAR_NAMES])]

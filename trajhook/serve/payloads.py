@@ -135,29 +135,38 @@ def _icl(rows: np.ndarray) -> np.ndarray:
     return np.atleast_1d(icl_score(rows, late=ICL_LATE, early=early))
 
 
-# The PCA panels: (dataset, probe kinds, title). One more entry draws one more panel kind (e.g. mazes).
+# The PCA panels: (dataset, probe kinds, title). Each entry draws one panel per probe that records the dataset,
+# every run in one basis; e.g. ("vectors", ("maze",), "vector-field PCA trajectory") adds the mazes' panel.
 PCA_SOURCES: list[tuple[str, tuple[str, ...], str]] = [
     ("token_loss", ("prompts", "token_loss"), "per-token-loss PCA trajectory (one basis for all runs)"),
 ]
 
 
 def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]:
-    """Every run's trajectory in ONE PCA basis per probe, with event markers and the ICL score.
+    """Every run's trajectory in ONE PCA basis per probe, with event markers (and the ICL score for token losses).
 
-    Token-loss rows come from each follower's thinned sample (at most a few thousand records a run,
-    always the newest): the trajectory of a long run is drawn from evenly spaced records.
+    Rows come from each follower's thinned sample (at most a few thousand records a run, always the
+    newest): the trajectory of a long run is drawn from evenly spaced records.
     """
     from trajhook.analysis.trajectory import trajectory_pca
 
     panels = []
     for dataset, kinds, title in PCA_SOURCES:
-        probes = sorted({p for s in snaps for p, info in s.probes.items() if info["kind"] in kinds and p in s.samples})
+        probes = sorted(
+            {
+                p
+                for s in snaps
+                for p, info in s.probes.items()
+                if info["kind"] in kinds and f"{p}/{dataset}" in s.samples
+            }
+        )
         for probe in probes:
-            members = [(i, s) for i, s in enumerate(snaps) if probe in s.samples and len(s.samples[probe][0])]
-            shapes = {s.samples[probe][1].shape[1:] for _, s in members}
-            if len(shapes) != 1 or sum(len(s.samples[probe][0]) for _, s in members) < 2:
+            key = f"{probe}/{dataset}"
+            members = [(i, s) for i, s in enumerate(snaps) if key in s.samples and len(s.samples[key][0])]
+            shapes = {s.samples[key][1].shape[1:] for _, s in members}
+            if len(shapes) != 1 or sum(len(s.samples[key][0]) for _, s in members) < 2:
                 continue
-            rows = [s.samples[probe][1].astype(np.float64) for _, s in members]
+            rows = [s.samples[key][1].astype(np.float64) for _, s in members]
             try:
                 fit = trajectory_pca(rows, n_components=2)
             except Exception:  # every column NaN somewhere: nothing to draw yet
@@ -172,7 +181,7 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]
             }
             for (i, snap), coords, data in zip(members, fit.coords, rows, strict=True):
                 coords = coords if coords.shape[1] == 2 else np.pad(coords, ((0, 0), (0, 1)))
-                index = snap.samples[probe][0]
+                index = snap.samples[key][0]
                 steps = snap.steps[np.minimum(index, len(snap.steps) - 1)]
                 events = []
                 for step, label in snap.events:
