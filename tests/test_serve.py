@@ -332,3 +332,35 @@ def test_the_follower_survives_a_rebuild_and_a_resume_that_drops_rows(tmp_path):
         assert follower.snapshot().steps.tolist() == [100, 101]
     finally:
         follower.stop()
+
+
+@pytest.mark.timeout(60)
+def test_pca_panels_put_every_run_in_one_basis_also_for_a_maze_field(tmp_path, monkeypatch):
+    from trajhook.analysis import trajectory_pca
+    from trajhook.serve import payloads
+    from trajhook.serve.follow import Follower
+
+    monkeypatch.setattr(
+        payloads, "PCA_SOURCES", [*payloads.PCA_SOURCES[:1], ("vectors", ("maze",), "vector-field PCA trajectory")]
+    )
+    paths = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    write(paths[0], steps=7)
+    write(paths[1], steps=5, start=50)
+    followers = [Follower(p, start=False) for p in paths]
+    try:
+        for follower in followers:
+            follower.refresh()
+        panels = {p["key"]: p for p in payloads.pca(["a", "b"], [f.snapshot() for f in followers])}
+    finally:
+        for follower in followers:
+            follower.stop()
+    logs = [load(p) for p in paths]
+    for key, dataset in (("token_loss:prompts", "token_loss"), ("vectors:maze", "vectors")):
+        panel = panels[key]
+        probe = key.split(":")[1]
+        joint = trajectory_pca([log[probe][dataset] for log in logs], n_components=2)
+        for run, log, coords in zip(panel["runs"], logs, joint.coords, strict=True):
+            assert run["steps"] == log.steps.tolist()
+            shown = np.stack([run["x"], run["y"]], 1)
+            np.testing.assert_allclose(np.abs(shown), np.abs(coords), atol=1e-4)
+    assert panels["vectors:maze"]["icl_tokens"] is None and panels["token_loss:prompts"]["icl_tokens"]

@@ -7,6 +7,7 @@ Runs are addressed by their index in the list given on the command line, never b
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,6 +141,8 @@ def _icl(rows: np.ndarray) -> np.ndarray:
 PCA_SOURCES: list[tuple[str, tuple[str, ...], str]] = [
     ("token_loss", ("prompts", "token_loss"), "per-token-loss PCA trajectory (one basis for all runs)"),
 ]
+if importlib.util.find_spec("trajhook.analysis.field") is not None:  # the maze's essential dynamics (h-stream)
+    PCA_SOURCES.append(("vectors", ("maze",), "vector-field PCA trajectory (one basis for all runs)"))
 
 
 def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]:
@@ -176,7 +179,9 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]
                 "title": f"{probe}: {title}",
                 "probe": probe,
                 "explained": _floats(fit.explained_variance_ratio, 4),
-                "icl_tokens": [ICL_LATE, min(ICL_EARLY, next(iter(shapes))[-1] // 4)],
+                "icl_tokens": [ICL_LATE, min(ICL_EARLY, next(iter(shapes))[-1] // 4)]
+                if dataset == "token_loss"
+                else None,
                 "runs": [],
             }
             for (i, snap), coords, data in zip(members, fit.coords, rows, strict=True):

@@ -438,9 +438,11 @@
     self.update = function (entry) {
       self.data = entry;
       box.root.querySelector("h2").textContent = entry.title;
-      box.root.querySelector(".note").textContent = "x: events (the record at or before them). ICL score = loss at token " +
+      readout.className = entry.icl_tokens ? "readout icl" : "readout";
+      box.root.querySelector(".note").textContent = "x: events (the record at or before them). Red dots: each run's " +
+        "record at the step. " + (entry.icl_tokens ? "ICL score = loss at token " +
         entry.icl_tokens[0] + " (or the prompt's last) - loss at token " + entry.icl_tokens[1] +
-        ", averaged over prompts; negative: later tokens are easier (in-context learning).";
+        ", averaged over prompts; negative: later tokens are easier (in-context learning)." : "");
       const xr = range(entry.runs.map(function (r) { return r.x; })), yr = range(entry.runs.map(function (r) { return r.y; }));
       X = function (x) { return b.left + (x - xr[0]) / (xr[1] - xr[0]) * b.width; };
       Y = function (y) { return b.top + b.height - (y - yr[0]) / (yr[1] - yr[0]) * b.height; };
@@ -479,7 +481,8 @@
         const at = Math.max(0, atOrBefore(r.steps, step));
         xs.push([r.x[at]]); ys.push([r.y[at]]);
         const score = r.icl[at];
-        lines.push(r.name + ": ICL score " + (score === null || score === undefined ? "n/a" : score.toFixed(3)));
+        if (self.data.icl_tokens) lines.push(r.name + ": ICL score " + (score === null || score === undefined ? "n/a" : score.toFixed(3)));
+        else lines.push(r.name + ": step " + r.steps[at]);
         if (r.x[at] === null) return;
         ctx.fillStyle = "#d62728"; ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
         ctx.beginPath(); ctx.arc(X(r.x[at]), Y(r.y[at]), 7, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
