@@ -10,7 +10,7 @@ and a prompts-only run on other steps. A third store is written live by a writer
 - the server's resident memory after all that;
 - the writer's ``Recorder.flush()`` time with and without a server and a page attached, interleaved rounds.
 
-Run: ``python benchmarks/bench_serve.py [--records 10000] [--moves 100] [--live 40] [--rounds 3]``.
+Run: ``python benchmarks/bench_serve.py [--records 10000] [--moves 100] [--live 40] [--rounds 3] [--folder DIR]``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from bench_report import SyntheticMaze, spanning_tree_maze  # noqa: E402
 from timing import machine  # noqa: E402
 
-from trajhook import Recorder  # noqa: E402
+from trajhook import Recorder, load  # noqa: E402
 from trajhook.probes.base import Probe  # noqa: E402
 
 
@@ -58,13 +58,16 @@ class SyntheticPrompts(Probe):
         return {"token_loss": loss, "target_logprob": torch.full((self.shape[0], 2), -3.0 + 2.5 * t)}
 
 
-def write_store(path: Path, records: int, every: int, maze: bool, start: int = 0, interval: float = 0.0) -> list:
+def write_store(
+    path: Path, records: int, every: int, maze: bool, start: int = 0, interval: float = 0.0, overwrite: bool = False
+) -> list:
     """Record ``records`` steps; with ``interval``, flush each record and return per-record
     ``(step, commit unix time, flush seconds)``."""
     model = torch.nn.Linear(1, 1, bias=False)
     probes = [SyntheticPrompts()] + ([SyntheticMaze(spanning_tree_maze())] if maze else [])
     timings = []
-    with Recorder(path, probes, every_n_steps=every, wandb=False, max_queue=64, flush_every_s=0.05) as rec:
+    options = {"wandb": False, "max_queue": 64, "flush_every_s": 0.05, "overwrite": overwrite}
+    with Recorder(path, probes, every_n_steps=every, **options) as rec:
         for k in range(records):
             step = start + k * every
             with torch.no_grad():
@@ -142,14 +145,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--moves", type=int, default=100)
     parser.add_argument("--live", type=int, default=40, help="records the live writer commits")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the flush comparison")
+    parser.add_argument("--folder", default=None, help="keep the stores here, and reuse them if they are there")
     args = parser.parse_args(argv)
     from browser import chromium
 
     print(machine())
-    folder = Path(tempfile.mkdtemp(prefix="trajhook-bench-serve-"))
+    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="trajhook-bench-serve-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [folder / "live.h5", *folder.glob("flush-*.h5")]:
+        old.unlink()
     began = time.perf_counter()
-    write_store(folder / "maze.h5", args.records, 10, maze=True)
-    write_store(folder / "lm.h5", args.records, 7, maze=False)
+    if not ((folder / "maze.h5").exists() and len(load(folder / "maze.h5").steps) == args.records):
+        write_store(folder / "maze.h5", args.records, 10, maze=True, overwrite=True)
+        write_store(folder / "lm.h5", args.records, 7, maze=False, overwrite=True)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.0f} MB" for p in (folder / "maze.h5", folder / "lm.h5"))
     print(f"stores: 2 x {args.records:,} records ({sizes}), written in {time.perf_counter() - began:.0f} s")
 

@@ -364,3 +364,14 @@ def test_pca_panels_put_every_run_in_one_basis_also_for_a_maze_field(tmp_path, m
             shown = np.stack([run["x"], run["y"]], 1)
             np.testing.assert_allclose(np.abs(shown), np.abs(coords), atol=1e-4)
     assert panels["vectors:maze"]["icl_tokens"] is None and panels["token_loss:prompts"]["icl_tokens"]
+
+
+def test_the_page_draws_arrows_with_the_pngs_constants():
+    from trajhook.plots import maze
+    from trajhook.serve.payloads import GLYPH
+
+    assert GLYPH == {
+        "min_length": maze.MIN_ARROW_LENGTH,
+        "max_length": maze.MAX_ARROW_LENGTH,
+        "min_strength": maze.MIN_STRENGTH,
+    }

@@ -77,6 +77,8 @@ def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: fl
     from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
+    import trajhook.analysis.trajectory  # noqa: F401  (imported now, not on the first page's first PCA request)
+
     runs = Runs(paths, poll_s=poll_s)
     script = (STATIC / "trajhook.js").read_bytes()
 

@@ -19,6 +19,9 @@ from trajhook.serve.follow import Snapshot
 from trajhook.serve.frames import bucket_minmax
 
 ICL_LATE, ICL_EARLY = 500, 50
+# trajhook.plots.maze's arrow encoding (MIN_ARROW_LENGTH, MAX_ARROW_LENGTH, MIN_STRENGTH), here without
+# importing matplotlib; tests/test_serve.py checks that they agree
+GLYPH = {"min_length": 0.6, "max_length": 0.95, "min_strength": 0.02}
 
 
 def run_names(paths: Sequence[str | Path]) -> list[str]:
@@ -81,7 +84,6 @@ def state(names: Sequence[str], snaps: Sequence[Snapshot], have: Sequence[tuple[
 
 def maze(snap: Snapshot, probe: str) -> dict[str, Any] | None:
     """A maze probe's level: the grid, the free cells, cheese, start, and the arrow encoding's constants."""
-    from trajhook.plots.maze import MAX_ARROW_LENGTH, MIN_ARROW_LENGTH, MIN_STRENGTH
     from trajhook.probes.maze import DIRECTIONS
 
     info = snap.probes.get(probe)
@@ -98,7 +100,7 @@ def maze(snap: Snapshot, probe: str) -> dict[str, Any] | None:
         "cheese": None if meta.get("cheese") is None else [int(v) for v in meta["cheese"]],
         "start": None if meta.get("start") is None else [int(v) for v in meta["start"]],
         "directions": [str(d) for d in meta.get("directions", DIRECTIONS)],
-        "glyph": {"min_length": MIN_ARROW_LENGTH, "max_length": MAX_ARROW_LENGTH, "min_strength": MIN_STRENGTH},
+        "glyph": dict(GLYPH),
     }
 
 
