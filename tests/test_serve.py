@@ -170,8 +170,8 @@ def test_the_page_follows_a_writer_scrubs_every_panel_and_shows_the_stores_value
         writer.kill()
         last = max(writer.committed)
         wait_until(lambda: "no writer" in " ".join(page(driver)["status"]) and page(driver)["head"] == str(last))
-        # the go-to box: step 5 (once the PCA basis is refitted on every record: at most every 2 s)
-        time.sleep(2.5)
+        # the go-to box: step 5 (once the PCA basis is refitted on every record: the page asks every 5 s)
+        time.sleep(5.5)
         press(driver, "END")
         wait_until(lambda: drawn(driver, last))
         box = driver.find_element("id", "goto")
@@ -375,3 +375,20 @@ def test_the_page_draws_arrows_with_the_pngs_constants():
         "max_length": maze.MAX_ARROW_LENGTH,
         "min_strength": maze.MIN_STRENGTH,
     }
+
+
+def test_a_followers_sample_keeps_at_most_max_samples_evenly_spaced_records_and_the_newest(monkeypatch):
+    from trajhook.serve import follow
+
+    monkeypatch.setattr(follow, "MAX_SAMPLES", 8)
+    sample = follow.Sample()
+    data = np.arange(100.0)[:, None] * np.ones((1, 3))  # row i holds i
+    kept = []
+    for start, stop in ((0, 37), (37, 38), (38, 41), (41, 100)):  # a catch-up, then live rows, then another
+        index, rows, stride = sample.read(data, start, stop, block=16)
+        sample.add(index, rows, stride)
+        index, rows = sample.arrays()
+        np.testing.assert_array_equal(rows[:, 0], index)  # each kept row is its record's
+        kept.append(index.tolist())
+    assert kept[0] == [0, 8, 16, 24, 32, 36] and kept[2] == [0, 8, 16, 24, 32, 40]
+    assert kept[-1] == [0, 16, 32, 48, 64, 80, 96, 99]

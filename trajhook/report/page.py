@@ -73,7 +73,8 @@ def render_page(data: dict[str, Any]) -> str:
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     text = text.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     script = (STATIC / "trajhook.js").read_text(encoding="utf-8").replace("</script", "<\\/script")
-    return page_html(snapshot=text, script=script)
+    title = "trajhook report: " + ", ".join(run["name"] for run in data["state"]["runs"])
+    return page_html(snapshot=text, script=script, title=title)
 
 
 def write_report(

@@ -22,15 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from trajhook.serve import payloads
-from trajhook.serve.follow import Follower
+from trajhook.serve.follow import POLL_S, Follower
 
 STATIC = Path(__file__).parent / "static"
-PCA_EVERY_S = 2.0
+PCA_EVERY_S = 4.0
 
 
-def page_html(token: str | None = None, snapshot: str | None = None, script: str | None = None) -> str:
+def page_html(
+    token: str | None = None, snapshot: str | None = None, script: str | None = None, title: str = "trajhook"
+) -> str:
     """The page: served (the script by URL) or as a static snapshot (script and data inlined)."""
+    import html as escape
+
+    title = escape.escape(title)
     html = (STATIC / "page.html").read_text(encoding="utf-8")
+    html = html.replace("<title>trajhook</title>", f"<title>{title}</title>")
+    html = html.replace('<h1 id="title">trajhook</h1>', f'<h1 id="title">{title}</h1>')
     if snapshot is None:
         query = f"?token={token}" if token else ""
         tag = f'<script src="static/trajhook.js{query}"></script>'
@@ -44,7 +51,7 @@ def page_html(token: str | None = None, snapshot: str | None = None, script: str
 class Runs:
     """The followed stores and the PCA cache shared by every request."""
 
-    def __init__(self, paths: Sequence[str | Path], poll_s: float = 0.25) -> None:
+    def __init__(self, paths: Sequence[str | Path], poll_s: float = POLL_S) -> None:
         self.paths = [Path(p) for p in paths]
         self.names = payloads.run_names(self.paths)
         self.followers = [Follower(p, poll_s=poll_s) for p in self.paths]
@@ -69,7 +76,7 @@ class Runs:
             follower.stop()
 
 
-def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: float = 0.25) -> Any:
+def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: float = POLL_S) -> Any:
     """The Starlette app following ``paths``; with ``token``, requests without it get 403."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
@@ -109,7 +116,8 @@ def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: fl
         return await asyncio.wrap_future(follower.submit(job))
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page_html(token), headers={"Cache-Control": "no-store"})
+        title = "trajhook (live): " + ", ".join(runs.names)
+        return HTMLResponse(page_html(token, title=title), headers={"Cache-Control": "no-store"})
 
     async def static_js(request: Request) -> Response:
         return Response(script, media_type="text/javascript", headers={"Cache-Control": "no-store"})

@@ -37,7 +37,7 @@ import numpy as np
 
 MAX_SAMPLES = 2048
 FRAME_CACHE = 512
-POLL_S = 0.25
+POLL_S = 1.0  # the page polls every 0.5 s, and each poll reads first: this tick is for pages that do not
 
 
 class Growing:
@@ -75,19 +75,41 @@ class Sample:
     rows: list[np.ndarray] = field(default_factory=list)
     last: tuple[int, np.ndarray] | None = None
 
-    def add(self, start: int, rows: np.ndarray) -> None:
-        for offset in range(len(rows)):
-            i = start + offset
+    def add(self, index: np.ndarray, rows: np.ndarray, stride: int = 1) -> None:
+        """Take records ``index`` (ascending, the newest last) with their ``rows``, at ``stride`` or coarser."""
+        if stride > self.stride:
+            self.stride = stride
+            keep = [k for k, i in enumerate(self.index) if i % self.stride == 0]
+            self.index = [self.index[k] for k in keep]
+            self.rows = [self.rows[k] for k in keep]
+        for i, row in zip(index.tolist(), rows, strict=True):
             if i % self.stride == 0:
                 self.index.append(i)
-                self.rows.append(np.asarray(rows[offset], dtype=np.float32))
-        if len(rows):
-            self.last = (start + len(rows) - 1, np.asarray(rows[-1], dtype=np.float32))
+                self.rows.append(np.asarray(row, dtype=np.float32))
+        if len(index):
+            self.last = (int(index[-1]), np.asarray(rows[-1], dtype=np.float32))
         while len(self.index) > MAX_SAMPLES:
             self.stride *= 2
             keep = [k for k, i in enumerate(self.index) if i % self.stride == 0]
             self.index = [self.index[k] for k in keep]
             self.rows = [self.rows[k] for k in keep]
+
+    def read(self, ds: Any, start: int, stop: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(index, rows, stride)``: the records ``start..stop-1`` this sample will keep (and the newest),
+        read in blocks, so that catching up with a long run never holds all of its rows at once."""
+        stride = self.stride
+        while -(-stop // stride) > MAX_SAMPLES:
+            stride *= 2
+        wanted = np.unique(np.r_[np.arange(-(-start // stride) * stride, stop, stride), stop - 1])
+        wanted = wanted[(wanted >= start) & (wanted < stop)]
+        parts = []
+        for first in range(start, stop, block):
+            rows = ds[first : min(first + block, stop)]
+            pick = wanted[(wanted >= first) & (wanted < first + block)] - first
+            parts.append(rows[pick])
+        if not parts:
+            return wanted, np.zeros((0, *ds.shape[1:]), ds.dtype), stride
+        return wanted, np.concatenate(parts), stride
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """``(record indices, rows)``, the newest record included."""
@@ -334,7 +356,10 @@ class Follower:
                 new_targets[name] = rows(f"probes/{name}/target_logprob", n0, n1)
             for dataset in sampled:  # what the PCA panels draw: thinned, kept in memory
                 if dataset in info["outputs"]:
-                    new_samples[f"{name}/{dataset}"] = rows(f"probes/{name}/{dataset}", n0, n1)
+                    key = f"{name}/{dataset}"
+                    ds = file[f"probes/{name}/{dataset}"]
+                    ds.refresh()
+                    new_samples[key] = self._samples.get(key, Sample()).read(ds, n0, n1)
             for key in info["outputs"]:
                 file[f"probes/{name}/{key}"].refresh()  # frames read these later
         names = [b.decode() for b in rows("scalars/names", 0, counts[SCALAR_NAMES])]
@@ -354,8 +379,8 @@ class Follower:
             self._steps.extend(new_steps)
             for name, lp in new_targets.items():
                 self._targets.setdefault(name, Growing(np.float32, lp.shape[1:])).extend(lp)
-            for name, tl in new_samples.items():
-                self._samples.setdefault(name, Sample()).add(n0, tl)
+            for name, (index, sample_rows, stride) in new_samples.items():
+                self._samples.setdefault(name, Sample()).add(index, sample_rows, stride)
             for i, name in enumerate(names):
                 mask = keys == i
                 if name not in self._scalars:
