@@ -80,7 +80,9 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
                 " p = document.querySelector('.icl').parentNode;"
                 "return {index: +document.body.dataset.index, label: document.getElementById('step-label').textContent,"
                 " step: m.dataset.step, probs: Array.from(m.trajhookFrame.probs).map(v => v / 255),"
-                " cursor: JSON.parse(p.dataset.cursor), icl: p.querySelector('.icl').textContent}"
+                " cursor: JSON.parse(p.dataset.cursor), icl: p.querySelector('.icl').textContent,"
+                " version: document.getElementById('version').textContent,"
+                " metadata: Array.from(document.querySelectorAll('#runs details pre')).map(e => e.textContent)}"
             )
         index = "return +document.body.dataset.index"
         press(driver, "HOME")
@@ -118,6 +120,13 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     leaving = [u for u in urls if not u.startswith(("file:", "data:", "blob:", "about:"))]
     assert leaving == [], leaving
 
+    # the page states the trajhook version and each run's metadata
+    import json
+
+    import trajhook
+
+    assert state["END"]["version"].startswith(f"trajhook {trajhook.__version__}, snapshot made ")
+    assert [json.loads(text) for text in state["END"]["metadata"]] == [log.metadata for log in logs]
     # the slider spans the union of both runs' steps; first and last step shown
     assert state["HOME"]["index"] == 0 and state["END"]["index"] == len(steps) - 1
     assert state["HOME"]["label"].startswith("step 0 ") and state["END"]["label"].startswith("step 60 ")

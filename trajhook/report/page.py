@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import json
 import os
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ def snapshot(paths: Sequence[str | os.PathLike], max_frames: int = 120, progress
                 for step in tqdm(thin.steps.tolist(), desc=f"{names[run]}/{probe}", disable=not progress):
                     blob = follower.frame(probe, step)
                     data["frames"][f"{run}/{probe}/{step}"] = base64.b64encode(blob).decode()
+        data["state"]["made"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         for entry in data["state"]["runs"]:
             entry["status"], entry["message"] = "live", ""  # a snapshot: no writer to speak of
         return data

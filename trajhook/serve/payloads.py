@@ -77,9 +77,23 @@ def state(names: Sequence[str], snaps: Sequence[Snapshot], have: Sequence[tuple[
                 "probes": [{"name": n, "kind": p["kind"]} for n, p in snap.probes.items()],
                 "mazes": maze_probes(snap),
                 "created": str(snap.attrs.get("created", "")),
+                "writer_version": str(snap.attrs.get("trajhook_version", "")),
+                "metadata": _metadata(snap) if start == 0 else None,
             }
         )
-    return {"head_step": head, "runs": runs}
+    from trajhook import __version__
+
+    return {"head_step": head, "version": __version__, "runs": runs}
+
+
+def _metadata(snap: Snapshot) -> Any:
+    """The Recorder's metadata of a run (JSON), sent with a full step index only."""
+    import json
+
+    try:
+        return json.loads(snap.attrs.get("metadata", "{}"))
+    except (TypeError, ValueError):
+        return None
 
 
 def maze(snap: Snapshot, probe: str) -> dict[str, Any] | None:
@@ -153,7 +167,7 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]
     Rows come from each follower's thinned sample (at most a few thousand records a run, always the
     newest): the trajectory of a long run is drawn from evenly spaced records.
     """
-    from trajhook.analysis.trajectory import trajectory_pca
+    from trajhook.analysis.trajectory import trajectory_pca, turning_points
 
     panels = []
     for dataset, kinds, title in PCA_SOURCES:
@@ -190,6 +204,7 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]
                 coords = coords if coords.shape[1] == 2 else np.pad(coords, ((0, 0), (0, 1)))
                 index = snap.samples[key][0]
                 steps = snap.steps[np.minimum(index, len(snap.steps) - 1)]
+                turns = turning_points(coords, n=1) if len(coords) >= 5 else np.zeros(0, int)
                 events = []
                 for step, label in snap.events:
                     at = int(np.searchsorted(steps, step, side="right")) - 1
@@ -204,6 +219,7 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]
                         "y": _floats(coords[:, 1]),
                         "icl": _floats(_icl(data) if dataset == "token_loss" else np.full(len(data), np.nan), 4),
                         "events": events,
+                        "turns": [{"step": int(steps[t]), "xy": _floats(coords[t])} for t in turns],
                     }
                 )
             panels.append(entry)

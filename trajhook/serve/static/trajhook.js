@@ -439,7 +439,8 @@
       self.data = entry;
       box.root.querySelector("h2").textContent = entry.title;
       readout.className = entry.icl_tokens ? "readout icl" : "readout";
-      box.root.querySelector(".note").textContent = "x: events (the record at or before them). Red dots: each run's " +
+      box.root.querySelector(".note").textContent = "x: events (the record at or before them); open red circle: the sharpest turn (a candidate stage " +
+        "boundary). Red dots: each run's " +
         "record at the step. " + (entry.icl_tokens ? "ICL score = loss at token " +
         entry.icl_tokens[0] + " (or the prompt's last) - loss at token " + entry.icl_tokens[1] +
         ", averaged over prompts; negative: later tokens are easier (in-context learning)." : "");
@@ -454,6 +455,13 @@
         ctx.strokeStyle = PALETTE[r.run % PALETTE.length]; ctx.lineWidth = 1.2;
         polyline(ctx, r.x, r.y, X, Y);
         ctx.fillStyle = "#000"; ctx.font = "10px system-ui, sans-serif"; ctx.textAlign = "center";
+        (r.turns || []).forEach(function (t) {
+          if (t.xy[0] === null) return;
+          ctx.strokeStyle = "#d62728"; ctx.lineWidth = 2;
+          ctx.beginPath(); ctx.arc(X(t.xy[0]), Y(t.xy[1]), 9, 0, 2 * Math.PI); ctx.stroke();
+          ctx.fillStyle = "#d62728"; ctx.fillText("turn @ " + t.step, X(t.xy[0]), Y(t.xy[1]) + 20);
+        });
+        ctx.fillStyle = "#000";
         r.events.forEach(function (e) {
           if (e.xy[0] === null) return;
           const x = X(e.xy[0]), y = Y(e.xy[1]);
@@ -530,15 +538,18 @@
     }
 
     function runsTable(state) {
-      const rows = state.runs.map(function (r) {
+      const rows = state.runs.map(function (r, i) {
+        const metadata = app.runs[i] && app.runs[i].metadata;
         const status = r.status === "live" ? (source.live ? (r.writer ? "writing" : "no writer") : "snapshot") : r.status;
         const cells = [r.name, (r.records || 0).toLocaleString("en-US"),
           r.records ? r.first_step.toLocaleString("en-US") + ".." + r.last_step.toLocaleString("en-US") : "",
           r.probes.map(function (p) { return p.name + " (" + p.kind + ")"; }).join(", "), String(r.events.length), r.created];
         return "<tr>" + cells.map(function (c) { return "<td>" + escapeHtml(c) + "</td>"; }).join("") +
-          '<td class="trajhook-status ' + escapeHtml(r.status) + '">' + escapeHtml(r.message || status) + "</td></tr>";
+          '<td class="trajhook-status ' + escapeHtml(r.status) + '">' + escapeHtml(r.message || status) + "</td>" +
+          "<td><details><summary>metadata</summary><pre>" + escapeHtml(JSON.stringify(metadata || {}, null, 1)) +
+          "</pre></details></td></tr>";
       });
-      const head = ["run", "records", "steps", "probes", "events", "created", "status"].map(function (h) { return "<th>" + h + "</th>"; }).join("");
+      const head = ["run", "records", "steps", "probes", "events", "created", "status", "metadata"].map(function (h) { return "<th>" + h + "</th>"; }).join("");
       return '<table class="runs"><tr>' + head + "</tr>" + rows.join("") + "</table>";
     }
     function escapeHtml(text) {
@@ -578,6 +589,7 @@
           run.steps = run.steps.concat(r.steps);
           changed = true;
         }
+        if (r.metadata !== null && r.metadata !== undefined) run.metadata = r.metadata;
         if (JSON.stringify(run.events) !== JSON.stringify(r.events)) changed = true;
         run.events = r.events;
         r.mazes.forEach(function (probe) {
@@ -590,6 +602,8 @@
       if (runsNode.dataset.html !== table) { runsNode.innerHTML = table; runsNode.dataset.html = table; }
       document.getElementById("title").textContent = "trajhook" + (source.live ? " (live)" : " report") + ": " +
         state.runs.map(function (r) { return r.name; }).join(", ");
+      document.getElementById("version").textContent = "trajhook " + state.version +
+        (source.live ? "" : ", snapshot made " + (state.made || ""));
       app.head = state.head_step;
       slider.dataset.headStep = state.head_step === null ? "" : String(state.head_step);
       const step = app.axis.length ? app.axis[app.index] : null;
