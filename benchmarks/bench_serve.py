@@ -7,7 +7,7 @@ and a prompts-only run on other steps. A third store is written live by a writer
 - first paint: page load until every panel has drawn the newest step (and Chromium's first contentful paint);
 - a slider move until every panel has drawn the new step (random steps, mostly uncached frames): p50, p95;
 - a new record visible in the page (the slider's ``data-head-step``) after its commit: p50, p95;
-- the server's resident memory after all that;
+- the server's resident memory after all that, and over stores a tenth as long (it must not grow with records);
 - the writer's ``Recorder.flush()`` time with and without a server and a page attached, interleaved rounds.
 
 Run: ``python benchmarks/bench_serve.py [--records 10000] [--moves 100] [--live 40] [--rounds 3] [--folder DIR]``.
@@ -207,6 +207,30 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         driver.quit()
         stop(server)
+
+    # the server's memory does not grow with the records: the same page over stores a tenth as long
+    small = folder / "small"
+    small.mkdir(exist_ok=True)
+    if not (small / "maze.h5").exists():
+        write_store(small / "maze.h5", args.records // 10, 10, maze=True, overwrite=True)
+        write_store(small / "lm.h5", args.records // 10, 7, maze=False, overwrite=True)
+    memory = {}
+    for name, where in (("1/10", small), ("full", folder)):
+        server, url = start_server([where / "maze.h5", where / "lm.h5"])
+        driver = chromium(1500, 1800, loopback=True)
+        try:
+            driver.get(url)
+            while not driver.execute_script(ALL_DRAWN, 3):
+                time.sleep(0.05)
+            length = int(driver.execute_script("return document.querySelector('input[type=range]').max"))
+            for i in rng.integers(0, length + 1, args.moves):
+                driver.execute_async_script(MOVE, int(i), None)
+            memory[name] = rss_mb(server.pid)
+        finally:
+            driver.quit()
+            stop(server)
+    print(f"server memory after first paint and {args.moves} slider moves: {memory['1/10']:.0f} MB over "
+          f"2 x {args.records // 10:,} records, {memory['full']:.0f} MB over 2 x {args.records:,}")  # fmt: skip
 
     # the writer's flush time, alone and with a server and a page following its store; interleaved
     alone, watched = [], []

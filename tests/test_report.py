@@ -8,6 +8,7 @@ computation from the HDF5 stores; the console stays clean and no request leaves 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -19,6 +20,7 @@ import pytest
 from browser import chromium, requested_urls
 from fake_maze import prompt_store
 
+import trajhook
 from trajhook import load
 from trajhook.analysis import icl_score, trajectory_pca
 from trajhook.report import thin_indices, write_report
@@ -121,10 +123,6 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     assert leaving == [], leaving
 
     # the page states the trajhook version and each run's metadata
-    import json
-
-    import trajhook
-
     assert state["END"]["version"].startswith(f"trajhook {trajhook.__version__}, snapshot made ")
     assert [json.loads(text) for text in state["END"]["metadata"]] == [log.metadata for log in logs]
     # the slider spans the union of both runs' steps; first and last step shown
