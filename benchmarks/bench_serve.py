@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="trajhook-bench-serve-"))
     folder.mkdir(parents=True, exist_ok=True)
     for old in [folder / "live.h5", *folder.glob("flush-*.h5")]:
-        old.unlink()
+        old.unlink(missing_ok=True)
     began = time.perf_counter()
     if not ((folder / "maze.h5").exists() and len(load(folder / "maze.h5").steps) == args.records):
         write_store(folder / "maze.h5", args.records, 10, maze=True, overwrite=True)
