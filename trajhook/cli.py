@@ -262,6 +262,19 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", help="one or more stores, followed while they are written")
+    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; any other host needs a token")
+    parser.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
+    parser.add_argument("--wait", action="store_true", help="follow stores that do not exist yet")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from trajhook.serve.server import serve
+
+    serve(args.paths, host=args.host, port=args.port, wait=args.wait)
+
+
 def _repair_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path")
     _add_out(parser, "the new store (default: RUN.repaired.h5 beside it)", required=False)
@@ -306,6 +319,12 @@ COMMANDS: list[Command] = [
     ("pca", "per-token-loss PCA trajectories of one or more runs, in one basis", _pca_args, _pca),
     ("animate", "the maze vector field over all steps, as GIF and/or MP4", _animate_args, _animate),
     ("report", "one self-contained HTML page with one step slider over every panel", _report_args, _report),
+    (
+        "serve",
+        "a live page following the stores while they are written, one slider over every panel",
+        _serve_args,
+        _serve,
+    ),
     ("verify", "check every committed value against its checksum; exit 1 if any is damaged", _verify_args, _verify),
     ("repair", "save the readable, intact committed rows of a damaged store into a new one", _repair_args, _repair),
 ]
