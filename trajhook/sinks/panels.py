@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from trajhook.analysis.thinned import Thinned
 from trajhook.probes.base import Probe
 
 STEP_KEY = "trajhook/step"
@@ -95,7 +96,7 @@ class PromptPanels(Panels):
 
     accumulates = True
 
-    def __init__(self, probe: Probe, pca_every_n_records: int = 10) -> None:
+    def __init__(self, probe: Probe, pca_every_n_records: int = 10, max_pca_records: int = 256) -> None:
         super().__init__(probe)
         names = list(self.metadata.get("prompt_names", []))
         texts = self.metadata.get("target_texts", []) if "target_logprob" in self.outputs else []
@@ -110,8 +111,7 @@ class PromptPanels(Panels):
         ]
         self.prompt_keys = names
         self.pca_every_n_records = pca_every_n_records
-        self.history: list[np.ndarray] = []
-        self.steps: list[int] = []
+        self.history = Thinned(max_pca_records)  # the records the PCA picture shows: bounded, evenly thinned
 
     def config(self) -> dict[str, Any]:
         return {f"{key} text": text for key, text in self.target_texts.items()}
@@ -132,22 +132,28 @@ class PromptPanels(Panels):
     def images(self, step: int, record: Mapping[str, np.ndarray]) -> list[tuple[str, Render]]:
         if "token_loss" not in record:
             return []
-        self.history.append(np.asarray(record["token_loss"], np.float32))
-        self.steps.append(step)
-        if len(self.history) < 3 or len(self.history) % self.pca_every_n_records:
+        if self.history.due():
+            self.history.add(step, np.asarray(record["token_loss"], np.float32))
+        else:
+            self.history.skip()
+        if self.history.seen < 3 or self.history.seen % self.pca_every_n_records:
             return []
         return self.final_images()
 
     def final_images(self) -> list[tuple[str, Render]]:
-        if len(self.history) < 3:
+        if self.history.size < 3:
             return []
-        steps, history = np.array(self.steps), np.stack(self.history)
+        steps, history = self.history.kept_steps().copy(), self.history.kept_rows().copy()
+        stride, seen = self.history.stride, self.history.seen
 
         def render() -> np.ndarray:
             from trajhook.plots.figures import figure_to_rgb
             from trajhook.plots.prompts import pca_trajectory
 
-            return figure_to_rgb(pca_trajectory(steps, history))
+            fig = pca_trajectory(steps, history)
+            if stride > 1:
+                fig.axes[0].set_title(f"PCA trajectory (every {stride}th of {seen:,} records)")
+            return figure_to_rgb(fig)
 
         return [(f"trajhook/{self.probe}/pca_trajectory", render)]
 
