@@ -15,6 +15,8 @@ At each checkpoint (records so far) it prints, over the records since the previo
 - ``writer ms/rec``: CPU time of the Recorder's writer thread per record (store append, stage
   tracker, sinks' share), from the thread's own CPU clock;
 - ``sink ms/rec``: CPU time of the TensorBoard sink's thread per record (panels, images, event file);
+- ``process CPU ms/rec``: CPU time of the whole process per record (training, probe forward, every
+  thread, numpy's BLAS threads too, which do part of the writer's matrix work);
 - ``loop ms/rec``: wall time of the training loop per record (training, probe forward, and any
   wait on a full writer queue: what a slow writer costs training).
 
@@ -25,6 +27,7 @@ this kind took over 10 minutes and passed 950 MB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import threading
@@ -63,10 +66,8 @@ def thread_cpu_s(prefix: str) -> float:
     total = 0.0
     for thread in threading.enumerate():
         if thread.name.startswith(prefix) and thread.ident is not None:
-            try:
+            with contextlib.suppress(OSError):  # the thread ended between enumerate() and here
                 total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-            except OSError:  # the thread ended between enumerate() and here
-                pass
     return total
 
 
@@ -89,7 +90,7 @@ def run(records: int, checkpoints: list[int], kind: str) -> list[dict[str, float
         sink = TensorBoardSink(os.path.join(tmp, "tb"))
         rec = Recorder(os.path.join(tmp, "run.h5"), [make_probe(kind, rng)], every_n_steps=1, wandb=False, sinks=[sink])
         rec.setup(model)
-        last = {"writer": 0.0, "sink": 0.0, "wall": time.perf_counter(), "records": 0}
+        last = {"writer": 0.0, "sink": 0.0, "cpu": time.process_time(), "wall": time.perf_counter(), "records": 0}
         for step in range(records):
             batch = data[torch.randint(len(data), (16,))]
             loss = nn.functional.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
@@ -99,8 +100,8 @@ def run(records: int, checkpoints: list[int], kind: str) -> list[dict[str, float
             rec.maybe_record(model, step)
             if step + 1 in checkpoints:
                 rec.flush()  # the writer has taken every record so far
-                writer, sink_cpu, wall = thread_cpu_s("trajhook-writer"), thread_cpu_s("trajhook-TensorBoard"), 0.0
-                wall = time.perf_counter()
+                writer, sink_cpu = thread_cpu_s("trajhook-writer"), thread_cpu_s("trajhook-TensorBoard")
+                cpu, wall = time.process_time(), time.perf_counter()
                 n = step + 1 - last["records"]
                 rows.append(
                     {
@@ -108,15 +109,17 @@ def run(records: int, checkpoints: list[int], kind: str) -> list[dict[str, float
                         "rss_mb": rss_mb(),
                         "writer_ms": 1e3 * (writer - last["writer"]) / n,
                         "sink_ms": 1e3 * (sink_cpu - last["sink"]) / n,
+                        "cpu_ms": 1e3 * (cpu - last["cpu"]) / n,
                         "loop_ms": 1e3 * (wall - last["wall"]) / n,
                     }
                 )
                 print(
                     f"| {step + 1:>7,} | {rows[-1]['rss_mb']:8.0f} | {rows[-1]['writer_ms']:13.2f} | "
-                    f"{rows[-1]['sink_ms']:11.2f} | {rows[-1]['loop_ms']:11.2f} |",
+                    f"{rows[-1]['sink_ms']:11.2f} | {rows[-1]['cpu_ms']:18.2f} | {rows[-1]['loop_ms']:11.2f} |",
                     flush=True,
                 )
-                last = {"writer": writer, "sink": sink_cpu, "wall": time.perf_counter(), "records": step + 1}
+                last = {"writer": writer, "sink": sink_cpu, "cpu": time.process_time(), "wall": time.perf_counter()}
+                last["records"] = step + 1
         rec.close()
     return rows
 
@@ -132,8 +135,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     import trajhook
 
     print(f"trajhook from {os.path.dirname(trajhook.__file__)}; {args.probe} probe, track_stages=True, TensorBoard")
-    print("| records | RSS (MB) | writer ms/rec | sink ms/rec | loop ms/rec |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| records | RSS (MB) | writer ms/rec | sink ms/rec | process CPU ms/rec | loop ms/rec |")
+    print("|---:|---:|---:|---:|---:|---:|")
     start = time.perf_counter()
     rows = run(args.records, checkpoints, args.probe)
     print(f"{args.records:,} records in {time.perf_counter() - start:.0f} s")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import matplotlib.image
 import numpy as np
 import pytest
 import torch
@@ -22,6 +23,7 @@ pytest.importorskip("procgen")
 
 from trajhook.analysis.field import field_trajectory, field_trajectory_from_log
 from trajhook.analysis.online import StageTracker
+from trajhook.cli import main
 from trajhook.plots.field import field_dynamics
 from trajhook.probes.maze import MazeProbe
 
@@ -113,6 +115,17 @@ def test_the_figure_marks_the_current_step(run):
     marked = [c for c in ax_pca.collections if c.get_label() == "step 200"]
     assert len(marked) == 1 and np.allclose(marked[0].get_offsets()[0], offline.coords[20])
     assert fig.axes[0].get_title().endswith("step 200")
+
+
+def test_trajhook_pca_draws_a_maze_store(run, tmp_path):
+    log, _, _ = run
+    assert main(["pca", str(log.path), "-o", str(tmp_path / "cli.png")]) == 0
+    field_dynamics(log).savefig(tmp_path / "direct.png", dpi=120)  # the last step, as the CLI draws it
+    cli, direct = (matplotlib.image.imread(tmp_path / f"{name}.png") for name in ("cli", "direct"))
+    assert cli.shape == direct.shape and np.array_equal(cli, direct)
+    two = [str(log.path), str(log.path)]  # two runs: one joint basis, the maze's vectors by default
+    assert main(["pca", *two, "-o", str(tmp_path / "two.png")]) == 0 and (tmp_path / "two.png").stat().st_size > 0
+    assert main(["pca", str(log.path), "-o", str(tmp_path / "x.png"), "--output", "logits"]) == 2
 
 
 def test_a_maze_tracker_must_follow_a_field_output(run):
