@@ -63,10 +63,10 @@ def test_prompt_panels_draw_a_bounded_even_subset_and_say_so(monkeypatch):
     image = render()
     assert key == "trajhook/prompts/pca_trajectory" and image.ndim == 3 and image.dtype == np.uint8
     steps, data, fig = drawn[-1]
-    kept = thinned_indices(3_000, 64)  # every 64th record
-    assert steps.tolist() == (2 * kept).tolist()
+    kept = [*thinned_indices(3_000, 64), 2_999]  # every 64th record, and the last
+    assert steps.tolist() == [2 * i for i in kept]
     np.testing.assert_array_equal(data.reshape(len(kept), 2, 5), records[kept])
-    assert fig.axes[0].get_title() == "PCA trajectory (every 64th of 3,000 records)"
+    assert fig.axes[0].get_title() == "PCA trajectory (every 64th of 3,000 records, and the last)"
     early = PromptPanels(probe, pca_every_n_records=5)
     for step, record in enumerate(records[:5]):
         early.images(step, {"token_loss": record})
