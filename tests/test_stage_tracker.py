@@ -128,7 +128,7 @@ def test_the_recorder_adds_the_event_on_the_writer_thread(tmp_path):
     assert len(stage) == 1 and abs(stage[0].step - 400) <= 20 and abs(stage[0].step - offline) <= 20
     assert [(s, label) for s, label, _ in sink.events if label != "start"] == [(stage[0].step, stage[0].label)]
     assert {thread for _, _, thread in sink.events} == {"trajhook-writer"}
-    assert probe.stage_tracker.steps == steps  # it saw every record
+    assert probe.stage_tracker.steps == steps and probe.stage_tracker.n_records == len(steps)  # it kept every record
 
 
 def test_a_failing_tracker_is_switched_off_and_the_store_stays_complete(tmp_path):

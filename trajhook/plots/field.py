@@ -75,7 +75,7 @@ def field_trajectory_figure(
     >>> fields = np.stack([np.minimum(t, 15), np.maximum(t - 15, 0)], 1)[:, None, :] * np.ones((1, 4, 1)) / 30
     >>> fig = field_trajectory_figure(np.arange(30) * 10, fields, step=150)
     >>> fig.axes[0].get_legend().get_texts()[0].get_text(), fig.axes[0].get_xlabel()
-    ('step 150', 'PC1 (96%)')
+    ('step 150', 'PC1 (80%)')
     """
     trajectory = field_trajectory(steps, fields)
     fig = ax.figure if ax is not None else new_figure((5.5, 4.5))
