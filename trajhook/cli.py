@@ -3,9 +3,10 @@
 trajhook info runs/maze.h5                          what is in it (also while it is being written)
 trajhook plot runs/maze.h5 -o field.png --step 2000 a maze probe's vector field, or a prompt probe's record
 trajhook curves runs/lm.h5 -o curves.png            target log-probs beside the loss, with events
-trajhook pca runs/a.h5 runs/b.h5 -o pca.png         per-token-loss trajectories in one PCA basis
+trajhook pca runs/a.h5 runs/b.h5 -o pca.png         per-token-loss (or maze field) trajectories in one PCA basis
 trajhook animate runs/maze.h5 -o maze.gif maze.mp4  the vector field over every recorded step
 trajhook report runs/a.h5 runs/b.h5 -o report.html  one offline HTML page, one step slider
+trajhook serve runs/a.h5 runs/b.h5                  a live page that follows the stores while they are written
 trajhook verify runs/maze.h5                        checks every value against its checksum (exit 1: damage)
 trajhook repair runs/maze.h5 [-o fixed.h5]          saves what a damaged store still holds
 
@@ -203,8 +204,8 @@ def _curves(args: argparse.Namespace) -> None:
 def _pca_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", help="one or more stores of the same probe: one joint basis")
     _add_out(parser, "an image file, e.g. pca.png")
-    parser.add_argument("--probe", default=None, help="default: the first prompt probe")
-    parser.add_argument("--output", default="token_loss", help="the recorded dataset (default: token_loss)")
+    parser.add_argument("--probe", default=None, help="default: the first prompt probe, else the first maze probe")
+    parser.add_argument("--output", default=None, help="the recorded dataset (default: token_loss; maze: vectors)")
 
 
 def _pca(args: argparse.Namespace) -> None:
@@ -215,20 +216,27 @@ def _pca(args: argparse.Namespace) -> None:
     logs = [load(p) for p in args.paths]
     runs = []
     for name, log in zip(run_names(logs), logs, strict=True):
-        probe = args.probe if args.probe is not None else _probe(log, None, ("prompts",), "pca")
+        probe = args.probe if args.probe is not None else _probe(log, None, ("prompts", "maze"), "pca")
+        maze = probe in log and _is_maze(log[probe])
+        output = args.output or ("vectors" if maze else "token_loss")
         if probe not in log:
             raise TrajhookError(
                 f"{str(log.path)!r} has no probe {probe!r}; it has {sorted(log)}. HINT: pass --probe with one of those."
             )
-        if args.output not in log[probe]:
+        if output not in log[probe]:
             raise TrajhookError(
-                f"probe {probe!r} in {str(log.path)!r} has no dataset {args.output!r}; it has {sorted(log[probe])}. "
+                f"probe {probe!r} in {str(log.path)!r} has no dataset {output!r}; it has {sorted(log[probe])}. "
                 "HINT: pass --output with one of those."
             )
         if len(log.steps) < 2:
             raise TrajhookError(f"{str(log.path)!r} has {len(log.steps)} record(s). HINT: a trajectory needs two.")
-        runs.append((name, log.steps, log[probe][args.output], log.events))
-    _save(pca_trajectories(runs), out)
+        runs.append((name, log.steps, log[probe][output], log.events))
+    if len(logs) == 1 and maze:  # one maze run: its field at the last step beside the field's trajectory
+        from trajhook.plots.field import field_dynamics
+
+        _save(field_dynamics(logs[0], probe=probe, output=output), out)
+    else:
+        _save(pca_trajectories(runs), out)
 
 
 def _animate_args(parser: argparse.ArgumentParser) -> None:
@@ -316,7 +324,7 @@ COMMANDS: list[Command] = [
     ("info", "summarize a store (also while it is being written)", _info_args, _info),
     ("plot", "one step of a maze probe (vector field) or a prompt probe, as an image", _plot_args, _plot),
     ("curves", "target log-prob curves beside the loss, with events", _curves_args, _curves),
-    ("pca", "per-token-loss PCA trajectories of one or more runs, in one basis", _pca_args, _pca),
+    ("pca", "PCA trajectories (per-token loss, maze field) of one or more runs, in one basis", _pca_args, _pca),
     ("animate", "the maze vector field over all steps, as GIF and/or MP4", _animate_args, _animate),
     ("report", "one self-contained HTML page with one step slider over every panel", _report_args, _report),
     (
