@@ -12,8 +12,8 @@ TORCH  := torch==2.13.0
 TORCH_INDEX ?=
 MAZE_VENV := .venv
 LM_VENV   := .venv-lm
-MAZE_EXTRAS := maze,sb3,lightning,wandb,tensorboard,report,dev
-LM_EXTRAS   := hf,lightning,wandb,tensorboard,report,dev
+MAZE_EXTRAS := maze,sb3,lightning,wandb,tensorboard,serve,dev
+LM_EXTRAS   := hf,lightning,wandb,tensorboard,serve,dev
 LM_TEST_DEPS := trl datasets lightning "numpy>=2"
 PYTEST_ENV := WANDB_MODE=offline WANDB_SILENT=true MPLBACKEND=Agg TRAJHOOK_STRICT_SKIPS=1
 PYTEST := -m pytest -q -rs

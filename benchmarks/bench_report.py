@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     report_s = time.perf_counter() - start
     print(f"maze store: {args.records:,} records x {len(probe.cells)} cells, {store.stat().st_size / 1e6:.1f} MB, "
           f"written in {write_s:.1f} s")  # fmt: skip
-    print(f"report: {out.stat().st_size / 1e6:.2f} MB (plotly.js inlined, gzip + base64: ~1.9 MB of it), "
+    print(f"report: {out.stat().st_size / 1e6:.2f} MB (the live page's script and data inlined, no Plotly), "
           f"{args.max_frames} frames requested, built in {report_s:.1f} s")  # fmt: skip
 
 

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_core
 import bench_maze
 import bench_store
+import bench_stream
 from timing import machine, print_figures
 
 if __name__ == "__main__":
@@ -23,4 +24,6 @@ if __name__ == "__main__":
     figures += bench_maze.main([])
     print("\n== bench_store: append, file size, growth while open, load against raw .npy ==")
     bench_store.main([])
+    print("\n== bench_stream: memory and writer time per record against records (10,000), all live parts on ==")
+    bench_stream.main([])
     print_figures(f"All figures of bench_core and bench_maze. Machine: {named}", figures)

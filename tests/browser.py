@@ -17,7 +17,8 @@ import pytest
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-def chromium(width: int = 1500, height: int = 1800):
+def chromium(width: int = 1500, height: int = 1800, loopback: bool = False):
+    """``loopback``: also reach servers on 127.0.0.1 and localhost (and nothing else)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -33,7 +34,14 @@ def chromium(width: int = 1500, height: int = 1800):
         f"--user-data-dir={tempfile.mkdtemp(prefix='trajhook-chromium-')}",
         f"--window-size={width},{height}",
         "--proxy-server=127.0.0.1:9",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
+        *(
+            (
+                "--proxy-bypass-list=127.0.0.1;localhost",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+            )
+            if loopback
+            else ("--host-resolver-rules=MAP * ~NOTFOUND",)
+        ),
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})

@@ -123,10 +123,10 @@ EXTRAS = {
     ),
     "hf": (["transformers"], "    import trajhook.integrations.hf"),
     "sb3": (["stable_baselines3"], "    import trajhook.integrations.sb3"),
-    "report": (
-        ["plotly"],
+    "serve": (
+        ["starlette", "uvicorn"],
         f"    with {STORE} as rec:\n        rec.record(torch.nn.Linear(2, 1), 0)\n    from trajhook.cli import main\n"
-        "    if main(['report', path, '-o', path + '.html']):\n        raise TrajhookError('the CLI said why above')",
+        "    if main(['serve', path, '--port', '0']):\n        raise TrajhookError('the CLI said why above')",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""The HTML report, opened in a real headless Chromium with the network off.
+"""The HTML report (the live page's static snapshot), opened in a real headless Chromium with the network off.
 
 Two real stores (a maze-and-prompts run with an event, and a prompts-only run on other steps)
 share one slider. Moving the slider to the first and the last step must change the vector field
@@ -8,6 +8,7 @@ computation from the HDF5 stores; the console stays clean and no request leaves 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -19,11 +20,11 @@ import pytest
 from browser import chromium, requested_urls
 from fake_maze import prompt_store
 
+import trajhook
 from trajhook import load
 from trajhook.analysis import icl_score, trajectory_pca
 from trajhook.report import thin_indices, write_report
 
-pytest.importorskip("plotly")
 SCREENSHOTS = os.environ.get("TRAJHOOK_SCREENSHOTS")  # e.g. docs/images, to refresh the README's pictures
 
 
@@ -38,13 +39,13 @@ def stores(tmp_path_factory):
 def press(driver, key):
     from selenium.webdriver.common.keys import Keys
 
-    driver.find_element("id", "step-slider").send_keys(getattr(Keys, key))
+    driver.find_element("css selector", "input[type=range]").send_keys(getattr(Keys, key))
     time.sleep(0.3)
 
 
-def element_pixels(driver, element_id, screenshot):
+def element_pixels(driver, selector, screenshot):
     """The part of a screenshot covered by an element."""
-    rect = driver.find_element("id", element_id).rect
+    rect = driver.find_element("css selector", selector).rect
     ratio = driver.execute_script("return window.devicePixelRatio")
     image = iio.imread(screenshot)
     x0, y0 = int(rect["x"] * ratio), int(rect["y"] * ratio)
@@ -63,11 +64,13 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
         driver.get("about:blank")
         driver.get_log("performance")  # only the report's own requests from here on
         driver.get(out.as_uri())
-        for _ in range(100):  # plotly.js unpacks itself, then the panels draw
-            if driver.execute_script("return document.body.dataset.ready === '1'"):
+        for _ in range(100):  # every panel has drawn the last step
+            if driver.execute_script(
+                "const p = document.querySelectorAll('.trajhook-panel'); return p.length >= 3 && "
+                "Array.from(p).every(e => e.dataset.step === document.querySelector('input[type=range]').dataset.step)"
+            ):
                 break
             time.sleep(0.1)
-        time.sleep(0.5)
         shots = {}
         state = {}
         for key in ("HOME", "END"):
@@ -75,11 +78,13 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
             shots[key] = tmp_path / f"report_{key.lower()}.png"
             driver.save_screenshot(str(shots[key]))
             state[key] = driver.execute_script(
-                "const m = document.getElementById('maze-0'), p = document.getElementById('pca-0');"
+                "const m = document.querySelector('.trajhook-panel[data-probe=maze]'),"
+                " p = document.querySelector('.icl').parentNode;"
                 "return {index: +document.body.dataset.index, label: document.getElementById('step-label').textContent,"
-                " frame: m.dataset.frame, custom: m.data[1].customdata,"
-                " cursor: p.data.slice(-2).map(t => [t.x[0], t.y[0]]),"
-                " icl: p.parentNode.querySelector('.icl').textContent}"
+                " step: m.dataset.step, probs: Array.from(m.trajhookFrame.probs).map(v => v / 255),"
+                " cursor: JSON.parse(p.dataset.cursor), icl: p.querySelector('.icl').textContent,"
+                " version: document.getElementById('version').textContent,"
+                " metadata: Array.from(document.querySelectorAll('#runs details pre')).map(e => e.textContent)}"
             )
         index = "return +document.body.dataset.index"
         press(driver, "HOME")
@@ -105,10 +110,11 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
         if SCREENSHOTS:
             for key, name in (("HOME", "report_first_step.png"), ("END", "report_last_step.png")):
                 Path(SCREENSHOTS, name).write_bytes(shots[key].read_bytes())
-        maze_first = element_pixels(driver, "maze-0", shots["HOME"])
-        maze_last = element_pixels(driver, "maze-0", shots["END"])
-        pca_first = element_pixels(driver, "pca-0", shots["HOME"])
-        pca_last = element_pixels(driver, "pca-0", shots["END"])
+        maze, pca = ".trajhook-panel[data-probe=maze] canvas", ".trajhook-panel[data-key] .layers"
+        maze_first = element_pixels(driver, maze, shots["HOME"])
+        maze_last = element_pixels(driver, maze, shots["END"])
+        pca_first = element_pixels(driver, pca, shots["HOME"])
+        pca_last = element_pixels(driver, pca, shots["END"])
     finally:
         driver.quit()
 
@@ -116,6 +122,9 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     leaving = [u for u in urls if not u.startswith(("file:", "data:", "blob:", "about:"))]
     assert leaving == [], leaving
 
+    # the page states the trajhook version and each run's metadata
+    assert state["END"]["version"].startswith(f"trajhook {trajhook.__version__}, snapshot made ")
+    assert [json.loads(text) for text in state["END"]["metadata"]] == [log.metadata for log in logs]
     # the slider spans the union of both runs' steps; first and last step shown
     assert state["HOME"]["index"] == 0 and state["END"]["index"] == len(steps) - 1
     assert state["HOME"]["label"].startswith("step 0 ") and state["END"]["label"].startswith("step 60 ")
@@ -125,17 +134,18 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     assert maze_first.shape == maze_last.shape and np.abs(maze_first.astype(int) - maze_last).mean() > 1
     assert pca_first.shape == pca_last.shape and np.abs(pca_first.astype(int) - pca_last).mean() > 0.1
 
-    # hover data at the first step: the five direction probabilities of the first record
+    # hover data at the first and last step: the five direction probabilities of those records (to 1/510)
     probs = logs[0]["maze"]["direction_probs"]
-    custom = np.array(state["HOME"]["custom"], dtype=float)
-    np.testing.assert_allclose(custom[:, 2:7], probs[0], atol=1e-3)
-    np.testing.assert_allclose(np.array(state["END"]["custom"], dtype=float)[:, 2:7], probs[-1], atol=1e-3)
+    shown = {key: np.array(state[key]["probs"]).reshape(probs.shape[1:]) for key in state}
+    np.testing.assert_allclose(shown["HOME"], probs[0], atol=1 / 510 + 1e-6)
+    np.testing.assert_allclose(shown["END"], probs[-1], atol=1 / 510 + 1e-6)
 
     # the PCA cursors: each run's record in ONE basis fitted on both runs, computed independently here
     joint = trajectory_pca([log["prompts"]["token_loss"] for log in logs], n_components=2)
     for key, row in (("HOME", 0), ("END", -1)):
-        shown = np.array(state[key]["cursor"], dtype=float)
+        xs, ys = np.array(state[key]["cursor"], dtype=float)[:, :, 0]
         expected = np.array([coords[row] for coords in joint.coords])
+        shown = np.stack([xs, ys], 1)
         np.testing.assert_allclose(np.abs(shown), np.abs(expected), atol=1e-3)  # an SVD's sign is arbitrary
     # and the ICL score beside it
     early = min(50, logs[0]["prompts"]["token_loss"].shape[-1] // 4)

@@ -128,7 +128,7 @@ def test_the_recorder_adds_the_event_on_the_writer_thread(tmp_path):
     assert len(stage) == 1 and abs(stage[0].step - 400) <= 20 and abs(stage[0].step - offline) <= 20
     assert [(s, label) for s, label, _ in sink.events if label != "start"] == [(stage[0].step, stage[0].label)]
     assert {thread for _, _, thread in sink.events} == {"trajhook-writer"}
-    assert probe.stage_tracker.steps == steps  # it saw every record
+    assert probe.stage_tracker.steps == steps and probe.stage_tracker.n_records == len(steps)  # it kept every record
 
 
 def test_a_failing_tracker_is_switched_off_and_the_store_stays_complete(tmp_path):
@@ -169,3 +169,59 @@ def test_probes_check_what_they_track():
     probe = TokenLossProbe(list(range(10)), context=5, track_stages=StageTracker("logits"))
     with pytest.raises(TrajhookError, match=r"its StageTracker follows 'logits'.*HINT"):
         probe.setup(TwoDirections(), torch.device("cpu"))
+
+
+def array_bytes(obj, seen=None) -> int:
+    """The bytes of every numpy array reachable from ``obj``'s attributes, lists and dicts (counted once)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(array_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(array_bytes(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and not callable(obj):
+        return array_bytes(vars(obj), seen)
+    return 0
+
+
+def test_the_state_stays_bounded_over_a_long_run():
+    """5,000 records of 300 values: the arrays stop growing once allocated; no N x N matrix, no list of records."""
+    dim, capacity = 300, 512
+    records = corner_records(n_each=2_500, dim=dim, noise=0.001, seed=3)
+    tracker = StageTracker()
+    sizes = {}
+    for step, record in enumerate(records):
+        tracker.update(step, record)
+        if step + 1 in (1_000, len(records)):
+            sizes[step + 1] = array_bytes(tracker)
+    # what a bounded tracker holds: the kept records, their steps, Gram matrix, ICL scores, column mask, basis
+    bound = capacity * dim * 4 + capacity * 8 + capacity**2 * 8 + capacity * 8 + dim + capacity * 4 * 8
+    # 5,000 records: an N x N matrix alone would be 200 MB. Only the PCA basis (kept records x 4) varies.
+    assert max(sizes.values()) <= bound and abs(sizes[1_000] - sizes[len(records)]) <= capacity * 4 * 8
+    assert tracker.n_records == len(records) and len(tracker.steps) <= capacity
+    assert tracker.steps == list(range(0, len(records), 16))  # every 16th record: the stride that fits 512
+    assert len(tracker.events) < 10
+
+
+def test_the_pca_is_the_exact_offline_pca_of_the_records_it_keeps():
+    """Within its window every record, exactly; past it, the evenly thinned records, exactly."""
+    rng = np.random.default_rng(4)
+    t = np.linspace(0, 1, 1_500)[:, None]
+    records = np.hstack([t, t**2, np.sin(6 * t)]) @ rng.normal(size=(3, 80)) + 0.01 * rng.normal(size=(1_500, 80))
+    tracker = StageTracker(max_records=256, n_components=2)
+
+    def agrees(kept: np.ndarray) -> None:
+        live, offline = tracker.coords(), trajectory_pca(records[kept], n_components=2).coords
+        signs = np.sign((live * offline).sum(axis=0))  # a principal component is defined up to its sign
+        np.testing.assert_allclose(live * signs, offline, rtol=0, atol=1e-6 * np.abs(offline).max())
+
+    for step, record in enumerate(records):
+        tracker.update(step, record)
+        if step + 1 == 200:
+            agrees(np.arange(200))  # a run short enough for its window: every record
+    assert tracker.steps == list(range(0, 1_500, 8))  # 1,500 records in 256 slots: every 8th
+    agrees(np.arange(0, 1_500, 8))

@@ -25,6 +25,8 @@ _LAZY = {
     "Sink": "trajhook.sinks.base",
     "WandbSink": "trajhook.sinks.wandb",
     "TensorBoardSink": "trajhook.sinks.tensorboard",
+    "show": "trajhook.serve.notebook",  # the live page inline in a notebook (trajhook[serve])
+    "verify": "trajhook.store.reader",
 }
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "load",
     "log_spaced",
     "plots",
+    "show",
+    "verify",
 ]
 
 

@@ -3,9 +3,10 @@
 trajhook info runs/maze.h5                          what is in it (also while it is being written)
 trajhook plot runs/maze.h5 -o field.png --step 2000 a maze probe's vector field, or a prompt probe's record
 trajhook curves runs/lm.h5 -o curves.png            target log-probs beside the loss, with events
-trajhook pca runs/a.h5 runs/b.h5 -o pca.png         per-token-loss trajectories in one PCA basis
+trajhook pca runs/a.h5 runs/b.h5 -o pca.png         per-token-loss (or maze field) trajectories in one PCA basis
 trajhook animate runs/maze.h5 -o maze.gif maze.mp4  the vector field over every recorded step
 trajhook report runs/a.h5 runs/b.h5 -o report.html  one offline HTML page, one step slider
+trajhook serve runs/a.h5 runs/b.h5                  a live page that follows the stores while they are written
 trajhook verify runs/maze.h5                        checks every value against its checksum (exit 1: damage)
 trajhook repair runs/maze.h5 [-o fixed.h5]          saves what a damaged store still holds
 
@@ -203,8 +204,8 @@ def _curves(args: argparse.Namespace) -> None:
 def _pca_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", help="one or more stores of the same probe: one joint basis")
     _add_out(parser, "an image file, e.g. pca.png")
-    parser.add_argument("--probe", default=None, help="default: the first prompt probe")
-    parser.add_argument("--output", default="token_loss", help="the recorded dataset (default: token_loss)")
+    parser.add_argument("--probe", default=None, help="default: the first prompt probe, else the first maze probe")
+    parser.add_argument("--output", default=None, help="the recorded dataset (default: token_loss; maze: vectors)")
 
 
 def _pca(args: argparse.Namespace) -> None:
@@ -215,20 +216,27 @@ def _pca(args: argparse.Namespace) -> None:
     logs = [load(p) for p in args.paths]
     runs = []
     for name, log in zip(run_names(logs), logs, strict=True):
-        probe = args.probe if args.probe is not None else _probe(log, None, ("prompts",), "pca")
+        probe = args.probe if args.probe is not None else _probe(log, None, ("prompts", "maze"), "pca")
+        maze = probe in log and _is_maze(log[probe])
+        output = args.output or ("vectors" if maze else "token_loss")
         if probe not in log:
             raise TrajhookError(
                 f"{str(log.path)!r} has no probe {probe!r}; it has {sorted(log)}. HINT: pass --probe with one of those."
             )
-        if args.output not in log[probe]:
+        if output not in log[probe]:
             raise TrajhookError(
-                f"probe {probe!r} in {str(log.path)!r} has no dataset {args.output!r}; it has {sorted(log[probe])}. "
+                f"probe {probe!r} in {str(log.path)!r} has no dataset {output!r}; it has {sorted(log[probe])}. "
                 "HINT: pass --output with one of those."
             )
         if len(log.steps) < 2:
             raise TrajhookError(f"{str(log.path)!r} has {len(log.steps)} record(s). HINT: a trajectory needs two.")
-        runs.append((name, log.steps, log[probe][args.output], log.events))
-    _save(pca_trajectories(runs), out)
+        runs.append((name, log.steps, log[probe][output], log.events))
+    if len(logs) == 1 and maze:  # one maze run: its field at the last step beside the field's trajectory
+        from trajhook.plots.field import field_dynamics
+
+        _save(field_dynamics(logs[0], probe=probe, output=output), out)
+    else:
+        _save(pca_trajectories(runs), out)
 
 
 def _animate_args(parser: argparse.ArgumentParser) -> None:
@@ -260,6 +268,19 @@ def _report(args: argparse.Namespace) -> None:
         raise TrajhookError(f"report: --max-frames {args.max_frames} is below 2. HINT: e.g. --max-frames 120.")
     out = write_report(args.paths, _out(args), max_frames=args.max_frames)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", help="one or more stores, followed while they are written")
+    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; any other host needs a token")
+    parser.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
+    parser.add_argument("--wait", action="store_true", help="follow stores that do not exist yet")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from trajhook.serve.server import serve
+
+    serve(args.paths, host=args.host, port=args.port, wait=args.wait)
 
 
 def _repair_args(parser: argparse.ArgumentParser) -> None:
@@ -303,9 +324,15 @@ COMMANDS: list[Command] = [
     ("info", "summarize a store (also while it is being written)", _info_args, _info),
     ("plot", "one step of a maze probe (vector field) or a prompt probe, as an image", _plot_args, _plot),
     ("curves", "target log-prob curves beside the loss, with events", _curves_args, _curves),
-    ("pca", "per-token-loss PCA trajectories of one or more runs, in one basis", _pca_args, _pca),
+    ("pca", "PCA trajectories (per-token loss, maze field) of one or more runs, in one basis", _pca_args, _pca),
     ("animate", "the maze vector field over all steps, as GIF and/or MP4", _animate_args, _animate),
     ("report", "one self-contained HTML page with one step slider over every panel", _report_args, _report),
+    (
+        "serve",
+        "a live page following the stores while they are written, one slider over every panel",
+        _serve_args,
+        _serve,
+    ),
     ("verify", "check every committed value against its checksum; exit 1 if any is damaged", _verify_args, _verify),
     ("repair", "save the readable, intact committed rows of a damaged store into a new one", _repair_args, _repair),
 ]

@@ -13,7 +13,7 @@ wandb          wandb                                       ``Recorder(wandb=True
 tensorboard    tensorboard                                 ``Recorder(tensorboard="runs/tb")``
 hf             transformers                                ``trajhook.integrations.hf``
 sb3            stable_baselines3                           ``trajhook.integrations.sb3``
-report         plotly                                      ``trajhook report``
+serve          starlette, uvicorn                          ``trajhook serve``, ``trajhook.show``
 =============  ==========================================  ============================================
 """
 

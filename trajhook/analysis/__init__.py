@@ -1,5 +1,6 @@
 """Pure numpy analysis of recorded trajectories; works on arrays from ``trajhook.load``."""
 
+from trajhook.analysis.field import FieldTrajectory, field_trajectory, field_trajectory_from_log
 from trajhook.analysis.maze import bfs_distances, path_agreement, shortest_path, shortest_path_moves
 from trajhook.analysis.trajectory import (
     TrajectoryPCA,
@@ -12,8 +13,11 @@ from trajhook.analysis.trajectory import (
 )
 
 __all__ = [
+    "FieldTrajectory",
     "TrajectoryPCA",
     "bfs_distances",
+    "field_trajectory",
+    "field_trajectory_from_log",
     "icl_score",
     "path_agreement",
     "shortest_path",

@@ -1,9 +1,17 @@
-"""Stage boundaries while the run is going: an online tracker of a per-token-loss trajectory.
+"""Stage boundaries while the run is going: an online tracker of a trajectory of records.
 
 :class:`StageTracker` takes one record at a time (``update(step, array)``) and returns the
 events it has just confirmed, each at the step *where the change happened*, which is earlier
 than the step that confirmed it. It applies the offline analysis of
 :mod:`trajhook.analysis.trajectory` to the records so far:
+
+**Bounded.** The tracker keeps at most ``max_records`` (default 512) records, evenly thinned
+(:class:`~trajhook.analysis.thinned.Thinned`): every record until then, after that every 2nd,
+4th, ... record of the run (the stride doubles when the buffer is full). Everything below runs
+on the kept records, so on a run that fits it is exactly the offline analysis of the whole run,
+and on a longer one the offline analysis of the run at an even, coarser cadence. Memory is
+fixed (``max_records`` records, a ``max_records²`` Gram matrix: 8 MB and 2 MB for 4,096-token
+records), and so is the work per record; a record that is not kept costs nothing.
 
 **PCA turn.** The records are projected on their first ``n_components`` principal components
 (refitted at every record from a Gram matrix kept up to date: O(records x tokens) for the new
@@ -34,9 +42,12 @@ records after the fall levels off. On the induction-heads example (one record ev
 by then) the PCA turn at step ~280 was confirmed 17 records (170 steps) later, and the ICL drop
 at ~500 about 19 records (190 steps) later.
 
-The tracker is pure numpy and keeps every record it has seen (float32) for the PCA. It runs
-on the Recorder's writer thread, never the training thread; a probe opts in with
-``track_stages=True`` (or a configured ``StageTracker``).
+Past ``max_records`` records, "records" above means kept records: the lag, the smoothing and
+``confirm`` count those, so the delay stays the same share of the run. The tracker is pure
+numpy and keeps its records as float32. It runs on the Recorder's writer thread, never the
+training thread; a probe opts in with ``track_stages=True`` (or a configured ``StageTracker``):
+:class:`~trajhook.TokenLossProbe` and :class:`~trajhook.PromptProbe` follow ``token_loss``,
+:class:`~trajhook.MazeProbe` its field's ``vectors``.
 
 >>> t = np.linspace(0, 1, 30)
 >>> corner = np.concatenate([np.stack([t, 0 * t], 1), np.stack([1 + 0 * t, t], 1)])  # right, then up
@@ -55,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from trajhook.analysis.thinned import Thinned
 from trajhook.analysis.trajectory import icl_score, smooth, turning_scores
 from trajhook.errors import TrajhookError
 
@@ -72,7 +84,7 @@ def event_label(kind: str, confirmed_at: int) -> str:
 
 
 class StageTracker:
-    """Follow a per-token-loss trajectory record by record; report PCA turns and ICL drops.
+    """Follow a trajectory of records (per-token losses, a maze field) one by one; report PCA turns and ICL drops.
 
     Args:
         output: the probe output it follows (``"token_loss"``).
@@ -91,6 +103,8 @@ class StageTracker:
         icl: ``(late, early)`` token positions of the ICL score, or None for no ICL tracking.
         min_drop: the smallest ICL drop reported, in nats.
         reshape: maps one record to ``(n_sequences, n_positions)`` for the ICL score; probes set it.
+        max_records: the most records kept (an even number, at least ``2 * min_records``); past
+            it the kept records are thinned evenly (see the module docstring).
 
     See the module docstring for how each is used and for the delay.
     """
@@ -111,6 +125,7 @@ class StageTracker:
         min_lag: int = 5,
         min_explained: float = 0.5,
         reshape: Callable[[np.ndarray], np.ndarray] | None = None,
+        max_records: int = 512,
     ) -> None:
         def positive(name: str, value: Any, integer: bool = True, zero: bool = False) -> None:
             kind = int if integer else (int, float)
@@ -128,6 +143,12 @@ class StageTracker:
         positive("min_explained", min_explained, integer=False)
         if confirm is not None:
             positive("confirm", confirm)
+        positive("max_records", max_records)
+        if max_records % 2 or max_records < 2 * min_records:
+            raise TrajhookError(
+                f"StageTracker: max_records={max_records!r} is odd or below 2 * min_records ({2 * min_records}). "
+                "HINT: e.g. the default max_records=512."
+            )
         if min_separation is not None:
             positive("min_separation", min_separation)
         if icl is not None and (
@@ -148,76 +169,108 @@ class StageTracker:
         self.min_explained = float(min_explained)
         self.explained = 0.0  # the variance share of the components, at the last record
         self.reshape = reshape
-        self.steps: list[int] = []
-        self._records: list[np.ndarray] = []
-        self._gram = np.zeros((0, 0))
+        self.max_records = max_records
+        self._kept = Thinned(max_records)  # the records the analysis runs on
+        self._width: int | None = None
+        self._gram = np.zeros((max_records, max_records))  # of the kept records, top-left size x size
         self._finite: np.ndarray | None = None
-        self._icl: list[float] = []
+        self._icl = np.zeros(max_records)  # the ICL score of each kept record
         self._icl_origin = 0
-        self.turns: list[int] = []  # indices of reported turns
+        self.turns: list[int] = []  # steps of reported turns
+        self._turn_slots: list[int] = []  # where they are among the kept records
         self._candidates: dict[int, int] = {}  # record index -> consecutive updates it has been a turn
         self._basis: np.ndarray | None = None  # the top eigenvectors of the centred Gram matrix, warm start
         self.events: list[tuple[int, str]] = []
 
     # ---------------------------------------------------------------------------------------- feeding
+    @property
+    def steps(self) -> list[int]:
+        """The steps of the records kept (every record until ``max_records``, then a uniform subset)."""
+        return self._kept.kept_steps().tolist()
+
+    @property
+    def n_records(self) -> int:
+        """Every record seen, kept or not."""
+        return self._kept.seen
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the tracker's arrays: fixed once the first record is in, whatever the run length."""
+        basis = 0 if self._basis is None else self._basis.nbytes
+        finite = 0 if self._finite is None else self._finite.nbytes
+        return self._kept.nbytes + self._gram.nbytes + self._icl.nbytes + basis + finite
+
     def update(self, step: int, record: np.ndarray) -> list[tuple[int, str]]:
         """Add one record; return the ``(step, label)`` events confirmed by it (usually none)."""
         record = np.asarray(record)
-        flat = record.astype(np.float32).reshape(-1)
-        finite = np.isfinite(flat)
-        if self._records and flat.shape != self._records[0].shape:
+        if self._width is not None and record.size != self._width:
             raise TrajhookError(
-                f"StageTracker: a record of {flat.size} values after records of {self._records[0].size}. "
+                f"StageTracker: a record of {record.size} values after records of {self._width}. "
                 "HINT: track one output of fixed shape."
             )
+        self._width = record.size
+        if not self._kept.due():
+            self._kept.skip()  # thinned out: the analysis runs on the kept records only
+            return []
+        flat = record.astype(np.float32).reshape(-1)
+        finite = np.isfinite(flat)
+        kept = self._kept.add(step, np.where(finite, flat, 0.0))
+        if kept is not None:
+            self._thinned(kept)
         if self._finite is None or not np.array_equal(finite & self._finite, self._finite):
             self._finite = finite if self._finite is None else finite & self._finite
-            self._records.append(np.where(finite, flat, 0.0))
             self._recompute_gram()
         else:
-            self._records.append(np.where(finite, flat, 0.0))
             self._append_gram()
-        self.steps.append(int(step))
         if self.icl is not None:
             shaped = self.reshape(record) if self.reshape is not None else record
-            self._icl.append(float(icl_score(shaped, late=self.icl[0], early=self.icl[1])))
+            self._icl[self._kept.size - 1] = float(icl_score(shaped, late=self.icl[0], early=self.icl[1]))
         found = self._pca_turn() + (self._icl_drop() if self.icl is not None else [])
         self.events += found
         return found
 
-    def _columns(self) -> np.ndarray:
-        assert self._finite is not None
-        return self._finite
+    def _thinned(self, kept: np.ndarray) -> None:
+        """The buffer dropped every other record: keep the per-record state of the ones left."""
+        m = len(kept)
+        self._gram[:m, :m] = self._gram[np.ix_(kept, kept)]
+        self._icl[:m] = self._icl[kept]
+        self._icl_origin = int(np.searchsorted(kept, self._icl_origin))
+        candidates: dict[int, int] = {}
+        for index, count in self._candidates.items():
+            new = min(int(np.searchsorted(kept, index)), m - 1)
+            candidates[new] = max(count, candidates.get(new, 0))
+        self._candidates = candidates
+        self._turn_slots = [int(np.searchsorted(kept, t)) for t in self._turn_slots]
+        self._basis = None  # a cold start on the thinned records
 
     def _recompute_gram(self) -> None:
-        x = np.stack(self._records)[:, self._columns()].astype(np.float64)
-        self._gram = x @ x.T
+        n = self._kept.size
+        x = self._kept.kept_rows()[:, self._finite].astype(np.float64)
+        self._gram[:n, :n] = x @ x.T
 
     def _append_gram(self) -> None:
-        columns = self._columns()
-        new = self._records[-1][columns].astype(np.float64)
-        if len(self._records) > 1:
-            old = np.stack(self._records[:-1])[:, columns].astype(np.float64) @ new
-        else:
-            old = np.zeros(0)
-        n = len(self._records)
-        gram = np.empty((n, n))
-        gram[:-1, :-1] = self._gram
-        gram[-1, :-1] = gram[:-1, -1] = old
-        gram[-1, -1] = new @ new
-        self._gram = gram
+        n = self._kept.size
+        rows = self._kept.kept_rows()
+        columns = self._finite
+        everything = bool(columns.all())
+        new = (rows[n - 1] if everything else rows[n - 1, columns]).astype(np.float64)
+        if n > 1:
+            old = (rows[: n - 1] if everything else rows[: n - 1, columns]).astype(np.float64) @ new
+            self._gram[n - 1, : n - 1] = self._gram[: n - 1, n - 1] = old
+        self._gram[n - 1, n - 1] = new @ new
 
     # ---------------------------------------------------------------------------------------- PCA turn
     def coords(self) -> np.ndarray:
-        """The records so far on their first ``n_components`` principal components.
+        """The kept records on their first ``n_components`` principal components.
 
         Subspace iteration on the centred Gram matrix, warm-started from the previous record's
         basis, then an exact small eigenproblem: no O(records³) LAPACK call, whose thread pool
         would compete with training for the cores.
         """
-        n = len(self._records)
-        mean_rows = self._gram.mean(axis=1)
-        centred = self._gram - mean_rows[:, None] - mean_rows[None, :] + mean_rows.mean()
+        n = self._kept.size
+        gram = self._gram[:n, :n]
+        mean_rows = gram.mean(axis=1)
+        centred = gram - mean_rows[:, None] - mean_rows[None, :] + mean_rows.mean()
         k = min(n, self.n_components + 2)
         basis = self._basis
         if basis is None or basis.shape[1] != k:
@@ -236,7 +289,7 @@ class StageTracker:
         return self._basis[:, : self.n_components] * np.sqrt(np.clip(values[top], 0.0, None))
 
     def _pca_turn(self) -> list[tuple[int, str]]:
-        n = len(self._records)
+        n = self._kept.size
         lag = max(self.min_lag, n // 10) if self.lag is None else self.lag
         if n < max(2 * lag + 1, self.min_records):
             return []
@@ -251,7 +304,7 @@ class StageTracker:
             index = int(index)
             if scores[index] < scores[max(0, index - lag) : index + lag + 1].max():
                 continue  # a stronger turn is close by
-            if any(abs(index - t) < separation for t in self.turns):
+            if any(abs(index - t) < separation for t in self._turn_slots):
                 continue
             counts[index] = 1 + max(self._candidates.get(j, 0) for j in (index - 1, index, index + 1))
         self._candidates = counts
@@ -259,13 +312,15 @@ class StageTracker:
         if not confirmed:
             return []
         index = max(confirmed, key=lambda i: scores[i])
-        self.turns.append(index)
+        steps = self._kept.kept_steps()
+        self.turns.append(int(steps[index]))
+        self._turn_slots.append(index)
         del self._candidates[index]
-        return [(self.steps[index], event_label(PCA_TURN, self.steps[-1]))]
+        return [(int(steps[index]), event_label(PCA_TURN, int(steps[-1])))]
 
     # ---------------------------------------------------------------------------------------- ICL drop
     def _icl_drop(self) -> list[tuple[int, str]]:
-        values = np.array(self._icl[self._icl_origin :])
+        values = self._icl[self._icl_origin : self._kept.size]
         if len(values) < self.confirm + 3:
             return []
         smoothed = smooth(values, self.smoothing)
@@ -281,7 +336,8 @@ class StageTracker:
         halfway = (smoothed[0] + smoothed[lowest]) / 2
         index = self._icl_origin + int(np.argmax(smoothed < halfway))
         self._icl_origin += lowest  # a later drop is measured from this plateau
-        return [(self.steps[index], event_label(ICL_DROP, self.steps[-1]))]
+        steps = self._kept.kept_steps()
+        return [(int(steps[index]), event_label(ICL_DROP, int(steps[-1])))]
 
 
 def as_tracker(track_stages: Any, where: str, **defaults: Any) -> StageTracker | None:

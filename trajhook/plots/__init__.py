@@ -1,6 +1,7 @@
 """Figures and animations from a loaded log or from arrays (matplotlib)."""
 
 from trajhook.plots.curves import scalar_curves
+from trajhook.plots.field import draw_field_trajectory, field_dynamics, field_trajectory_figure
 from trajhook.plots.figures import figure_to_rgb, new_figure
 from trajhook.plots.maze import (
     VectorFieldRenderer,
@@ -16,6 +17,9 @@ __all__ = [
     "VectorFieldRenderer",
     "animate_vector_field",
     "arrow_glyphs",
+    "draw_field_trajectory",
+    "field_dynamics",
+    "field_trajectory_figure",
     "figure_to_rgb",
     "new_figure",
     "pca_trajectories",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ DIRECTIONS = ("left", "right", "up", "down", "no-op")
 # 8 RIGHT+UP, 9-14 keys that do nothing in the maze. The maze drops vy when vx != 0.
 ACTION_DIRECTION = (0, 0, 0, 3, 4, 2, 1, 1, 1, 4, 4, 4, 4, 4, 4)
 DISTRIBUTION_MODES = ("easy", "hard")
+
+if TYPE_CHECKING:
+    from trajhook.analysis.online import StageTracker
 
 Preprocess = Callable[[torch.Tensor], Any]
 PolicyFn = Callable[[torch.nn.Module, Any], Any]
@@ -217,6 +220,11 @@ class MazeProbe(Probe):
         policy_fn: ``policy_fn(model, obs_batch) -> logits`` (or a tuple led by logits, or a
             ``Categorical``) when ``model(obs_batch)`` is not the policy: a model without
             ``forward`` (a cleanrl agent) or whose ``forward`` needs more than the batch.
+        track_stages: ``True`` or a :class:`~trajhook.analysis.online.StageTracker`: follow the
+            PCA trajectory of the field (``vectors``, flattened) on the writer thread and add an
+            event at each confirmed sharp turn, as :class:`~trajhook.TokenLossProbe` does (same
+            tracker, delay rules and labels; no ICL score). ``StageTracker("direction_probs")``
+            follows the five direction probabilities per cell instead.
 
     A framework's callback may supply both (:meth:`adapt`): with
     :class:`trajhook.integrations.sb3.TrajectoryCallback`, a Stable-Baselines3 policy needs neither.
@@ -238,6 +246,7 @@ class MazeProbe(Probe):
         name: str = "maze",
         preprocess: Preprocess | str | None = None,
         policy_fn: PolicyFn | None = None,
+        track_stages: bool | StageTracker = False,
     ) -> None:
         super().__init__(name)
         self._preprocess_given = preprocess is not None
@@ -269,6 +278,11 @@ class MazeProbe(Probe):
         self._inputs: Any = None
         self._directions: torch.Tensor | None = None
         self._checked_finite = False  # non-finite policy output is an error on the first (setup) run only
+        self.stage_tracker = None
+        if track_stages is not None and track_stages is not False:  # analysis is imported only when asked for
+            from trajhook.analysis.online import as_tracker
+
+            self.stage_tracker = as_tracker(track_stages, f"MazeProbe {name!r}", output="vectors")
 
     def adapt(self, policy_fn: PolicyFn | None = None, preprocess: Preprocess | None = None) -> None:
         """A framework's own way to call its policy and prepare observations, set by its callback before setup.
@@ -337,6 +351,14 @@ class MazeProbe(Probe):
             procgen_version=procgen_version(),
             directions=list(DIRECTIONS),
         )
+        tracker = self.stage_tracker
+        if tracker is not None and (tracker.output not in self.outputs or tracker.icl is not None):
+            raise TrajhookError(
+                f"MazeProbe {self.name!r}: its StageTracker follows {tracker.output!r}"
+                + (f" with icl={tracker.icl}" if tracker.icl is not None else "")
+                + f", but a maze probe records {sorted(self.outputs)} and has no in-context-learning score. "
+                "HINT: use StageTracker('vectors') (the field), or StageTracker('direction_probs')."
+            )
 
     def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """One batched forward over all cells; returns action, direction probabilities and arrows."""

@@ -1,11 +1,10 @@
-"""The HTML report: one self-contained offline file with one step slider driving every panel.
+"""The HTML report: the live page of ``trajhook serve`` as one self-contained offline file.
 
-``trajhook report RUN.h5 [MORE.h5 ...] -o report.html`` or :func:`write_report`. The data
-(:mod:`trajhook.report.data`) comes from :mod:`trajhook.analysis`; Plotly draws, and its
-JavaScript is inlined in the page.
+``trajhook report RUN.h5 [MORE.h5 ...] -o report.html`` or :func:`write_report`. The same page and
+script draw it (:mod:`trajhook.serve`); the server's answers are inlined, maze frames thinned.
 """
 
-from trajhook.report.data import report_data, thin_indices
-from trajhook.report.page import render_page, write_report
+from trajhook.report.data import run_names, thin_indices
+from trajhook.report.page import render_page, snapshot, write_report
 
-__all__ = ["render_page", "report_data", "thin_indices", "write_report"]
+__all__ = ["render_page", "run_names", "snapshot", "thin_indices", "write_report"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from trajhook.analysis.thinned import Thinned
 from trajhook.probes.base import Probe
 
 STEP_KEY = "trajhook/step"
@@ -91,11 +92,16 @@ class MazePanels(Panels):
 
 
 class PromptPanels(Panels):
-    """One scalar per target and per prompt's mean token loss; the PCA trajectory as an image."""
+    """One scalar per target and per prompt's mean token loss; the PCA trajectory as an image.
+
+    The PCA picture shows at most ``max_pca_records`` records (and the latest): every record
+    until then, after that an even subset (:class:`~trajhook.analysis.thinned.Thinned`), and its
+    title says so. Memory stays fixed whatever the run length.
+    """
 
     accumulates = True
 
-    def __init__(self, probe: Probe, pca_every_n_records: int = 10) -> None:
+    def __init__(self, probe: Probe, pca_every_n_records: int = 10, max_pca_records: int = 256) -> None:
         super().__init__(probe)
         names = list(self.metadata.get("prompt_names", []))
         texts = self.metadata.get("target_texts", []) if "target_logprob" in self.outputs else []
@@ -110,8 +116,8 @@ class PromptPanels(Panels):
         ]
         self.prompt_keys = names
         self.pca_every_n_records = pca_every_n_records
-        self.history: list[np.ndarray] = []
-        self.steps: list[int] = []
+        self.history = Thinned(max_pca_records)  # the records the PCA picture shows: bounded, evenly thinned
+        self._latest: tuple[int, np.ndarray] | None = None
 
     def config(self) -> dict[str, Any]:
         return {f"{key} text": text for key, text in self.target_texts.items()}
@@ -132,22 +138,33 @@ class PromptPanels(Panels):
     def images(self, step: int, record: Mapping[str, np.ndarray]) -> list[tuple[str, Render]]:
         if "token_loss" not in record:
             return []
-        self.history.append(np.asarray(record["token_loss"], np.float32))
-        self.steps.append(step)
-        if len(self.history) < 3 or len(self.history) % self.pca_every_n_records:
+        row = np.asarray(record["token_loss"], np.float32)
+        if self.history.due():
+            self.history.add(step, row)
+        else:
+            self.history.skip()
+        self._latest = (step, row)
+        if self.history.seen < 3 or self.history.seen % self.pca_every_n_records:
             return []
         return self.final_images()
 
     def final_images(self) -> list[tuple[str, Render]]:
-        if len(self.history) < 3:
+        if self.history.size < 3:
             return []
-        steps, history = np.array(self.steps), np.stack(self.history)
+        steps, history = self.history.kept_steps().copy(), self.history.kept_rows().copy()
+        stride, seen = self.history.stride, self.history.seen
+        if self._latest is not None and self._latest[0] != steps[-1]:  # the latest record, kept or not
+            steps = np.append(steps, self._latest[0])
+            history = np.concatenate([history, self._latest[1].reshape(1, -1)])
 
         def render() -> np.ndarray:
             from trajhook.plots.figures import figure_to_rgb
             from trajhook.plots.prompts import pca_trajectory
 
-            return figure_to_rgb(pca_trajectory(steps, history))
+            fig = pca_trajectory(steps, history)
+            if stride > 1:
+                fig.axes[0].set_title(f"PCA trajectory (every {stride}th of {seen:,} records, and the last)")
+            return figure_to_rgb(fig)
 
         return [(f"trajhook/{self.probe}/pca_trajectory", render)]
 

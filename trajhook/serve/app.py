@@ -1,0 +1,187 @@
+"""The live page's server: a small Starlette app over one :class:`~trajhook.serve.follow.Follower` per store.
+
+Routes (runs are addressed by their index on the command line; no route takes a path):
+
+- ``/``: the page; ``/static/trajhook.js``: its script (two fixed files of this package);
+- ``/api/state?have=E:N,...``: runs, head step, step indices (only the new steps when the epoch is unchanged);
+- ``/api/maze?run=&probe=``: a maze probe's level; ``/api/frame?run=&probe=&step=``: one binary frame;
+- ``/api/curves?run=``: bucketed loss and target curves; ``/api/pca``: every run in one basis per probe.
+
+With a ``token``, every request must carry ``?token=...`` (the page adds it to each request), else 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trajhook.serve import payloads
+from trajhook.serve.follow import POLL_S, Follower
+
+STATIC = Path(__file__).parent / "static"
+PCA_EVERY_S = 4.0
+
+
+def page_html(
+    token: str | None = None, snapshot: str | None = None, script: str | None = None, title: str = "trajhook"
+) -> str:
+    """The page: served (the script by URL) or as a static snapshot (script and data inlined)."""
+    import html as escape
+
+    title = escape.escape(title)
+    html = (STATIC / "page.html").read_text(encoding="utf-8")
+    html = html.replace("<title>trajhook</title>", f"<title>{title}</title>")
+    html = html.replace('<h1 id="title">trajhook</h1>', f'<h1 id="title">{title}</h1>')
+    if snapshot is None:
+        query = f"?token={token}" if token else ""
+        tag = f'<script src="static/trajhook.js{query}"></script>'
+        data = ""
+    else:
+        tag = f"<script>{script}</script>"
+        data = f'<script id="trajhook-snapshot" type="application/json">{snapshot}</script>'
+    return html.replace("<!--SCRIPT-->", tag).replace("<!--SNAPSHOT-->", data)
+
+
+class Runs:
+    """The followed stores and the PCA cache shared by every request."""
+
+    def __init__(self, paths: Sequence[str | Path], poll_s: float = POLL_S) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.names = payloads.run_names(self.paths)
+        self.followers = [Follower(p, poll_s=poll_s) for p in self.paths]
+        self._pca: tuple[Any, float, list] | None = None
+        self._pca_lock = threading.Lock()
+
+    def snapshots(self) -> list:
+        return [f.snapshot() for f in self.followers]
+
+    def pca(self) -> list[dict[str, Any]]:
+        """The PCA panels, recomputed at most every :data:`PCA_EVERY_S` while records arrive."""
+        with self._pca_lock:
+            snaps = self.snapshots()
+            key = tuple((s.epoch, len(s.steps)) for s in snaps)
+            now = time.monotonic()
+            if self._pca is None or (self._pca[0] != key and now - self._pca[1] >= PCA_EVERY_S):
+                self._pca = (key, now, payloads.pca(self.names, snaps))
+            return self._pca[2]
+
+    def stop(self) -> None:
+        for follower in self.followers:
+            follower.stop()
+
+
+def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: float = POLL_S) -> Any:
+    """The Starlette app following ``paths``; with ``token``, requests without it get 403."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    import trajhook.analysis.trajectory  # noqa: F401  (imported now, not on the first page's first PCA request)
+
+    runs = Runs(paths, poll_s=poll_s)
+    script = (STATIC / "trajhook.js").read_bytes()
+
+    class TokenCheck:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and token is not None:
+                given = Request(scope).query_params.get("token", "")
+                if not hmac.compare_digest(given.encode(), token.encode()):
+                    await PlainTextResponse("403: this server needs its token (see the URL it printed)", 403)(
+                        scope, receive, send
+                    )
+                    return
+            await self.app(scope, receive, send)
+
+    def run_of(request: Request) -> Follower:
+        try:
+            index = int(request.query_params.get("run", ""))
+        except ValueError:
+            raise _BadRequest("run must be an integer index") from None
+        if not 0 <= index < len(runs.followers):
+            raise _BadRequest(f"no run {index}")
+        return runs.followers[index]
+
+    async def on_reader(follower: Follower, job: Any) -> Any:
+        return await asyncio.wrap_future(follower.submit(job))
+
+    async def index(request: Request) -> Response:
+        title = "trajhook (live): " + ", ".join(runs.names)
+        return HTMLResponse(page_html(token, title=title), headers={"Cache-Control": "no-store"})
+
+    async def static_js(request: Request) -> Response:
+        return Response(script, media_type="text/javascript", headers={"Cache-Control": "no-store"})
+
+    async def api_state(request: Request) -> Response:
+        have = []
+        for part in request.query_params.get("have", "").split(","):
+            epoch, _, count = part.partition(":")
+            try:
+                have.append((int(epoch), int(count)))
+            except ValueError:
+                have.append((-1, 0))
+        # a fresh read of each store before answering: a new record shows at the next poll
+        await asyncio.gather(*(on_reader(f, f.refresh) for f in runs.followers))
+        return JSONResponse(payloads.state(runs.names, runs.snapshots(), have))
+
+    async def api_maze(request: Request) -> Response:
+        data = payloads.maze(run_of(request).snapshot(), request.query_params.get("probe", ""))
+        return JSONResponse(data) if data is not None else PlainTextResponse("no such maze probe", 404)
+
+    async def api_frame(request: Request) -> Response:
+        follower = run_of(request)
+        try:
+            step = int(request.query_params.get("step", ""))
+        except ValueError:
+            raise _BadRequest("step must be an integer") from None
+        probe = request.query_params.get("probe", "")
+        blob = await on_reader(follower, lambda: follower.frame(probe, step))
+        if blob is None:
+            return PlainTextResponse("no such frame", 404)
+        return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "max-age=3600"})
+
+    async def api_curves(request: Request) -> Response:
+        return JSONResponse(payloads.curves(run_of(request).snapshot()))
+
+    async def api_pca(request: Request) -> Response:
+        return JSONResponse(await asyncio.to_thread(runs.pca))
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse(f"400: {exc}", 400)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        yield
+        runs.stop()
+
+    routes = [
+        Route("/", index),
+        Route("/static/trajhook.js", static_js),
+        Route("/api/state", api_state),
+        Route("/api/maze", api_maze),
+        Route("/api/frame", api_frame),
+        Route("/api/curves", api_curves),
+        Route("/api/pca", api_pca),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(TokenCheck)],
+        exception_handlers={_BadRequest: bad_request},
+        lifespan=lifespan,
+    )
+    app.state.runs = runs
+    return app
+
+
+class _BadRequest(Exception):
+    pass
