@@ -60,10 +60,16 @@ def test_prompt_and_token_loss_probes_merge_their_micro_batches_into_the_record_
 def test_maze_probe_splits_its_cells_into_one_block_per_rank():
     pytest.importorskip("procgen")
     from trajhook import MazeProbe
+    from trajhook.probes.maze import load_maze_level, make_maze_env
 
     torch.manual_seed(0)
     policy = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(15))
     probe = MazeProbe(seed=0, distribution_mode="easy")
+    env = make_maze_env(0, "easy")
+    try:  # the level from an env closed at once: procgen envs left open can stall a later one in this process
+        probe.level = load_maze_level(0, "easy", env=env)
+    finally:
+        env.close()
     with torch.no_grad():
         probe.setup(policy, torch.device("cpu"))
         whole = probe.run(policy)

@@ -157,10 +157,15 @@ def load_maze_level(seed: int, distribution_mode: str = "hard", env: Any = None)
     """Build level ``seed`` with procgen and render the mouse on every free non-cheese cell."""
     check_distribution_mode("load_maze_level", distribution_mode)
     check_seed("load_maze_level", seed)
-    env = make_maze_env(int(seed), distribution_mode) if env is None else env
-    state = parse_maze_state(env.callmethod("get_state")[0])
-    cells = state.free_cells(include_cheese=False)
-    return MazeLevel(int(seed), distribution_mode, state, cells, render_cells(env, state, cells))
+    own = env is None
+    env = make_maze_env(int(seed), distribution_mode) if own else env
+    try:
+        state = parse_maze_state(env.callmethod("get_state")[0])
+        cells = state.free_cells(include_cheese=False)
+        return MazeLevel(int(seed), distribution_mode, state, cells, render_cells(env, state, cells))
+    finally:
+        if own:  # procgen envs left open pile up threads: a later env in the process can stall
+            env.close()
 
 
 def _check_callable_with_obs(model: Any, probe: str) -> None:
