@@ -2,9 +2,12 @@
 
 A real RL run, sized for a 2-core CPU and resumable, that trains a maze agent whose vector field
 on a held-out level learns to follow the maze's corridors. trajhook's part is the ``Recorder``
-below and one line in the loop, ``rec.maybe_record(agent, global_step)``: it runs a MazeProbe
-(the mouse on every free cell of a fixed held-out level) at log-spaced env steps and appends the
-action probabilities to an HDF5 store, the x-axis being cleanrl's ``global_step``.
+below and one line after each update, ``rec.maybe_record(agent, global_step, loss=...)`` (and one
+before training, for the initial weights): it logs the scalars, and at log-spaced env steps runs a
+MazeProbe (the mouse on every free cell of a fixed held-out level) and appends the action
+probabilities to an HDF5 store, the x-axis being cleanrl's ``global_step``. It comes after the
+update, before the checkpoint's snapshot, so that a resumed run writes nothing at or before the
+checkpoint's step.
 
     python examples/ppo_procgen_maze.py --small    # the smoke test: seconds
     nice -n 19 python examples/ppo_procgen_maze.py --checkpoint run/ckpt.pt --out run/ppo.h5   # hours
@@ -99,9 +102,18 @@ parser.add_argument("--log-every", type=int, default=10, help="print a progress 
 parser.add_argument("--small", action="store_true", help="tiny settings for smoke tests")
 args = parser.parse_args()
 args.channels = list(args.channels)  # as a checkpoint stores it
-if args.small:
-    args.total_timesteps, args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs = 64, 2, 16, 2, 1
-    args.log_every = 1
+SMALL = {
+    "total_timesteps": 64,
+    "num_envs": 2,
+    "num_steps": 16,
+    "num_minibatches": 2,
+    "update_epochs": 1,
+    "log_every": 1,
+}
+if args.small:  # the smoke-test settings, for the arguments not given
+    for name, value in SMALL.items():
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
 args.batch_size = args.num_envs * args.num_steps
 args.minibatch_size = args.batch_size // args.num_minibatches
 args.num_iterations = args.total_timesteps // args.batch_size
@@ -331,6 +343,11 @@ def save_checkpoint(state):
     os.replace(tmp, checkpoint)  # atomic: a kill while saving leaves the previous checkpoint
 
 
+def print_agreement():
+    agreements = ", ".join(f"{p.name} {held_out_agreement(p):.2f}" for p in probes)
+    print(f"global_step {global_step}: recorded; shortest-path agreement {agreements}", flush=True)
+
+
 def held_out_agreement(probe):
     """Share of the probe's cells whose strongest move starts a shortest path to the cheese (for the log)."""
     with torch.no_grad():
@@ -343,11 +360,9 @@ if checkpoint:
 start_time, last_save, finished, interrupted_rollout = time.time(), time.time(), [], False
 timing = {"env": 0.0, "forward": 0.0, "update": 0.0}
 steps_this_session = 0
+if rec.maybe_record(agent, global_step):  # trajhook: the initial weights (a resumed run recorded them already)
+    print_agreement()
 while iteration < args.num_iterations and not stop:
-    recorded = rec.maybe_record(agent, global_step)  # trajhook: step 0, then log-spaced global_steps
-    if recorded:
-        agreements = ", ".join(f"{p.name} {held_out_agreement(p):.2f}" for p in probes)
-        print(f"global_step {global_step}: recorded; shortest-path agreement {agreements}", flush=True)
     state = snapshot() if checkpoint else None
     if checkpoint and time.time() - last_save > args.checkpoint_every_s:
         save_checkpoint(state)
@@ -430,7 +445,8 @@ while iteration < args.num_iterations and not stop:
     scalars = {"loss": loss.item(), "entropy": entropy.mean().item()}
     if ended:
         scalars["episodic_return"] = float(np.mean(ended))
-    rec.log_scalars(global_step, **scalars)  # cleanrl's charts use global_step too
+    if rec.maybe_record(agent, global_step, **scalars):  # trajhook: cleanrl's charts use global_step too
+        print_agreement()
     if iteration % args.log_every == 0:
         elapsed = time.time() - start_time
         split = ", ".join(f"{k} {v / steps_this_session * 1e3:.2f}" for k, v in timing.items())
