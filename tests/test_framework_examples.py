@@ -46,6 +46,30 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
     assert {"node", "cpu"} <= set(log.metadata["machine"]) and log.metadata["torch_version"]
     assert "shortest-path agreement" in stdout
 
+    # docs/make_figures.py draws the README's figures from that store and exports a compact copy
+    figures, export = tmp_path / "figures", tmp_path / "docs_runs" / "ppo.h5"
+    script = EXAMPLES.parent / "docs" / "make_figures.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(out), "--out-dir", str(figures), "--export", str(export), "--fps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for name in ("ppo_maze_agreement.png", "ppo_maze_fields.png", "ppo_maze_training.gif"):
+        assert (figures / name).stat().st_size > 5_000, name
+    captions = (figures / "ppo_maze_captions.md").read_text()
+    assert captions.count(log.metadata["command"]) == 3 and log.metadata["machine"]["cpu"] in captions
+    copy = load(export)
+    assert export.stat().st_size < out.stat().st_size / 10  # fitted chunks, not 4 MiB reserved per dataset
+    assert copy.steps.tolist() == log.steps.tolist() and copy.metadata == log.metadata
+    for probe in ("maze", "maze_small"):
+        for key in ("action_probs", "direction_probs", "vectors"):
+            np.testing.assert_array_equal(copy[probe][key], log[probe][key])
+        assert copy[probe].kind == "maze"
+    assert copy.scalars["loss"].steps.tolist() == [32, 64]
+
 
 @pytest.mark.maze
 @pytest.mark.timeout(300)
