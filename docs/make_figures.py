@@ -70,6 +70,13 @@ def export_compact(source: str | os.PathLike, dest: str | os.PathLike) -> int:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        h5py.File(source, "r").close()
+    except OSError as err:
+        sys.exit(
+            f"--export: cannot open {source} alone ({err}); a run is still writing it. Stop the run with SIGTERM "
+            "(it saves its checkpoint; the same command resumes it), export, then resume."
+        )
     tmp = dest.with_name(dest.name + ".tmp")
     with h5py.File(source, "r") as src, h5py.File(tmp, "w", libver="latest") as out:
         out.attrs.update(dict(src.attrs))

@@ -467,7 +467,8 @@ if stop:
 if checkpoint:
     save_checkpoint(state)
 rec.close()
-print(f"{global_step} env steps; log at {args.out}" + (f"; checkpoint at {checkpoint}" if checkpoint else ""))
+done_steps = state["global_step"] if state else global_step  # a half-done rollout does not count
+print(f"{done_steps} env steps; log at {args.out}" + (f"; checkpoint at {checkpoint}" if checkpoint else ""))
 if stop:
     sys.exit(0)
 
