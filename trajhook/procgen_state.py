@@ -161,6 +161,11 @@ class MazeState:
                 f"MazeState.with_cheese: cell {(row, col)!r} {what}. "
                 "HINT: pass (row, col) from MazeState.free_cells() or corner_cells(), other than the mouse's."
             )
+        if self.grid_offset < 0:
+            raise TrajhookError(
+                "MazeState.with_cheese: this state does not know where its grid lies in the buffer. "
+                "HINT: get the state from parse_maze_state(env.callmethod('get_state')[i])."
+            )
         patched = bytearray(self.data)
         old_row, old_col = self.cheese
         struct.pack_into("<i", patched, self.grid_offset + 4 * (old_row * self.world_dim + old_col), EMPTY)
