@@ -50,13 +50,14 @@ signal during a rollout drops the half-done rollout and saves the state at its s
   maze's top-right corner (inside the curriculum's corner). ``maze_small``: level 5010, 70 cells.
   Training levels are ``--start-level 10000`` on, so neither probe level is ever trained on.
 
-**What to expect here.** About 330-375 env steps/s under ``nice -n 19`` on the shared 2-core CPU
-(ms per env step: env 0.3, forward 0.4, update 2.1). By 0.5M env steps the agent has learned a
-bias toward right and up (P(right) 0.25 -> 0.30) and the mean return rose from about 5 to 6.5,
-but its field is still nearly the same on every cell (probabilities vary by 3e-4 across cells),
-so agreement on the probes is that of one direction everywhere (0.23-0.35). This is the plateau
-before the network finds the mouse in the frame; supervised imitation of shortest paths with
-the same net sits on it for thousands of steps too. Plan for millions of env steps.
+**What to expect here.** 330-1,300 env steps/s under ``nice -n 19`` on the shared 2-core CPU,
+depending on the other load (ms per env step at 810 steps/s: env 0.10, forward 0.17, update 0.95).
+By 2.8M env steps the agent had learned only a bias toward right and up (P(right) 0.25 -> 0.35),
+its mean return had not risen above the random policy's (about 6), and its field was still
+nearly the same on every cell (probabilities vary by 1e-3 across cells), so agreement on the
+probes is that of one direction everywhere (0.23-0.35). This is the plateau before the network
+finds the mouse in the frame; supervised imitation of shortest paths with the same net sits on it
+for thousands of steps too. ``--frame-size 64`` keeps full frames (about 5x slower a step).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ parser.add_argument("--ent-coef", type=float, default=0.01)
 parser.add_argument("--vf-coef", type=float, default=0.5)
 parser.add_argument("--max-grad-norm", type=float, default=0.5)
 parser.add_argument("--channels", type=int, nargs=3, default=(8, 16, 16), help="IMPALA widths (cleanrl: 16 32 32)")
+parser.add_argument("--frame-size", type=int, default=32, choices=(32, 64), help="frames average-pooled to this")
 parser.add_argument("--corner", type=int, default=5, help="cheese in the maze's top-right NxN cells; 0: procgen's")
 parser.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=True)
 parser.add_argument("--num-levels", type=int, default=1_000_000, help="training levels start-level .. +num-levels")
@@ -171,13 +173,14 @@ def layer_init(layer, std=2**0.5, bias_const=0.0):
 
 
 class Agent(nn.Module):
-    def __init__(self, channels):
+    def __init__(self, channels, frame_size):
         super().__init__()
-        layers, c = [nn.AvgPool2d(2)], 3  # 64x64 -> 32x32
+        layers, c = [nn.AvgPool2d(64 // frame_size)], 3  # 64x64 -> 32x32 by default
         for out in channels:
             layers.append(ConvSequence(c, out))
             c = out
-        layers += [nn.Flatten(), nn.ReLU(), nn.Linear(c * 4 * 4, 256), nn.ReLU()]  # 32 px halved 3 times
+        side = frame_size // 8  # halved by each of the three stacks
+        layers += [nn.Flatten(), nn.ReLU(), nn.Linear(c * side * side, 256), nn.ReLU()]
         self.network = nn.Sequential(*layers)
         self.actor = layer_init(nn.Linear(256, len(MOVE_ACTIONS)), std=0.01)
         self.critic = layer_init(nn.Linear(256, 1), std=1)
@@ -242,7 +245,7 @@ def observe(env):
 
 sizes = [min(args.env_group, args.num_envs - start) for start in range(0, args.num_envs, args.env_group)]
 groups = [make_group(g, num) for g, num in enumerate(sizes)]
-agent = Agent(args.channels)
+agent = Agent(args.channels, args.frame_size)
 optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
 
