@@ -7,8 +7,10 @@ procgen's ``Game::serialize``, ``BasicAbstractGame::serialize`` and ``MazeGame::
 (little-endian) 32-bit ints and floats; strings are an int length followed by the bytes.
 Random-generator states are text strings of varying length, so byte offsets differ per
 level: :func:`parse_maze_state` walks the whole buffer once, checks every length, and keeps
-the offsets of the mouse's ``x``, ``y`` and ``is_reflected`` fields so that
-:meth:`MazeState.with_mouse` can patch a copy in place.
+the offsets of the mouse's ``x``, ``y`` and ``is_reflected`` fields and of the grid, so that
+:meth:`MazeState.with_mouse` and :meth:`MazeState.with_cheese` can patch a copy in place.
+:func:`corner_cells` lists the free cells of the maze's top-right corner, where a corner
+curriculum (Langosco et al.'s ``rand_region``) puts the cheese.
 
 procgen calls ``exit()`` on a malformed buffer, which kills the Python process. Everything
 that :meth:`MazeState.with_mouse` returns has been parsed and validated here first.
@@ -97,6 +99,7 @@ class MazeState:
     mouse: tuple[int, int]
     mouse_x_offset: int
     mouse_reflected_offset: int
+    grid_offset: int = -1  # byte offset of grid[0, 0]
 
     @property
     def cheese(self) -> tuple[int, int]:
@@ -139,6 +142,61 @@ class MazeState:
         if reflected is not None:
             struct.pack_into("<i", patched, self.mouse_reflected_offset, int(bool(reflected)))
         return bytes(patched)
+
+    def with_cheese(self, row: int, col: int) -> bytes:
+        """A copy of the state with the cheese moved to the empty cell ``(row, col)`` (the old cell emptied).
+
+        After ``set_state`` procgen draws the cheese there and ends the episode (reward 10) when the mouse
+        reaches it. The cell must be empty and not the mouse's; moving the cheese onto itself is a no-op.
+        """
+        row, col = int(row), int(col)
+        if (row, col) == self.cheese:
+            return self.data
+        inside = 0 <= row < self.world_dim and 0 <= col < self.world_dim
+        if not inside or self.grid[row, col] != EMPTY or (row, col) == self.mouse:
+            what = "outside the world" if not inside else f"holds {int(self.grid[row, col])}, not an empty cell"
+            if inside and (row, col) == self.mouse:
+                what = "is the mouse's cell"
+            raise TrajhookError(
+                f"MazeState.with_cheese: cell {(row, col)!r} {what}. "
+                "HINT: pass (row, col) from MazeState.free_cells() or corner_cells(), other than the mouse's."
+            )
+        if self.grid_offset < 0:
+            raise TrajhookError(
+                "MazeState.with_cheese: this state does not know where its grid lies in the buffer. "
+                "HINT: get the state from parse_maze_state(env.callmethod('get_state')[i])."
+            )
+        patched = bytearray(self.data)
+        old_row, old_col = self.cheese
+        struct.pack_into("<i", patched, self.grid_offset + 4 * (old_row * self.world_dim + old_col), EMPTY)
+        struct.pack_into("<i", patched, self.grid_offset + 4 * (row * self.world_dim + col), CHEESE)
+        return bytes(patched)
+
+
+def corner_cells(state: MazeState, size: int) -> np.ndarray:
+    """``(n, 2)`` ``(row, col)`` of the empty cells in the top-right ``size x size`` cells of the maze.
+
+    The maze is ``maze_dim`` square, centred in the world with a wall margin, and the mouse starts at
+    its bottom-left; the region counts from the maze's own top-right cell. The mouse's cell is left
+    out, and the cheese's cell is included (moving it there is a no-op), so the list is never empty
+    for a maze of at least 3 cells when ``size >= 1`` holds the top-right cell, which is always free.
+
+    >>> grid = np.full((5, 5), WALL); grid[1:4, 1:4] = EMPTY; grid[2, 2] = WALL; grid[1, 3] = CHEESE
+    >>> state = MazeState(b"", grid, 3, 5, 0, 0, (1, 1), 0, 0)
+    >>> corner_cells(state, 2).tolist()
+    [[2, 3], [3, 2], [3, 3]]
+    """
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise TrajhookError(
+            f"corner_cells: size={size!r} is not a positive int. HINT: e.g. 5 for the top-right 5x5 cells."
+        )
+    top = (state.world_dim + state.maze_dim) // 2 - 1  # the maze's top row and rightmost column
+    low = top - int(size) + 1
+    region = np.zeros_like(state.grid, dtype=bool)
+    region[max(low, 0) : top + 1, max(low, 0) : top + 1] = True
+    region &= (state.grid == EMPTY) | (state.grid == CHEESE)
+    region[state.mouse] = False
+    return np.argwhere(region).astype(np.int64)
 
 
 def parse_maze_state(data: bytes) -> MazeState:
@@ -195,6 +253,7 @@ def parse_maze_state(data: bytes) -> MazeState:
             "grid sizes disagree (w, h, length, grid_size, main_width, main_height)",
             (grid_w, grid_h, grid_len, grid_size, main_width, main_height),
         )
+    grid_offset = r.offset
     grid = np.array(r.take(f"{grid_len}i"), dtype=np.int64).reshape(grid_h, grid_w)
 
     # MazeGame::serialize, then the end marker
@@ -223,4 +282,5 @@ def parse_maze_state(data: bytes) -> MazeState:
         mouse=(int(np.floor(mouse_y)), int(np.floor(mouse_x))),
         mouse_x_offset=mouse_x_offset,
         mouse_reflected_offset=mouse_x_offset + 4 * _REFLECTED_FIELD,
+        grid_offset=grid_offset,
     )

@@ -1,0 +1,201 @@
+"""Draw the README's PPO maze figures from a trajhook store, each with a caption naming the command and the machine.
+
+    python docs/make_figures.py docs/runs/ppo_procgen_maze.h5                 # figures into docs/images
+    python docs/make_figures.py /work/ppo_run/ppo_procgen_maze.h5 --export docs/runs/ppo_procgen_maze.h5
+
+Reads only the store (written by ``examples/ppo_procgen_maze.py``): the recorded direction
+probabilities of the held-out probe level, the level's grid and cheese, and the run's metadata
+(its command, arguments and machine). Writes
+
+- ``ppo_maze_agreement.png``: the share of probed cells whose strongest move starts a shortest
+  path to the cheese, against env steps, for every maze probe, with chance (a uniformly random move);
+- ``ppo_maze_fields.png``: the vector field at a few steps (``--steps``; default: the first
+  record, the first where agreement is halfway to its best, and the last);
+- ``ppo_maze_training.gif``: the vector field over every record;
+- ``ppo_maze_captions.md``: one caption per figure, naming the command that drew it, the command
+  that trained the run, and both machines.
+
+``--export DEST`` also copies the store with chunks that fit its rows: a store being written
+reserves a 4 MiB chunk per dataset, so a finished store of a few MB would take tens of MB in git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import trajhook
+from trajhook.analysis.maze import path_agreement, shortest_path_moves
+
+
+def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
+    """probe name -> (agreement per record, chance) for every maze probe of a loaded store."""
+    curves = {}
+    for name in log:
+        if log[name].kind != "maze":
+            continue
+        meta = log[name].metadata
+        on_path = shortest_path_moves(np.asarray(meta["grid"]), tuple(meta["cheese"]), np.asarray(meta["cells"]))
+        agreement = np.atleast_1d(path_agreement(log[name]["direction_probs"], on_path))
+        curves[name] = (agreement, float(on_path.sum(axis=1).mean() / 4))
+    return curves
+
+
+def default_steps(steps: np.ndarray, agreement: np.ndarray) -> list[int]:
+    """The first record, the first halfway from the first agreement to the best, and the last.
+
+    >>> default_steps(np.array([0, 10, 20, 30]), np.array([0.2, 0.3, 0.6, 0.7]))
+    [0, 20, 30]
+    """
+    halfway = agreement[0] + (agreement.max() - agreement[0]) / 2
+    middle = int(np.argmax(agreement >= halfway)) if agreement.max() > agreement[0] else len(steps) // 2
+    return sorted({int(steps[0]), int(steps[middle]), int(steps[-1])})
+
+
+def machine_text(machine: dict) -> str:
+    return f"{machine.get('cpu') or 'unknown CPU'}, {machine.get('cores', '?')} cores (host {machine.get('node', '?')})"
+
+
+def export_compact(source: str | os.PathLike, dest: str | os.PathLike) -> int:
+    """Copy a closed store to ``dest`` with each chunked dataset's chunk fitted to its rows; returns the size.
+
+    Everything else (attributes, shapes, dtypes, the ``committed`` counts) is copied as is, so
+    ``trajhook.load`` reads the copy exactly as the original.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        h5py.File(source, "r").close()
+    except OSError as err:
+        sys.exit(
+            f"--export: cannot open {source} alone ({err}); a run is still writing it. Stop the run with SIGTERM "
+            "(it saves its checkpoint; the same command resumes it), export, then resume."
+        )
+    tmp = dest.with_name(dest.name + ".tmp")
+    with h5py.File(source, "r") as src, h5py.File(tmp, "w", libver="latest") as out:
+        out.attrs.update(dict(src.attrs))
+
+        def copy(name: str, obj) -> None:
+            if isinstance(obj, h5py.Group):
+                out.require_group(name).attrs.update(dict(obj.attrs))
+                return
+            data = obj[()]
+            if obj.chunks is None:
+                ds = out.create_dataset(name, data=data)
+            else:
+                chunks = (max(1, len(data)), *obj.shape[1:])
+                ds = out.create_dataset(name, data=data, maxshape=obj.maxshape, chunks=chunks)
+            ds.attrs.update(dict(obj.attrs))
+
+        src.visititems(copy)
+    os.replace(tmp, dest)
+    return dest.stat().st_size
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("store", type=Path, help="a store written by examples/ppo_procgen_maze.py")
+    parser.add_argument("--out-dir", type=Path, default=Path("docs/images"))
+    parser.add_argument("--probe", default="maze", help="the probe drawn in the vector fields and the GIF")
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="vector fields at these recorded steps")
+    parser.add_argument("--no-gif", action="store_true", help="skip the GIF (the slowest part)")
+    parser.add_argument("--fps", type=float, default=6.0)
+    parser.add_argument("--export", type=Path, default=None, help="also copy the store here, compacted")
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trajhook.plots.maze import animate_vector_field, vector_field_from_log
+
+    log = trajhook.load(args.store)
+    steps = np.asarray(log.steps)
+    meta = log.metadata
+    curves = agreement_curves(log)
+    if args.probe not in curves:
+        sys.exit(f"{args.store} has no maze probe {args.probe!r}; its maze probes: {sorted(curves)}")
+    run_command = meta.get("command", "examples/ppo_procgen_maze.py (command not recorded)")
+    trained_on = machine_text(meta.get("machine", {}))
+    here = machine_text(
+        {"cpu": _cpu_model(), "cores": os.cpu_count(), "node": platform.node()}
+    )  # where the figures are drawn
+    drawn_by = f"`python docs/make_figures.py {args.store}`"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    captions = []
+
+    print("step       " + "  ".join(f"{name:>10}" for name in curves))
+    for i, step in enumerate(steps):
+        print(f"{int(step):<10} " + "  ".join(f"{agreement[i]:10.2f}" for agreement, _ in curves.values()))
+
+    # the agreement curve
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
+    for name, (agreement, chance) in curves.items():
+        cells = len(log[name].metadata["cells"])
+        (line,) = ax.plot(
+            steps, agreement, marker=".", label=f"{name}: level {log[name].metadata['seed']}, {cells} cells"
+        )
+        ax.axhline(chance, color=line.get_color(), ls=":", lw=1)
+    ax.set(xlabel="env steps", ylabel="strongest move on a shortest path", ylim=(0, 1.02))
+    ax.set_title("PPO on procgen maze: held-out levels (dotted: chance)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out_dir / "ppo_maze_agreement.png")
+    plt.close(fig)
+    agreement, chance = curves[args.probe]
+    summary = ", ".join(
+        f"{name} {a[0]:.2f} → {a[-1]:.2f} (best {a.max():.2f}, chance {c:.2f})" for name, (a, c) in curves.items()
+    )
+    captions.append(
+        ("ppo_maze_agreement.png", f"Shortest-path agreement on the held-out levels against env steps: {summary}.")
+    )
+
+    # the vector field at a few steps
+    chosen = args.steps or default_steps(steps, agreement)
+    missing = [s for s in chosen if s not in steps.tolist()]
+    if missing:
+        sys.exit(f"--steps {missing} were not recorded; recorded: {steps.tolist()}")
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 4.4), dpi=100, squeeze=False)
+    for ax, step in zip(axes[0], chosen, strict=True):
+        vector_field_from_log(log, step=step, probe=args.probe, ax=ax)
+        ax.set_title(f"step {step:,}: agreement {agreement[steps.tolist().index(step)]:.2f}")
+    fig.tight_layout()
+    fig.savefig(args.out_dir / "ppo_maze_fields.png")
+    plt.close(fig)
+    at = ", ".join(f"{s:,} ({agreement[steps.tolist().index(s)]:.2f})" for s in chosen)
+    captions.append(("ppo_maze_fields.png", f"The {args.probe} probe's vector field at env steps {at}."))
+
+    if not args.no_gif:
+        animate_vector_field(log, args.out_dir / "ppo_maze_training.gif", probe=args.probe, fps=args.fps)
+        captions.append(
+            ("ppo_maze_training.gif", f"The {args.probe} probe's vector field at all {len(steps)} recorded steps.")
+        )
+
+    source = f"Trained by `{run_command}` on {trained_on}; drawn by {drawn_by} on {here}."
+    text = "".join(f"**{name}**: {caption} {source}\n\n" for name, caption in captions)
+    (args.out_dir / "ppo_maze_captions.md").write_text(text)
+    print(text, end="")
+
+    if args.export:
+        size = export_compact(args.store, args.export)
+        copy = trajhook.load(args.export)
+        assert np.array_equal(copy.steps, steps) and np.array_equal(
+            copy[args.probe]["direction_probs"], log[args.probe]["direction_probs"]
+        )
+        print(f"exported {args.export}: {size / 1e6:.2f} MB (from {args.store.stat().st_size / 1e6:.2f} MB)")
+
+
+def _cpu_model() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+
+
+if __name__ == "__main__":
+    main()
