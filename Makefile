@@ -13,12 +13,12 @@ TORCH_INDEX ?=
 MAZE_VENV := .venv
 LM_VENV   := .venv-lm
 MAZE_EXTRAS := maze,sb3,lightning,wandb,tensorboard,serve,dev
-LM_EXTRAS   := hf,lightning,wandb,tensorboard,serve,dev
+LM_EXTRAS   := hf,lightning,wandb,tensorboard,serve,ray,dev
 LM_TEST_DEPS := trl datasets lightning "numpy>=2"
 PYTEST_ENV := WANDB_MODE=offline WANDB_SILENT=true MPLBACKEND=Agg TRAJHOOK_STRICT_SKIPS=1
 PYTEST := -m pytest -q -rs
 
-.PHONY: demo test test-maze test-lm lint bench browser clean
+.PHONY: demo figures test test-maze test-lm lint bench browser clean
 
 define make_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
@@ -34,10 +34,18 @@ $(MAZE_VENV)/.installed: pyproject.toml Makefile
 $(LM_VENV)/.installed: pyproject.toml Makefile
 	$(call make_venv,$(LM_VENV))
 	$(LM_VENV)/bin/python -m pip install -q -e ".[$(LM_EXTRAS)]" $(LM_TEST_DEPS)
+	# DeepSpeed builds against the torch already installed (no isolated build env that would fetch another torch)
+	$(LM_VENV)/bin/python -c "import deepspeed" 2>/dev/null || $(LM_VENV)/bin/python -m pip install -q --no-build-isolation "deepspeed>=0.15"
 	touch $@
 
 demo: $(MAZE_VENV)/.installed
 	$(MAZE_VENV)/bin/python examples/maze_lightning.py
+	@echo
+	@echo "Watch the run (live while it trains, too):  $(MAZE_VENV)/bin/trajhook serve runs/maze.h5"
+
+# The README's PPO maze figures, from the committed store of the real run
+figures: $(MAZE_VENV)/.installed
+	$(MAZE_VENV)/bin/python docs/make_figures.py docs/runs/ppo_procgen_maze.h5 --out-dir docs/images
 
 lint: $(LM_VENV)/.installed
 	$(LM_VENV)/bin/python -m ruff check .
