@@ -101,6 +101,7 @@ def test_cached_observations_equal_procgens_render_after_walking_there(levels, m
             env2 = make_maze_env(seed, mode)
             env2.callmethod("set_state", [level.state.with_mouse(*target, reflected=True)])
             np.testing.assert_array_equal(env2.observe()[1]["rgb"][0], obs["rgb"][0])
+            env2.close()
             compared_right_facing += 1
             if target[1] > 0 and level.state.grid[target[0], target[1] - 1] != WALL:
                 continue

@@ -72,6 +72,9 @@ class ProcgenMazeEnv(gymnasium.Env):
         self._at_start = False  # the current frame is the first of an episode
 
     def _new_env(self, rand_seed: int) -> None:
+        # Close the old env here, not in the garbage collector: gym3's CEnv.__del__ run by a GC pass in
+        # the middle of another env's creation re-enters cffi and deadlocks the process.
+        self.close()
         self._env = make_maze_env(self.start_level, self.distribution_mode, self.num_levels, rand_seed=rand_seed)
         _, obs, _ = self._env.observe()
         self._obs, self._at_start = obs["rgb"][0].copy(), True
@@ -108,4 +111,6 @@ class ProcgenMazeEnv(gymnasium.Env):
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in info.items() if k != "rgb"}
 
     def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
         self._env = None

@@ -11,6 +11,7 @@ is the bottom of the maze). The arrow at a cell is ``(P_right - P_left, P_up - P
 
 from __future__ import annotations
 
+import gc
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,15 +86,23 @@ def make_maze_env(seed: int, distribution_mode: str = "hard", num_levels: int = 
     """A one-environment procgen maze on levels ``seed .. seed + num_levels - 1`` (procgen imported here)."""
     procgen = require("procgen", "maze", "the maze probe")
     extra = {} if rand_seed is None else {"rand_seed": int(rand_seed)}
-    return procgen.ProcgenGym3Env(
-        num=1,
-        env_name="maze",
-        start_level=int(seed),
-        num_levels=int(num_levels),
-        distribution_mode=distribution_mode,
-        num_threads=1,
-        **extra,
-    )
+    # No garbage collection while cffi builds the env: a collected, unclosed gym3 env's __del__ would
+    # re-enter cffi's lock here and deadlock the process (seen in the test suite). Close envs you make.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return procgen.ProcgenGym3Env(
+            num=1,
+            env_name="maze",
+            start_level=int(seed),
+            num_levels=int(num_levels),
+            distribution_mode=distribution_mode,
+            num_threads=1,
+            **extra,
+        )
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def procgen_version() -> str:
