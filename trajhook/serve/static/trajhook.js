@@ -287,6 +287,12 @@
 
   function plotBox(left, top, width, height) { return { left: left, top: top, width: width, height: height }; }
 
+  // "candidate stage boundary (PCA turn; confirmed at step 440)" -> "PCA turn?"; other labels as they are
+  function shortEventLabel(label) {
+    const m = /^candidate stage boundary \(([^;]+);.*\)$/.exec(label);
+    return m ? m[1] + "?" : label;
+  }
+
   function drawAxes(ctx, box, xr, yr, xlabel, ylabel, title) {
     ctx.strokeStyle = "#999";
     ctx.lineWidth = 1;
@@ -387,10 +393,16 @@
           items.push(x);
         });
         ctx.setLineDash([4, 3]); ctx.strokeStyle = "#666"; ctx.fillStyle = "#555"; ctx.font = "10px system-ui, sans-serif";
+        const rowEnds = [-Infinity, -Infinity, -Infinity, -Infinity];  // labels stack in rows, never overlapping
         app.runs.forEach(function (r) {
           r.events.forEach(function (e) {
             ctx.beginPath(); ctx.moveTo(X(e.step), b.top); ctx.lineTo(X(e.step), b.top + b.height); ctx.stroke();
-            if (k === 0) { ctx.textAlign = "left"; ctx.fillText(e.label, X(e.step) + 3, b.top + 11); }
+            if (k !== 0) return;
+            const text = shortEventLabel(e.label), x = X(e.step) + 3, width = ctx.measureText(text).width;
+            const row = rowEnds.findIndex(function (end) { return x > end + 4; });
+            if (row < 0) return;  // no room: the dashed line stays, the full label is in the PCA panel and the store
+            ctx.textAlign = "left"; ctx.fillText(text, x, b.top + 11 + 12 * row);
+            rowEnds[row] = x + width;
           });
         });
         ctx.restore();
@@ -467,7 +479,10 @@
           const x = X(e.xy[0]), y = Y(e.xy[1]);
           ctx.strokeStyle = "#000"; ctx.lineWidth = 2;
           ctx.beginPath(); ctx.moveTo(x - 5, y - 5); ctx.lineTo(x + 5, y + 5); ctx.moveTo(x - 5, y + 5); ctx.lineTo(x + 5, y - 5); ctx.stroke();
-          ctx.fillText((entry.runs.length > 1 ? r.name + ": " : "") + e.label + " (" + e.step + ")", x, y - 8);
+          const text = (entry.runs.length > 1 ? r.name + ": " : "") + shortEventLabel(e.label) + " (" + e.step + ")";
+          const right = x > b.left + b.width / 2;  // the text runs towards the middle, never off the plot
+          ctx.textAlign = right ? "right" : "left";
+          ctx.fillText(text, right ? x - 8 : x + 8, y - 8);
         });
       });
       const legend = entry.runs.map(function (r) { return r.name; });
