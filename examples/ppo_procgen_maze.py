@@ -79,7 +79,7 @@ from procgen import ProcgenGym3Env
 from torch.distributions.categorical import Categorical
 
 import trajhook
-from trajhook.analysis.maze import path_agreement, shortest_path_moves
+from trajhook.analysis.maze import bfs_distances, moved, path_agreement, shortest_path_moves
 from trajhook.procgen_state import corner_cells, parse_maze_state
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -101,6 +101,10 @@ parser.add_argument("--channels", type=int, nargs=3, default=(8, 16, 16), help="
 parser.add_argument("--frame-size", type=int, default=32, choices=(32, 64), help="frames average-pooled to this")
 parser.add_argument("--corner", type=int, default=5, help="cheese in the maze's top-right NxN cells; 0: procgen's")
 parser.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=True)
+parser.add_argument(
+    "--shaping", type=float, default=0.1, help="potential-based shaping per cell of BFS distance; 0: off"
+)
+parser.add_argument("--reward-scale", type=float, default=0.1, help="procgen's reward (10 for the cheese) times this")
 parser.add_argument("--num-levels", type=int, default=1_000_000, help="training levels start-level .. +num-levels")
 parser.add_argument("--start-level", type=int, default=10_000)
 parser.add_argument("--distribution-mode", default="easy")
@@ -220,31 +224,69 @@ def make_group(index, num):
     )
 
 
-def patch_new_episodes(env, first):
-    """Move the cheese into the corner (and the mouse to a random cell) of each new episode; new frames."""
-    states = env.callmethod("get_state")
+def patch_new_episodes(states, first):
+    """Move the cheese into the corner (and the mouse to a random cell) of each new episode, in ``states``."""
     for i in np.flatnonzero(first):
         state = parse_maze_state(states[i])
-        corner = corner_cells(state, args.corner)
-        state = parse_maze_state(state.with_cheese(*corner[curriculum_rng.integers(len(corner))]))
+        if args.corner:
+            corner = corner_cells(state, args.corner)
+            state = parse_maze_state(state.with_cheese(*corner[curriculum_rng.integers(len(corner))]))
         if args.random_start:
             free = state.free_cells()  # empty cells: never the cheese's
             states[i] = state.with_mouse(*free[curriculum_rng.integers(len(free))])
         else:
             states[i] = state.data
-    env.callmethod("set_state", states)
-    return env.observe()[1]["rgb"]
 
 
-def observe(env):
-    reward, obs, first = env.observe()
-    if (args.corner or args.random_start) and first.any():
-        obs = patch_new_episodes(env, first)
-    return reward, obs["rgb"] if isinstance(obs, dict) else obs, first
+def potential_bonus(envs, first, moves, states):
+    """Potential-based shaping (Ng et al. 1999): ``shaping * (d - gamma * d')``, d the BFS steps to the cheese.
+
+    Phi(s) = -shaping * d(s) and Phi = 0 once an episode ends, so an episode's shaping sums to
+    ``shaping * d(start)`` (discounted): the optimal policy is the one without it, but every step says
+    at once whether it went toward the cheese. The mouse is followed with ``moved`` (a move goes one
+    cell unless a wall is there, as in procgen: ``tests/test_maze_curriculum.py`` checks it against
+    procgen's state), since reading every state back costs more than the step; only a new
+    episode's state (``states[i]`` where ``first[i]``) is parsed, for its grid and mouse.
+    """
+    bonus = np.zeros(len(envs))
+    for i, e in enumerate(envs):
+        if first[i]:  # the last episode ended: Phi(end) = 0; the new one gets its own distances
+            state = parse_maze_state(states[i])
+            bonus[i] = args.shaping * distance[e]
+            grids[e], mouse[e] = state.grid, state.mouse
+            distance_maps[e] = bfs_distances(state.grid, state.cheese)
+        else:
+            mouse[e] = moved(grids[e], mouse[e], moves[i])
+            bonus[i] = args.shaping * (distance[e] - args.gamma * distance_maps[e][mouse[e]])
+        distance[e] = distance_maps[e][mouse[e]]
+    return bonus
+
+
+def observe(env, envs, moves=None, first=None):
+    """Procgen's reward, the frames, the new-episode flags and the shaping bonus, after the curriculum's patch.
+
+    ``moves`` are the agent's moves (0-3: left, right, up, down) that led here; ``first`` forces new episodes.
+    """
+    reward, obs, new_episode = env.observe()
+    first = new_episode if first is None else first
+    obs, bonus, states = obs["rgb"] if isinstance(obs, dict) else obs, np.zeros(len(first)), None
+    if first.any() and (args.corner or args.random_start or args.shaping):
+        states = env.callmethod("get_state")
+        if args.corner or args.random_start:
+            patch_new_episodes(states, first)
+            env.callmethod("set_state", states)
+            obs = env.observe()[1]["rgb"]
+    if args.shaping:
+        bonus = potential_bonus(envs, first, moves, states)
+    return reward, obs, first, bonus
 
 
 sizes = [min(args.env_group, args.num_envs - start) for start in range(0, args.num_envs, args.env_group)]
 groups = [make_group(g, num) for g, num in enumerate(sizes)]
+group_envs = [range(start, start + num) for start, num in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
+distance_maps = [None] * args.num_envs  # BFS steps to the cheese, per environment's current episode
+distance = np.zeros(args.num_envs)  # the mouse's current BFS distance to the cheese
+grids, mouse = [None] * args.num_envs, [None] * args.num_envs  # each episode's maze, and the mouse's (row, col)
 agent = Agent(args.channels, args.frame_size)
 optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
@@ -313,8 +355,9 @@ if resuming:
     agent.load_state_dict(ckpt["agent"])
     optimizer.load_state_dict(ckpt["optimizer"])
     rec.load_state_dict(ckpt["recorder"])
-    for env, states in zip(groups, ckpt["env_states"], strict=True):
+    for env, envs, states in zip(groups, group_envs, ckpt["env_states"], strict=True):
         env.callmethod("set_state", states)
+        potential_bonus(envs, np.ones(len(envs), dtype=bool), None, states)  # the distances and mice, from the states
     random.setstate(ckpt["rng"]["python"])
     np.random.set_state(ckpt["rng"]["numpy"])
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -324,7 +367,11 @@ if resuming:
     print(f"resumed from {checkpoint} at global_step {global_step} (iteration {iteration})", flush=True)
 else:
     global_step, iteration = 0, 0
-    next_obs = torch.from_numpy(np.concatenate([observe(env)[1] for env in groups]))
+    frames = [
+        observe(env, envs, None, np.ones(len(envs), dtype=bool))[1]
+        for env, envs in zip(groups, group_envs, strict=True)
+    ]
+    next_obs = torch.from_numpy(np.concatenate(frames))  # each environment starts an episode
     next_done = torch.zeros(args.num_envs)
     episode_return = np.zeros(args.num_envs)
 
@@ -394,19 +441,18 @@ while iteration < args.num_iterations and not stop:
         actions[step] = action
         logprobs[step] = logprob
         t1 = time.perf_counter()
-        procgen_actions, start, reward, frames, done = MOVE_ACTIONS[action.numpy()], 0, [], [], []
-        for env, num in zip(groups, sizes, strict=True):
-            env.act(procgen_actions[start : start + num])
-            r, o, f = observe(env)
-            reward.append(r), frames.append(o), done.append(f)
-            start += num
-        reward, done = np.concatenate(reward), np.concatenate(done)
+        procgen_actions, reward, frames, done, bonus = MOVE_ACTIONS[action.numpy()], [], [], [], []
+        for env, envs in zip(groups, group_envs, strict=True):
+            env.act(procgen_actions[envs.start : envs.stop])
+            r, o, f, b = observe(env, envs, action.numpy()[envs.start : envs.stop])
+            reward.append(r), frames.append(o), done.append(f), bonus.append(b)
+        reward, done, bonus = np.concatenate(reward), np.concatenate(done), np.concatenate(bonus)
         timing["forward"] += t1 - t0
         timing["env"] += time.perf_counter() - t1
         episode_return += reward
         ended += episode_return[done].tolist()
         episode_return[done] = 0.0
-        rewards[step] = torch.as_tensor(reward, dtype=torch.float32)
+        rewards[step] = torch.as_tensor(args.reward_scale * reward + bonus, dtype=torch.float32)
         next_obs, next_done = torch.from_numpy(np.concatenate(frames)), torch.as_tensor(done, dtype=torch.float32)
     if interrupted_rollout:  # forget the half-done rollout: resume from this iteration's start
         break

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trajhook.analysis.maze import moved
 from trajhook.errors import TrajhookError
 from trajhook.procgen_state import CHEESE, EMPTY, WALL, corner_cells, parse_maze_state
 
 pytest.importorskip("procgen")
+
+from procgen import ProcgenGym3Env
 
 from trajhook.probes.maze import make_maze_env
 
@@ -95,3 +98,28 @@ def test_with_cheese_refuses_walls_and_the_mouse():
         state.with_cheese(*state.mouse)
     assert state.with_cheese(*state.cheese) == state.data
     assert (state.grid == CHEESE).sum() == 1
+
+
+def test_moved_follows_procgens_mouse_move_by_move():
+    """The PPO example's shaping follows the mouse with ``moved``; check it against procgen's own state."""
+    env = ProcgenGym3Env(
+        num=4, env_name="maze", start_level=10_000, num_levels=0, distribution_mode="easy", num_threads=1
+    )
+    try:
+        rng = np.random.default_rng(0)
+        states = [parse_maze_state(s) for s in env.callmethod("get_state")]
+        cells, grids, compared, blocked = [s.mouse for s in states], [s.grid for s in states], 0, 0
+        for _ in range(600):
+            moves = rng.integers(4, size=4)
+            env.act(np.array([1, 7, 5, 3])[moves])  # procgen's left, right, up, down
+            first = env.observe()[2]
+            states = [parse_maze_state(s) for s in env.callmethod("get_state")]
+            for i, state in enumerate(states):
+                if not first[i]:
+                    expect = moved(grids[i], cells[i], moves[i])
+                    assert state.mouse == expect
+                    compared, blocked = compared + 1, blocked + (expect == cells[i])
+                cells[i], grids[i] = state.mouse, state.grid
+        assert compared > 2_000 and 300 < blocked < compared - 300  # both kinds of move were seen
+    finally:
+        env.close()

@@ -21,6 +21,21 @@ def _free(grid: np.ndarray) -> np.ndarray:
     return np.asarray(grid) != WALL
 
 
+def moved(grid: np.ndarray, cell: tuple[int, int], move: int) -> tuple[int, int]:
+    """The cell a move (an index into :data:`MOVES`) leads to: one cell on, unless a wall or the edge is there.
+
+    That is procgen's maze: a move steps exactly one cell or not at all, so a training loop can follow
+    the mouse without reading procgen's state back.
+
+    >>> grid = np.array([[100, 100, 100], [51, 51, 100], [2, 100, 100]])
+    >>> moved(grid, (0, 0), 1), moved(grid, (0, 0), 2), moved(grid, (0, 0), 0)
+    ((0, 1), (0, 0), (0, 0))
+    """
+    row, col = cell[0] + MOVES[move][0], cell[1] + MOVES[move][1]
+    inside = 0 <= row < grid.shape[0] and 0 <= col < grid.shape[1]
+    return (int(row), int(col)) if inside and grid[row, col] != WALL else (int(cell[0]), int(cell[1]))
+
+
 def bfs_distances(grid: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     """Steps from every cell to ``target`` through free cells; -1 for walls and unreachable cells.
 
