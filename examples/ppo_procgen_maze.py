@@ -108,6 +108,7 @@ parser.add_argument("--reward-scale", type=float, default=0.1, help="procgen's r
 parser.add_argument("--num-levels", type=int, default=1_000_000, help="training levels start-level .. +num-levels")
 parser.add_argument("--start-level", type=int, default=10_000)
 parser.add_argument("--distribution-mode", default="easy")
+parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True, help="procgen's plain drawing")
 parser.add_argument("--probe-levels", type=int, nargs="+", default=[234, 5010], help="held-out levels")
 parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 parser.add_argument("--out", default="runs/ppo_procgen_maze.h5", help="the trajhook store")
@@ -129,6 +130,10 @@ if args.small:  # the smoke-test settings, for the arguments not given
     for name, value in SMALL.items():
         if getattr(args, name) == parser.get_default(name):
             setattr(args, name, value)
+# procgen's drawing switches: one wall colour, no background, the mouse and cheese as plain squares
+RENDER_OPTIONS = (
+    {"use_monochrome_assets": True, "restrict_themes": True, "use_backgrounds": False} if args.plain else {}
+)
 args.batch_size = args.num_envs * args.num_steps
 args.minibatch_size = args.batch_size // args.num_minibatches
 args.num_iterations = args.total_timesteps // args.batch_size
@@ -221,6 +226,7 @@ def make_group(index, num):
         distribution_mode=args.distribution_mode,
         rand_seed=args.seed * 1000 + index,
         num_threads=1,
+        **RENDER_OPTIONS,
     )
 
 
@@ -307,6 +313,7 @@ probes = [
         name="maze" if i == 0 else "maze_small" if i == 1 else f"maze_{level}",
         preprocess="uint8_nhwc",
         policy_fn=probe_policy,
+        render_options=RENDER_OPTIONS,  # the frames the agent is trained on
     )
     for i, level in enumerate(args.probe_levels)
 ]

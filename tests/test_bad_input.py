@@ -241,6 +241,18 @@ CASES = [
         lambda c: MazeProbe(seed="0"),
         r"MazeProbe 'maze': seed '0' is not a procgen level seed.*HINT: pass e\.g\. seed=0",
     ),
+    (
+        lambda c: MazeProbe(seed=0, render_options={"monochrome": True}),
+        r"MazeProbe 'maze': render_options key 'monochrome' is not one of procgen's drawing switches.*HINT",
+    ),
+    (
+        lambda c: MazeProbe(seed=0, render_options={"use_monochrome_assets": 1}),
+        r"MazeProbe 'maze': render_options\['use_monochrome_assets'\] = 1 is not a bool\. HINT: pass True",
+    ),
+    (
+        lambda c: MazeProbe(seed=0, render_options=["use_monochrome_assets"]),
+        r"MazeProbe 'maze': render_options \['use_monochrome_assets'\] is not a dict\. HINT",
+    ),
     # -- a probe that changes after setup, mid-run ----------------------------------------------------------------
     (lambda c: c.armed(lambda out: None), r"Later 'later' output 'output' is NoneType at step 1, declared output"),
     (

@@ -131,6 +131,28 @@ def test_each_observation_shows_the_mouse_on_its_own_cell(levels, mode, seed):
     np.testing.assert_array_equal(_mouse_cells_from_pixels(level.observations, level.state.world_dim), level.cells)
 
 
+PLAIN = {"use_monochrome_assets": True, "restrict_themes": True, "use_backgrounds": False}
+
+
+def test_plain_render_options_draw_the_mouse_as_a_green_square_on_its_own_cell():
+    """procgen's plain drawing, as the PPO example trains on: the probe's frames are drawn the same way."""
+    level = load_maze_level(234, "easy", render_options=PLAIN)
+    textured = load_maze_level(234, "easy")
+    np.testing.assert_array_equal(level.cells, textured.cells)  # the same level, drawn differently
+    assert not np.array_equal(level.observations, textured.observations)
+    green = (level.observations[..., 1] > 200) & (level.observations[..., 0] < 150)  # the plain mouse
+    px = 64 / level.state.world_dim
+    for mask, (row, col) in zip(green, level.cells, strict=True):
+        ys, xs = np.nonzero(mask)
+        assert len(ys) >= 9  # a square of about a cell (4.3 px), not a few stray pixels
+        image_row, image_col = round((ys.mean() + 0.5) / px - 0.5), round((xs.mean() + 0.5) / px - 0.5)
+        assert (level.state.world_dim - 1 - image_row, image_col) == (row, col)
+    probe = MazeProbe(seed=234, distribution_mode="easy", render_options=PLAIN)
+    _record(probe, ConstantPolicy(torch.zeros(15)))
+    np.testing.assert_array_equal(probe.observations, level.observations)
+    assert probe.metadata["render_options"] == PLAIN
+
+
 class ConstantPolicy(torch.nn.Module):
     def __init__(self, logits: torch.Tensor) -> None:
         super().__init__()

@@ -82,10 +82,21 @@ def uint8_nhwc(obs: torch.Tensor) -> torch.Tensor:
 PREPROCESSORS: dict[str, Preprocess] = {"float_nchw": float_nchw, "uint8_nhwc": uint8_nhwc}
 
 
-def make_maze_env(seed: int, distribution_mode: str = "hard", num_levels: int = 1, rand_seed: int | None = None) -> Any:
-    """A one-environment procgen maze on levels ``seed .. seed + num_levels - 1`` (procgen imported here)."""
+def make_maze_env(
+    seed: int,
+    distribution_mode: str = "hard",
+    num_levels: int = 1,
+    rand_seed: int | None = None,
+    render_options: dict[str, bool] | None = None,
+) -> Any:
+    """A one-environment procgen maze on levels ``seed .. seed + num_levels - 1`` (procgen imported here).
+
+    ``render_options`` are procgen's drawing switches (see :data:`RENDER_OPTIONS`), e.g.
+    ``{"use_monochrome_assets": True}``.
+    """
     procgen = require("procgen", "maze", "the maze probe")
     extra = {} if rand_seed is None else {"rand_seed": int(rand_seed)}
+    extra.update(render_options or {})
     # No garbage collection while cffi builds the env: a collected, unclosed gym3 env's __del__ would
     # re-enter cffi's lock here and deadlock the process (seen in the test suite). Close envs you make.
     collecting = gc.isenabled()
@@ -148,6 +159,40 @@ def check_distribution_mode(owner: str, distribution_mode: str) -> str:
     return distribution_mode
 
 
+# procgen's switches that change only how a level is drawn, not the level (procgen's ``ProcgenGym3Env``)
+RENDER_OPTIONS = ("use_backgrounds", "restrict_themes", "use_monochrome_assets")
+
+
+def check_render_options(owner: str, options: Any) -> dict[str, bool]:
+    """Return ``options`` as a plain dict of procgen drawing switches, else raise.
+
+    >>> check_render_options("MazeProbe", {"use_monochrome_assets": True})
+    {'use_monochrome_assets': True}
+    >>> check_render_options("MazeProbe", {"monochrome": True})
+    Traceback (most recent call last):
+    ...
+    trajhook.errors.TrajhookError: MazeProbe: render_options key 'monochrome' is not one of procgen's ... switches ...
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TrajhookError(
+            f"{owner}: render_options {options!r} is not a dict. "
+            "HINT: pass e.g. render_options={'use_monochrome_assets': True}, as given to the training env."
+        )
+    for key, value in options.items():
+        if key not in RENDER_OPTIONS:
+            raise TrajhookError(
+                f"{owner}: render_options key {key!r} is not one of procgen's drawing switches {RENDER_OPTIONS}. "
+                "HINT: pass the same switches as the training environment's ProcgenGym3Env."
+            )
+        if not isinstance(value, bool | np.bool_):
+            raise TrajhookError(
+                f"{owner}: render_options[{key!r}] = {value!r} is not a bool. HINT: pass True or False."
+            )
+    return {key: bool(value) for key, value in options.items()}
+
+
 def check_seed(owner: str, seed: Any) -> int:
     """Return ``seed`` as an int if it can be a procgen level seed, else raise.
 
@@ -162,12 +207,15 @@ def check_seed(owner: str, seed: Any) -> int:
     return int(seed)
 
 
-def load_maze_level(seed: int, distribution_mode: str = "hard", env: Any = None) -> MazeLevel:
+def load_maze_level(
+    seed: int, distribution_mode: str = "hard", env: Any = None, render_options: dict[str, bool] | None = None
+) -> MazeLevel:
     """Build level ``seed`` with procgen and render the mouse on every free non-cheese cell."""
     check_distribution_mode("load_maze_level", distribution_mode)
     check_seed("load_maze_level", seed)
+    render_options = check_render_options("load_maze_level", render_options)
     own = env is None
-    env = make_maze_env(int(seed), distribution_mode) if own else env
+    env = make_maze_env(int(seed), distribution_mode, render_options=render_options) if own else env
     try:
         state = parse_maze_state(env.callmethod("get_state")[0])
         cells = state.free_cells(include_cheese=False)
@@ -239,6 +287,9 @@ class MazeProbe(Probe):
             event at each confirmed sharp turn, as :class:`~trajhook.TokenLossProbe` does (same
             tracker, delay rules and labels; no ICL score). ``StageTracker("direction_probs")``
             follows the five direction probabilities per cell instead.
+        render_options: procgen's drawing switches of the training environment
+            (:data:`RENDER_OPTIONS`), e.g. ``{"use_monochrome_assets": True}``: the probe draws its
+            frames as the policy was trained to see them. Stored in the probe's metadata.
 
     A framework's callback may supply both (:meth:`adapt`): with
     :class:`trajhook.integrations.sb3.TrajectoryCallback`, a Stable-Baselines3 policy needs neither.
@@ -261,11 +312,13 @@ class MazeProbe(Probe):
         preprocess: Preprocess | str | None = None,
         policy_fn: PolicyFn | None = None,
         track_stages: bool | StageTracker = False,
+        render_options: dict[str, bool] | None = None,
     ) -> None:
         super().__init__(name)
         self._preprocess_given = preprocess is not None
         self.seed = check_seed(f"MazeProbe {name!r}", seed)
         self.distribution_mode = check_distribution_mode(f"MazeProbe {name!r}", distribution_mode)
+        self.render_options = check_render_options(f"MazeProbe {name!r}", render_options)
         if preprocess is None:
             preprocess = "float_nchw"
         if isinstance(preprocess, str):
@@ -342,7 +395,7 @@ class MazeProbe(Probe):
         """Render the level once (kept across setups) and cache the preprocessed batch on ``device``."""
         self._checked_finite = False  # each setup's first run checks again (a probe may be reused)
         if self.level is None:
-            self.level = load_maze_level(self.seed, self.distribution_mode)
+            self.level = load_maze_level(self.seed, self.distribution_mode, render_options=self.render_options)
         level = self.level
         n = len(level.cells)
         if self.policy_fn is None:
@@ -360,6 +413,7 @@ class MazeProbe(Probe):
             start=list(state.mouse),
             seed=self.seed,
             distribution_mode=self.distribution_mode,
+            render_options=dict(self.render_options),
             maze_dim=state.maze_dim,
             world_dim=state.world_dim,
             procgen_version=procgen_version(),
