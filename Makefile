@@ -43,9 +43,31 @@ demo: $(MAZE_VENV)/.installed
 	@echo
 	@echo "Watch the run (live while it trains, too):  $(MAZE_VENV)/bin/trajhook serve runs/maze.h5"
 
-# The README's PPO maze figures, from the committed store of the real run
-figures: $(MAZE_VENV)/.installed
-	$(MAZE_VENV)/bin/python docs/make_figures.py docs/runs/ppo_procgen_maze.h5 --out-dir docs/images
+# Every figure the README shows, into docs/images, each from its store or the example that draws it
+# (minutes on 2 idle cores, most of them `make demo`'s training): the PPO maze figures from the
+# committed store of the real run, `make demo`'s run (its GIF copied from runs/), the three
+# language-model examples (stores in runs/), the arrow-glyph card of tests/test_arrow_glyphs.py, and a
+# screenshot of `trajhook serve` on the PPO store and the induction-heads run (the demo's runs/maze.h5
+# in the PPO store's place if that is missing). Each figure gets one line, `figure: FILE <- COMMAND`.
+FIGURES := docs/images
+# $(call figure,FILES,COMMAND): run COMMAND, then name each of FILES (in $(FIGURES)) with it
+define figure
+	$(2)
+	@for f in $(1); do echo "figure: $(FIGURES)/$$f <- $(strip $(2))"; done
+endef
+figures: export MPLBACKEND := Agg
+figures: export WANDB_MODE := offline
+figures: export WANDB_SILENT := true
+figures: $(MAZE_VENV)/.installed $(LM_VENV)/.installed browser
+	$(call figure,ppo_maze_training.gif ppo_maze_dynamics.png ppo_maze_agreement.png ppo_maze_fields.png,$(MAZE_VENV)/bin/python docs/make_figures.py docs/runs/ppo_procgen_maze.h5 --out-dir $(FIGURES))
+	$(call figure,maze_agreement.png maze_vector_field.png,$(MAZE_VENV)/bin/python examples/maze_lightning.py --figures-dir $(FIGURES))
+	cp runs/maze.gif $(FIGURES)/maze_training.gif
+	@echo "figure: $(FIGURES)/maze_training.gif <- $(MAZE_VENV)/bin/python examples/maze_lightning.py (its runs/maze.gif)"
+	$(call figure,induction_heads.png,$(LM_VENV)/bin/python examples/induction_heads.py --out runs/induction_heads.h5 --figure $(FIGURES)/induction_heads.png)
+	$(call figure,finetune_phase.png,$(LM_VENV)/bin/python examples/finetune_phase.py --out runs/finetune_phase.h5 --figure $(FIGURES)/finetune_phase.png)
+	$(call figure,rlhf_sft_dpo.png,$(LM_VENV)/bin/python examples/rlhf_sft_dpo.py --out runs/rlhf_sft_dpo.h5 --figure $(FIGURES)/rlhf_sft_dpo.png)
+	$(call figure,arrows_every_strength.png,$(MAZE_VENV)/bin/python docs/arrow_glyphs.py --out $(FIGURES)/arrows_every_strength.png)
+	$(call figure,serve_live.png,$(MAZE_VENV)/bin/python docs/screenshot_serve.py docs/runs/ppo_procgen_maze.h5 runs/induction_heads.h5 --fallback runs/maze.h5 --out $(FIGURES)/serve_live.png)
 
 lint: $(LM_VENV)/.installed
 	$(LM_VENV)/bin/python -m ruff check .

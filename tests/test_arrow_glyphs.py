@@ -7,24 +7,17 @@ wide end) on the side the vector points to, and its colour must grow with its st
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
-import imageio.v3 as imageio
 import numpy as np
 import pytest
 
-from trajhook.plots.maze import ARROW_CMAP, VectorFieldRenderer, arrow_collection, arrow_glyphs, vector_field
-from trajhook.procgen_state import EMPTY, WALL
+from trajhook.plots.maze import ARROW_CMAP, arrow_collection, arrow_glyphs, vector_field
 
-ANGLES = np.arange(12) * 30.0 + 15.0  # 15, 45, ..., 345 degrees: none on an axis
-LENGTHS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
-
-
-def hard_maze() -> np.ndarray:
-    """procgen's hard-mode world (25x25) with the lattice of wall pillars a full-size maze has."""
-    grid = np.full((25, 25), EMPTY)
-    grid[1::2, 1::2] = WALL
-    return grid
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+# The README's picture of this test card: `python docs/arrow_glyphs.py` (`make figures`) draws it.
+from arrow_glyphs import LENGTHS, hard_maze, render_glyphs
 
 
 def glyph_weight(image: np.ndarray) -> np.ndarray:
@@ -58,14 +51,7 @@ def measure(image: np.ndarray, centre: np.ndarray, cell_px: float) -> dict:
 
 
 def test_every_glyph_is_elongated_with_its_head_on_the_true_side():
-    grid = hard_maze()
-    cells = np.array([(r, c) for r in range(0, 25, 2) for c in range(0, 25, 2)])[: len(ANGLES) * len(LENGTHS)]
-    truth = np.array([(np.radians(a), length) for length in LENGTHS for a in ANGLES])
-    vectors = np.stack([truth[:, 1] * np.cos(truth[:, 0]), truth[:, 1] * np.sin(truth[:, 0])], axis=1)
-    renderer = VectorFieldRenderer(grid, cells)  # the renderer behind PNG, GIF/MP4, W&B and the report
-    image = renderer.render(vectors, "12 angles x 6 lengths (0.1 to 1.0), a 25x25 world")
-    if os.environ.get("TRAJHOOK_SCREENSHOTS"):  # e.g. docs/images, to refresh the README's picture
-        imageio.imwrite(os.path.join(os.environ["TRAJHOOK_SCREENSHOTS"], "arrows_every_strength.png"), image)
+    image, renderer, truth = render_glyphs()  # the renderer behind PNG, GIF/MP4, W&B and the report
     centres = renderer.cell_pixels()
     cell_px = float(np.linalg.norm(centres[1] - centres[0]) / 2)  # neighbours in the list are 2 cells apart
     assert 10 < cell_px < 20, cell_px  # the regime of the bug: ~15 px per cell
