@@ -11,7 +11,10 @@ probabilities of the held-out probe level, the level's grid and cheese, and the 
   path to the cheese, against env steps, for every maze probe, with chance (a uniformly random move);
 - ``ppo_maze_fields.png``: the vector field at a few steps (``--steps``; default: the first
   record, the first where agreement is halfway to its best, and the last);
-- ``ppo_maze_training.gif``: the vector field over every record;
+- ``ppo_maze_dynamics.png``: the field at the last record beside the field's PCA trajectory
+  (its essential dynamics: turns circled, the live stage events crossed);
+- ``ppo_maze_training.gif``: the same pair over every record, the current step's point marked
+  (the README's headline);
 - ``ppo_maze_captions.md``: one caption per figure, naming the command that drew it, the command
   that trained the run, and both machines.
 
@@ -114,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trajhook.plots.maze import animate_vector_field, vector_field_from_log
+    from trajhook.analysis.field import field_trajectory_from_log
+    from trajhook.plots.field import field_dynamics
+    from trajhook.plots.maze import vector_field_from_log
 
     log = trajhook.load(args.store)
     steps = np.asarray(log.steps)
@@ -172,10 +177,31 @@ def main(argv: list[str] | None = None) -> None:
     at = ", ".join(f"{s:,} ({agreement[steps.tolist().index(s)]:.2f})" for s in chosen)
     captions.append(("ppo_maze_fields.png", f"The {args.probe} probe's vector field at env steps {at}."))
 
+    # the essential dynamics: the field beside its PCA trajectory
+    trajectory = field_trajectory_from_log(log, args.probe)
+    fig = field_dynamics(log, probe=args.probe)
+    fig.savefig(args.out_dir / "ppo_maze_dynamics.png")
+    turns = ", ".join(f"{int(s):,}" for s in sorted(trajectory.turn_steps)) or "none"
+    live = [(int(e.step), e.label) for e in log.events if "PCA turn" in e.label]
+    live_text = ", ".join(f"{step:,}" for step, _ in live) or "none"
+    ratio = trajectory.explained_variance_ratio
+    print(f"field PCA: PC1 {ratio[0]:.0%}, PC2 {ratio[1]:.0%}; turns at {turns}; live stage events at {live_text}")
+    captions.append(
+        (
+            "ppo_maze_dynamics.png",
+            f"The {args.probe} probe's field at env step {int(steps[-1]):,} beside the PCA trajectory of its fields "
+            f"(PC1 {ratio[0]:.0%}, PC2 {ratio[1]:.0%} of the variance); offline sharpest turns at env steps {turns}; "
+            f"live stage events (MazeProbe(track_stages=True), on the writer thread) at {live_text}.",
+        )
+    )
+
     if not args.no_gif:
-        animate_vector_field(log, args.out_dir / "ppo_maze_training.gif", probe=args.probe, fps=args.fps)
+        write_dynamics_gif(log, args.out_dir / "ppo_maze_training.gif", args.probe, args.fps)
         captions.append(
-            ("ppo_maze_training.gif", f"The {args.probe} probe's vector field at all {len(steps)} recorded steps.")
+            (
+                "ppo_maze_training.gif",
+                f"The {args.probe} probe's field and its PCA trajectory at all {len(steps)} recorded steps.",
+            )
         )
 
     source = f"Trained by `{run_command}` on {trained_on}; drawn by {drawn_by} on {here}."
@@ -190,6 +216,21 @@ def main(argv: list[str] | None = None) -> None:
             copy[args.probe]["direction_probs"], log[args.probe]["direction_probs"]
         )
         print(f"exported {args.export}: {size / 1e6:.2f} MB (from {args.store.stat().st_size / 1e6:.2f} MB)")
+
+
+def write_dynamics_gif(log, path: Path, probe: str, fps: float) -> None:
+    """One frame per record: the field beside the PCA trajectory with that record's point marked."""
+    import imageio.v2 as imageio
+    from tqdm.auto import tqdm
+
+    from trajhook.plots.field import field_dynamics
+    from trajhook.plots.figures import figure_to_rgb
+
+    frames = [
+        figure_to_rgb(field_dynamics(log, step=int(step), probe=probe))
+        for step in tqdm(log.steps, desc="GIF frames", unit="frame")
+    ]
+    imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
 
 
 def _cpu_model() -> str:

@@ -20,44 +20,56 @@ trajhook store resumes with it (the Recorder's ``state_dict`` is in the checkpoi
 Recorder on the same path drops any row written after the checkpoint, so no ghost rows). A
 signal during a rollout drops the half-done rollout and saves the state at its start.
 
-**The choices, and why** (measured on the 2-core CPU; ``NOTES.md`` has the earlier figures):
+**The choices, and why** (measured on this project's 2-core CPU sandbox, 2026-12-02). Each was
+tried because the run before it had not learned; ``README.md`` tells the whole story.
 
 - *Easy mode* (15x15 world). Probe and training use the same ``distribution_mode``.
 - *The corner curriculum* (``--corner 5``). After every reset the cheese is moved to a random
   free cell in the top-right 5x5 cells of the maze by patching procgen's state
   (``MazeState.with_cheese``, ``corner_cells``): Langosco et al.'s ``rand_region``, which
-  upstream procgen lacks. Plain PPO on uniformly placed cheese stayed at chance agreement for
-  0.9M steps here (NOTES.md); with the cheese in a known corner, "go up and right, around the
-  walls" is a field the agent can learn before it can find an arbitrary cheese.
+  upstream procgen lacks. With the cheese in a known corner, "go up and right, around the walls"
+  is a field the agent can learn before it can find an arbitrary cheese.
 - *Random starts* (``--random-start``). The mouse also starts on a random free cell, with the
   same patch, so that every cell of a maze is visited early and the field is trained where it is
   probed, not only along the path from the bottom-left start.
+- *Procgen's plain drawing* (``--plain``: ``use_monochrome_assets``, ``restrict_themes``, no
+  background). The default drawing gives every level its own wall texture and draws the mouse as a
+  grey sprite about 2 pixels wide at 64x64; plain, the walls are black, the floor one colour and the
+  mouse a 4x4 green square. The maze is the same level; the probes draw their frames the same way
+  (``MazeProbe(render_options=...)``). No run on textured frames left chance here: 3.5M env steps
+  with procgen's reward alone, 0.7M with an earlier dense reward.
+- *Frames centred on the mouse* (``--centred``, the fixed first layer ``CentreOnMouse``). Most
+  procgen games centre the agent (``center_agent``); the maze does not. Shifting the frame so the
+  mouse sits in the middle makes "which walls are next to me" the same pixels on every cell.
+  Imitating shortest paths with this net (batch 64, Adam 1e-3, 150 levels) reached 0.76 agreement
+  on the held-out level in 400 steps centred and 0.35 uncentred (0.73 by 1,000).
+- *Spatial soft-argmax* (``--keypoints``, Levine et al. 2016): where each channel fires, as two
+  more features per channel, as in ``maze_lightning.py``.
+- *A dense reward* (``--shaping 0.1``, ``--bump-penalty 0.1``, procgen's reward x ``--reward-scale
+  0.1``): +0.1 for each move one cell closer to the cheese (BFS steps through the maze), -0.1 for a
+  move away or into a wall, +1 for the cheese (``progress_bonus``). Procgen's reward alone says
+  nothing until a random walk finds the cheese; this says at each step whether the move helped,
+  and a shortest path is still the best policy.
 - *Four actions.* The policy picks left, right, up or down (procgen actions 1, 7, 5, 3). Of
   procgen's 15 actions, 7 do nothing in the maze and 3 only move left or right, so a uniform
   15-way policy moves up or down once in 15 steps; four actions explore the maze far faster.
   The probe sees the four probabilities in procgen's 15 slots (the rest zero).
 - *A narrow IMPALA CNN* (8, 16, 16 channels, after cleanrl's 16, 32, 32) *on 32x32 frames*
-  (``AvgPool2d(2)`` first): per sample, forward 0.28 ms and one training pass 0.58 ms, against
-  2.4 ms and 5.2 ms for cleanrl's net on 64x64 frames (one thread). A cell is still about two
-  pixels wide.
+  (``AvgPool2d(2)`` after centring): cleanrl's net on 64x64 frames costs about 8x as much per
+  sample (``benchmarks/bench_ppo_maze.py``, measured before the centring and soft-argmax).
 - *Environments in groups of 8.* Stepping is cheap (13k env steps/s for 64 easy mazes on one
   thread), but ``set_state`` re-renders every environment of a procgen vector env: 17 ms for 64,
   so the curriculum's patch goes to the group of 8 whose episode ended.
-- *PPO:* 64 envs x 64 steps, 4 minibatches, 2 epochs, lr 5e-4, gamma 0.99 (an episode lasts at
-  most 500 steps; a shorter horizon separates good moves from bad ones sooner), entropy 0.01;
-  one torch thread (the machine is shared, and a niced run only takes idle CPU).
+- *PPO:* 64 envs x 64 steps, 16 minibatches of 256 (more, smaller steps), 2 epochs, lr 5e-4,
+  gamma 0.95 and GAE lambda 0.9 (with the dense reward a short horizon is enough, and it keeps the
+  noise of the moves that follow out of each move's advantage: with 0.99 and 0.95 the agreement
+  was 0.39 at 90k env steps against 0.52), entropy 0.03 (with 0.01 the policy's entropy fell to
+  0.18 by 0.2M env steps and the agent stopped finding the cheese in most episodes: the mean
+  return fell from 6, a random walk's, to 2); one torch thread by default (``--threads``).
 - *The probes.* ``maze``: held-out easy level 234, 126 free cells, the cheese 3 cells below the
-  maze's top-right corner (inside the curriculum's corner). ``maze_small``: level 5010, 70 cells.
-  Training levels are ``--start-level 10000`` on, so neither probe level is ever trained on.
-
-**What to expect here.** 330-1,300 env steps/s under ``nice -n 19`` on the shared 2-core CPU,
-depending on the other load (ms per env step at 810 steps/s: env 0.10, forward 0.17, update 0.95).
-By 2.8M env steps the agent had learned only a bias toward right and up (P(right) 0.25 -> 0.35),
-its mean return had not risen above the random policy's (about 6), and its field was still
-nearly the same on every cell (probabilities vary by 1e-3 across cells), so agreement on the
-probes is that of one direction everywhere (0.23-0.35). This is the plateau before the network
-finds the mouse in the frame; supervised imitation of shortest paths with the same net sits on it
-for thousands of steps too. ``--frame-size 64`` keeps full frames (about 5x slower a step).
+  maze's top-right corner (inside the curriculum's corner), with ``track_stages=True``: the field's
+  PCA trajectory is followed live and a sharp turn becomes a stage event. ``maze_small``: level
+  5010, 70 cells. Training levels are ``--start-level 10000`` on, so neither is ever trained on.
 """
 
 from __future__ import annotations
@@ -89,21 +101,24 @@ parser.add_argument("--learning-rate", type=float, default=5e-4)
 parser.add_argument("--num-envs", type=int, default=64)
 parser.add_argument("--env-group", type=int, default=8, help="environments per procgen vector env")
 parser.add_argument("--num-steps", type=int, default=64, help="steps per env per rollout (cleanrl: 256)")
-parser.add_argument("--gamma", type=float, default=0.99)
-parser.add_argument("--gae-lambda", type=float, default=0.95)
-parser.add_argument("--num-minibatches", type=int, default=4)
+parser.add_argument("--gamma", type=float, default=0.95)
+parser.add_argument("--gae-lambda", type=float, default=0.9)
+parser.add_argument("--num-minibatches", type=int, default=16)
 parser.add_argument("--update-epochs", type=int, default=2)
 parser.add_argument("--clip-coef", type=float, default=0.2)
-parser.add_argument("--ent-coef", type=float, default=0.01)
+parser.add_argument("--ent-coef", type=float, default=0.03)
 parser.add_argument("--vf-coef", type=float, default=0.5)
 parser.add_argument("--max-grad-norm", type=float, default=0.5)
 parser.add_argument("--channels", type=int, nargs=3, default=(8, 16, 16), help="IMPALA widths (cleanrl: 16 32 32)")
+parser.add_argument(
+    "--centred", action=argparse.BooleanOptionalAction, default=True, help="frames centred on the mouse"
+)
+parser.add_argument("--keypoints", action=argparse.BooleanOptionalAction, default=True, help="spatial soft-argmax")
 parser.add_argument("--frame-size", type=int, default=32, choices=(32, 64), help="frames average-pooled to this")
 parser.add_argument("--corner", type=int, default=5, help="cheese in the maze's top-right NxN cells; 0: procgen's")
 parser.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=True)
-parser.add_argument(
-    "--shaping", type=float, default=0.1, help="potential-based shaping per cell of BFS distance; 0: off"
-)
+parser.add_argument("--shaping", type=float, default=0.1, help="reward per cell of progress toward the cheese; 0: off")
+parser.add_argument("--bump-penalty", type=float, default=0.1, help="reward lost by a move into a wall")
 parser.add_argument("--reward-scale", type=float, default=0.1, help="procgen's reward (10 for the cheese) times this")
 parser.add_argument("--num-levels", type=int, default=1_000_000, help="training levels start-level .. +num-levels")
 parser.add_argument("--start-level", type=int, default=10_000)
@@ -175,6 +190,24 @@ class ConvSequence(nn.Module):
         return self.res_block1(self.res_block0(x))
 
 
+class CentreOnMouse(nn.Module):
+    """A fixed first layer: the 64x64 frame shifted so that the mouse is at its centre, black (walls) beyond it.
+
+    The mouse is procgen's plain green square (``--plain``), the only pixels with green 255 and red 127.
+    Most procgen games centre the agent this way (``center_agent``); the maze does not, so the net would
+    otherwise have to find a 4-pixel square anywhere in the frame before it could learn anything else.
+    """
+
+    def forward(self, x):  # uint8 (b, 64, 64, 3) -> uint8 (b, 64, 64, 3)
+        mouse = ((x[..., 1] > 200) & (x[..., 0] < 160)).float()
+        count, pixels = mouse.sum((1, 2)).clamp(min=1), torch.arange(64, device=x.device)
+        row = ((mouse.sum(2) * pixels).sum(1) / count).round().long()  # the centroid, (b,)
+        col = ((mouse.sum(1) * pixels).sum(1) / count).round().long()
+        padded = nn.functional.pad(x, (0, 0, 32, 32, 32, 32))  # frame pixel y sits at y + 32
+        rows, cols = (row[:, None] + pixels)[:, :, None], (col[:, None] + pixels)[:, None, :]
+        return padded[torch.arange(len(x), device=x.device)[:, None, None], rows, cols]
+
+
 def layer_init(layer, std=2**0.5, bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -182,20 +215,31 @@ def layer_init(layer, std=2**0.5, bias_const=0.0):
 
 
 class Agent(nn.Module):
-    def __init__(self, channels, frame_size):
+    def __init__(self, channels, frame_size, keypoints=True, centred=True):
         super().__init__()
+        self.centre = CentreOnMouse() if centred else nn.Identity()
         layers, c = [nn.AvgPool2d(64 // frame_size)], 3  # 64x64 -> 32x32 by default
         for out in channels:
             layers.append(ConvSequence(c, out))
             c = out
+        self.convs = nn.Sequential(*layers)
         side = frame_size // 8  # halved by each of the three stacks
-        layers += [nn.Flatten(), nn.ReLU(), nn.Linear(c * side * side, 256), nn.ReLU()]
-        self.network = nn.Sequential(*layers)
+        self.keypoints = keypoints
+        self.fc = nn.Linear(c * side * side + (2 * c if keypoints else 0), 256)
+        grid = torch.linspace(-1, 1, side)
+        self.register_buffer("pos_y", grid.repeat_interleave(side), persistent=False)
+        self.register_buffer("pos_x", grid.repeat(side), persistent=False)
         self.actor = layer_init(nn.Linear(256, len(MOVE_ACTIONS)), std=0.01)
         self.critic = layer_init(nn.Linear(256, 1), std=1)
 
     def hidden(self, x):
-        return self.network(x.permute((0, 3, 1, 2)) / 255.0)  # uint8 "bhwc" -> float "bchw"
+        x = self.centre(x).permute((0, 3, 1, 2)) / 255.0  # uint8 "bhwc" -> float "bchw"
+        x = nn.functional.relu(self.convs(x)).flatten(2)  # (b, c, hw)
+        features = [x.flatten(1)]
+        if self.keypoints:  # spatial soft-argmax (Levine et al. 2016): where each channel fires
+            attention = torch.softmax(x, dim=-1)
+            features += [attention @ self.pos_x, attention @ self.pos_y]
+        return nn.functional.relu(self.fc(torch.cat(features, dim=1)))
 
     def get_value(self, x):
         return self.critic(self.hidden(x))
@@ -244,26 +288,33 @@ def patch_new_episodes(states, first):
             states[i] = state.data
 
 
-def potential_bonus(envs, first, moves, states):
-    """Potential-based shaping (Ng et al. 1999): ``shaping * (d - gamma * d')``, d the BFS steps to the cheese.
+def progress_bonus(envs, first, moves, states, reward):
+    """The dense reward: ``shaping`` per cell of progress toward the cheese (BFS steps), ``-bump_penalty`` per bump.
 
-    Phi(s) = -shaping * d(s) and Phi = 0 once an episode ends, so an episode's shaping sums to
-    ``shaping * d(start)`` (discounted): the optimal policy is the one without it, but every step says
-    at once whether it went toward the cheese. The mouse is followed with ``moved`` (a move goes one
-    cell unless a wall is there, as in procgen: ``tests/test_maze_curriculum.py`` checks it against
-    procgen's state), since reading every state back costs more than the step; only a new
-    episode's state (``states[i]`` where ``first[i]``) is parsed, for its grid and mouse.
+    A move one cell closer earns ``+shaping``, one cell away ``-shaping``, a move into a wall
+    ``-bump_penalty``; the move that reaches the cheese earns ``+shaping`` and ends the episode, a
+    timeout earns nothing. Over an episode the progress sums to ``shaping`` times the start's
+    distance, so following a shortest path is still the best policy, but every step says at once
+    whether it helped. (Ng et al.'s potential ``gamma * Phi(s') - Phi(s)`` with ``Phi = -d`` pays
+    ``(1 - gamma) * d`` a step for being far away: with gamma 0.95, moving away from a cheese 20 cells
+    off earned more than bumping, and a run learned to wander; this one does not.)
+
+    The mouse is followed with ``moved`` (a move goes one cell unless a wall is there, as in procgen:
+    ``tests/test_maze_curriculum.py`` checks it against procgen's state), since reading every state
+    back costs more than the step; only a new episode's state (``states[i]`` where ``first[i]``) is
+    parsed, for its grid and mouse.
     """
     bonus = np.zeros(len(envs))
     for i, e in enumerate(envs):
-        if first[i]:  # the last episode ended: Phi(end) = 0; the new one gets its own distances
+        if first[i]:  # the last episode ended (cheese or timeout); the new one gets its own distances
             state = parse_maze_state(states[i])
-            bonus[i] = args.shaping * distance[e]
+            bonus[i] = args.shaping * (reward is not None and reward[i] > 0)
             grids[e], mouse[e] = state.grid, state.mouse
             distance_maps[e] = bfs_distances(state.grid, state.cheese)
         else:
-            mouse[e] = moved(grids[e], mouse[e], moves[i])
-            bonus[i] = args.shaping * (distance[e] - args.gamma * distance_maps[e][mouse[e]])
+            before, mouse[e] = mouse[e], moved(grids[e], mouse[e], moves[i])
+            closer = distance[e] - distance_maps[e][mouse[e]]  # +1, -1, or 0 after a bump
+            bonus[i] = args.shaping * closer - args.bump_penalty * (mouse[e] == before)
         distance[e] = distance_maps[e][mouse[e]]
     return bonus
 
@@ -276,14 +327,14 @@ def observe(env, envs, moves=None, first=None):
     reward, obs, new_episode = env.observe()
     first = new_episode if first is None else first
     obs, bonus, states = obs["rgb"] if isinstance(obs, dict) else obs, np.zeros(len(first)), None
-    if first.any() and (args.corner or args.random_start or args.shaping):
+    if first.any() and (args.corner or args.random_start or args.shaping or args.bump_penalty):
         states = env.callmethod("get_state")
         if args.corner or args.random_start:
             patch_new_episodes(states, first)
             env.callmethod("set_state", states)
             obs = env.observe()[1]["rgb"]
-    if args.shaping:
-        bonus = potential_bonus(envs, first, moves, states)
+    if args.shaping or args.bump_penalty:
+        bonus = progress_bonus(envs, first, moves, states, None if moves is None else reward)
     return reward, obs, first, bonus
 
 
@@ -293,7 +344,7 @@ group_envs = [range(start, start + num) for start, num in zip(np.cumsum([0, *siz
 distance_maps = [None] * args.num_envs  # BFS steps to the cheese, per environment's current episode
 distance = np.zeros(args.num_envs)  # the mouse's current BFS distance to the cheese
 grids, mouse = [None] * args.num_envs, [None] * args.num_envs  # each episode's maze, and the mouse's (row, col)
-agent = Agent(args.channels, args.frame_size)
+agent = Agent(args.channels, args.frame_size, args.keypoints, args.centred)
 optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
 
@@ -314,6 +365,7 @@ probes = [
         preprocess="uint8_nhwc",
         policy_fn=probe_policy,
         render_options=RENDER_OPTIONS,  # the frames the agent is trained on
+        track_stages=i == 0,  # live: a stage event where the field's PCA trajectory turns sharply
     )
     for i, level in enumerate(args.probe_levels)
 ]
@@ -364,7 +416,9 @@ if resuming:
     rec.load_state_dict(ckpt["recorder"])
     for env, envs, states in zip(groups, group_envs, ckpt["env_states"], strict=True):
         env.callmethod("set_state", states)
-        potential_bonus(envs, np.ones(len(envs), dtype=bool), None, states)  # the distances and mice, from the states
+        progress_bonus(
+            envs, np.ones(len(envs), dtype=bool), None, states, None
+        )  # the distances and mice, from the states
     random.setstate(ckpt["rng"]["python"])
     np.random.set_state(ckpt["rng"]["numpy"])
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -532,6 +586,8 @@ if stop:
 if checkpoint:
     save_checkpoint(state)
 rec.close()
+for env in groups:
+    env.close()  # procgen envs left to the garbage collector can deadlock a later env's creation
 done_steps = state["global_step"] if state else global_step  # a half-done rollout does not count
 print(f"{done_steps} env steps; log at {args.out}" + (f"; checkpoint at {checkpoint}" if checkpoint else ""))
 if stop:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -57,10 +58,15 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
         env={**os.environ, "MPLBACKEND": "Agg"},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    for name in ("ppo_maze_agreement.png", "ppo_maze_fields.png", "ppo_maze_training.gif"):
+    for name in ("ppo_maze_agreement.png", "ppo_maze_fields.png", "ppo_maze_dynamics.png", "ppo_maze_training.gif"):
         assert (figures / name).stat().st_size > 5_000, name
     captions = (figures / "ppo_maze_captions.md").read_text()
-    assert captions.count(log.metadata["command"]) == 3 and log.metadata["machine"]["cpu"] in captions
+    assert captions.count(log.metadata["command"]) == 4 and log.metadata["machine"]["cpu"] in captions
+    assert log["maze"].metadata["render_options"] == {
+        "use_monochrome_assets": True,
+        "restrict_themes": True,
+        "use_backgrounds": False,
+    }  # the probe draws its frames as the agent is trained to see them
     copy = load(export)
     assert export.stat().st_size < out.stat().st_size / 10  # fitted chunks, not 4 MiB reserved per dataset
     assert copy.steps.tolist() == log.steps.tolist() and copy.metadata == log.metadata
@@ -69,6 +75,55 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
             np.testing.assert_array_equal(copy[probe][key], log[probe][key])
         assert copy[probe].kind == "maze"
     assert copy.scalars["loss"].steps.tolist() == [32, 64]
+
+
+DENSE_REWARD_CHECK = """
+import json, runpy, sys
+import numpy as np
+sys.argv = ["ppo", "--total-timesteps", "0", "--num-envs", "8", "--out", sys.argv[1]]
+g = runpy.run_path({script!r})
+from procgen import ProcgenGym3Env
+from trajhook.analysis.maze import bfs_distances
+from trajhook.procgen_state import parse_maze_state
+env = ProcgenGym3Env(num=8, env_name="maze", start_level=10_000, num_levels=0, distribution_mode="easy",
+                     num_threads=1, rand_seed=7, **g["RENDER_OPTIONS"])
+envs = range(8)
+g["observe"](env, envs, None, np.ones(8, dtype=bool))
+def truth():
+    states = [parse_maze_state(s) for s in env.callmethod("get_state")]
+    return [(bfs_distances(s.grid, s.cheese)[s.mouse], s.mouse) for s in states]
+before, rng, rows = truth(), np.random.default_rng(0), []
+for _ in range(400):
+    moves = rng.integers(4, size=8)
+    env.act(g["MOVE_ACTIONS"][moves])
+    reward, _, first, bonus = g["observe"](env, envs, moves)
+    after = truth()
+    for i in range(8):
+        rows.append([bool(first[i]), float(reward[i]), float(bonus[i]), float(before[i][0] - after[i][0]),
+                     before[i][1] == after[i][1]])
+    before = after
+env.close()
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.maze
+@pytest.mark.timeout(300)
+def test_ppo_example_dense_reward_is_progress_along_procgens_maze(tmp_path):
+    """The example's dense reward, move by move, against BFS distances on procgen's own state read back."""
+    pytest.importorskip("procgen")
+    code = DENSE_REWARD_CHECK.format(script=str(EXAMPLES / "ppo_procgen_maze.py"))
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run.h5")], capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    moves = [r for r in rows if not r[0]]
+    for _, _, bonus, closer, bumped in moves:  # +0.1 a cell closer, -0.1 a cell away or into a wall
+        assert bonus == pytest.approx(0.1 * closer - 0.1 * bumped)
+    assert {round(r[2], 3) for r in moves} == {0.1, -0.1}
+    ends = [r for r in rows if r[0]]
+    assert ends and all(r[2] == pytest.approx(0.1 if r[1] > 0 else 0.0) for r in ends)  # cheese: +0.1; timeout: 0
 
 
 @pytest.mark.maze
