@@ -9,6 +9,8 @@ probabilities of the held-out probe level, the level's grid and cheese, and the 
 
 - ``ppo_maze_agreement.png``: the share of probed cells whose strongest move starts a shortest
   path to the cheese, against env steps, for every maze probe, with chance (a uniformly random move);
+  beside it, for the drawn probe, that share on the nearest, middle and farthest third of the cells
+  and the share whose strongest move runs into a wall (printed as a table too);
 - ``ppo_maze_fields.png``: the vector field at a few steps (``--steps``; default: the first
   record, the first where agreement is halfway to its best, and the last);
 - ``ppo_maze_dynamics.png``: the field at the last record beside the field's PCA trajectory
@@ -34,7 +36,7 @@ import h5py
 import numpy as np
 
 import trajhook
-from trajhook.analysis.maze import path_agreement, shortest_path_moves
+from trajhook.analysis.maze import MOVES, bfs_distances, path_agreement, shortest_path_moves
 
 
 def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
@@ -48,6 +50,38 @@ def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
         agreement = np.atleast_1d(path_agreement(log[name]["direction_probs"], on_path))
         curves[name] = (agreement, float(on_path.sum(axis=1).mean() / 4))
     return curves
+
+
+def field_story(probe_log) -> dict[str, np.ndarray]:
+    """Per record: which cells' strongest move is right, split by distance, and how often it runs into a wall.
+
+    ``near``, ``middle``, ``far``: the agreement on the third of the probed cells nearest the cheese
+    (BFS steps), the middle third and the farthest; ``into_wall``: the share of cells whose strongest
+    move is into a wall (or off the world).
+
+    >>> class Log(dict):
+    ...     metadata = {"grid": np.array([[100, 100, 100, 2]]), "cells": np.array([[0, 0], [0, 1], [0, 2]]),
+    ...                 "cheese": [0, 3]}
+    >>> right, left, up = [0.1, 0.6, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.05, 0.05], [0.1, 0.1, 0.7, 0.05, 0.05]
+    >>> story = field_story(Log(direction_probs=np.array([[right, left, up]])))
+    >>> [story[key].round(2).tolist() for key in ("near", "middle", "far", "into_wall")]
+    [[0.0], [0.0], [1.0], [0.33]]
+    """
+    meta = probe_log.metadata
+    grid, cells, cheese = np.asarray(meta["grid"]), np.asarray(meta["cells"]), tuple(meta["cheese"])
+    on_path = shortest_path_moves(grid, cheese, cells)
+    distance = bfs_distances(grid, cheese)[cells[:, 0], cells[:, 1]]
+    rank = np.argsort(np.argsort(distance, kind="stable"), kind="stable")  # 0 = nearest
+    third = np.minimum(rank * 3 // len(cells), 2)
+    blocked = np.array(
+        [[not (0 <= r + dr < grid.shape[0] and 0 <= c + dc < grid.shape[1]) or grid[r + dr, c + dc] == 51
+          for dr, dc in MOVES] for r, c in cells]
+    )  # fmt: skip
+    strongest = np.asarray(probe_log["direction_probs"])[:, :, :4].argmax(axis=2)  # (records, cells)
+    rows = np.arange(len(cells))
+    right, into_wall = on_path[rows, strongest], blocked[rows, strongest]
+    story = {name: right[:, third == i].mean(axis=1) for i, name in enumerate(("near", "middle", "far"))}
+    return {"agreement": right.mean(axis=1), **story, "into_wall": into_wall.mean(axis=1)}
 
 
 def default_steps(steps: np.ndarray, agreement: np.ndarray) -> list[int]:
@@ -140,8 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     for i, step in enumerate(steps):
         print(f"{int(step):<10} " + "  ".join(f"{agreement[i]:10.2f}" for agreement, _ in curves.values()))
 
-    # the agreement curve
-    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
+    # the agreement curves, and how the probe's field got there
+    story = field_story(log[args.probe])
+    print(f"{args.probe}: step, agreement, nearest third, middle third, farthest third, strongest move into a wall")
+    for i, step in enumerate(steps):
+        print(f"{int(step):<10} " + "  ".join(f"{story[k][i]:.2f}" for k in story))
+    fig, (ax, ax_story) = plt.subplots(1, 2, figsize=(12.8, 3.8), dpi=100)
     for name, (agreement, chance) in curves.items():
         cells = len(log[name].metadata["cells"])
         (line,) = ax.plot(
@@ -151,6 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     ax.set(xlabel="env steps", ylabel="strongest move on a shortest path", ylim=(0, 1.02))
     ax.set_title("PPO on procgen maze: held-out levels (dotted: chance)")
     ax.legend(loc="lower right", fontsize=8)
+    for key, label, style in (("near", "nearest", "-"), ("middle", "middle", "--"), ("far", "farthest", ":")):
+        ax_story.plot(steps, story[key], ls=style, color="C0", label=f"on a shortest path: {label} third")
+    ax_story.plot(steps, story["into_wall"], color="0.3", marker=".", label="into a wall")
+    ax_story.set(xlabel="env steps", ylabel="share of cells' strongest moves", ylim=(0, 1.02))
+    ax_story.set_title(f"{args.probe}: walls first, then the way, by distance to the cheese")
+    ax_story.legend(loc="upper left", fontsize=8)
+    for axis in (ax, ax_story):
+        axis.set_xscale("symlog", linthresh=max(int(steps[1]) if len(steps) > 1 else 1, 1))
+        axis.set_xlim(left=0)
     fig.tight_layout()
     fig.savefig(args.out_dir / "ppo_maze_agreement.png")
     plt.close(fig)
