@@ -296,8 +296,9 @@ def progress_bonus(envs, first, moves, states, reward):
     timeout earns nothing. Over an episode the progress sums to ``shaping`` times the start's
     distance, so following a shortest path is still the best policy, but every step says at once
     whether it helped. (Ng et al.'s potential ``gamma * Phi(s') - Phi(s)`` with ``Phi = -d`` pays
-    ``(1 - gamma) * d`` a step for being far away: with gamma 0.95, moving away from a cheese 20 cells
-    off earned more than bumping, and a run learned to wander; this one does not.)
+    ``(1 - gamma) * d`` a step for being far away: with gamma 0.95 a move away from a cheese more
+    than 19 cells off earned a reward, and a run with it found the cheese less and less, its mean
+    return falling from 5 to 2-4 within 0.16M env steps. This one pays nothing for being far.)
 
     The mouse is followed with ``moved`` (a move goes one cell unless a wall is there, as in procgen:
     ``tests/test_maze_curriculum.py`` checks it against procgen's state), since reading every state
@@ -416,9 +417,8 @@ if resuming:
     rec.load_state_dict(ckpt["recorder"])
     for env, envs, states in zip(groups, group_envs, ckpt["env_states"], strict=True):
         env.callmethod("set_state", states)
-        progress_bonus(
-            envs, np.ones(len(envs), dtype=bool), None, states, None
-        )  # the distances and mice, from the states
+        every = np.ones(len(envs), dtype=bool)
+        progress_bonus(envs, every, None, states, None)  # each env's distances and mouse, from its state
     random.setstate(ckpt["rng"]["python"])
     np.random.set_state(ckpt["rng"]["numpy"])
     torch.set_rng_state(ckpt["rng"]["torch"])
