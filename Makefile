@@ -47,8 +47,7 @@ demo: $(MAZE_VENV)/.installed
 # (minutes on 2 idle cores, most of them `make demo`'s training): the PPO maze figures from the
 # committed store of the real run, `make demo`'s run (its GIF copied from runs/), the three
 # language-model examples (stores in runs/), the arrow-glyph card of tests/test_arrow_glyphs.py, and a
-# screenshot of `trajhook serve` on the PPO store and the induction-heads run (the demo's runs/maze.h5
-# in the PPO store's place if that is missing). Each figure gets one line, `figure: FILE <- COMMAND`.
+# screenshot of `trajhook serve` on the PPO store (the demo's runs/maze.h5 if that is missing). Each figure gets one line, `figure: FILE <- COMMAND`.
 FIGURES := docs/images
 # $(call figure,FILES,COMMAND): run COMMAND, then name each of FILES (in $(FIGURES)) with it
 define figure
@@ -67,7 +66,7 @@ figures: $(MAZE_VENV)/.installed $(LM_VENV)/.installed browser
 	$(call figure,finetune_phase.png,$(LM_VENV)/bin/python examples/finetune_phase.py --out runs/finetune_phase.h5 --figure $(FIGURES)/finetune_phase.png)
 	$(call figure,rlhf_sft_dpo.png,$(LM_VENV)/bin/python examples/rlhf_sft_dpo.py --out runs/rlhf_sft_dpo.h5 --figure $(FIGURES)/rlhf_sft_dpo.png)
 	$(call figure,arrows_every_strength.png,$(MAZE_VENV)/bin/python docs/arrow_glyphs.py --out $(FIGURES)/arrows_every_strength.png)
-	$(call figure,serve_live.png,$(MAZE_VENV)/bin/python docs/screenshot_serve.py docs/runs/ppo_procgen_maze.h5 runs/induction_heads.h5 --fallback runs/maze.h5 --out $(FIGURES)/serve_live.png)
+	$(call figure,serve_live.png,$(MAZE_VENV)/bin/python docs/screenshot_serve.py docs/runs/ppo_procgen_maze.h5 --fallback runs/maze.h5 --out $(FIGURES)/serve_live.png)
 
 lint: $(LM_VENV)/.installed
 	$(LM_VENV)/bin/python -m ruff check .

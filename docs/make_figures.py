@@ -11,8 +11,8 @@ probabilities of the held-out probe level, the level's grid and cheese, and the 
   path to the cheese, against env steps, for every maze probe, with chance (a uniformly random move);
   beside it, for the drawn probe, that share on the nearest, middle and farthest third of the cells
   and the share whose strongest move runs into a wall (printed as a table too);
-- ``ppo_maze_fields.png``: the vector field at a few steps (``--steps``; default: the first
-  record, the first where agreement is halfway to its best, and the last);
+- ``ppo_maze_fields.png``: the vector field at a few steps (``--steps``; default: the field's
+  stages, see ``default_steps``);
 - ``ppo_maze_dynamics.png``: the field at the last record beside the field's PCA trajectory
   (its essential dynamics: turns circled, the live stage events crossed);
 - ``ppo_maze_training.gif``: the same pair over every record, the current step's point marked
@@ -84,15 +84,26 @@ def field_story(probe_log) -> dict[str, np.ndarray]:
     return {"agreement": right.mean(axis=1), **story, "into_wall": into_wall.mean(axis=1)}
 
 
-def default_steps(steps: np.ndarray, agreement: np.ndarray) -> list[int]:
-    """The first record, the first halfway from the first agreement to the best, and the last.
+def default_steps(steps: np.ndarray, agreement: np.ndarray, into_wall: np.ndarray) -> list[int]:
+    """The field's stages: the last record before its strongest moves stop running into walls (below
+    0.25 of the cells), the first after, the first with agreement 0.7, and the last record. A run
+    whose field never leaves the walls gets the first record, the first halfway to its best, the last.
 
-    >>> default_steps(np.array([0, 10, 20, 30]), np.array([0.2, 0.3, 0.6, 0.7]))
+    >>> steps = np.array([0, 10, 20, 30, 40])
+    >>> default_steps(steps, np.array([0.2, 0.3, 0.5, 0.7, 0.8]), np.array([0.5, 0.5, 0.2, 0.1, 0.0]))
+    [10, 20, 30, 40]
+    >>> default_steps(steps[:4], np.array([0.2, 0.3, 0.6, 0.7]), np.full(4, 0.5))
     [0, 20, 30]
     """
-    halfway = agreement[0] + (agreement.max() - agreement[0]) / 2
-    middle = int(np.argmax(agreement >= halfway)) if agreement.max() > agreement[0] else len(steps) // 2
-    return sorted({int(steps[0]), int(steps[middle]), int(steps[-1])})
+    clear = np.flatnonzero(into_wall < 0.25)
+    if len(clear) and clear[0] > 0:
+        good = np.flatnonzero(agreement >= 0.7)
+        chosen = [clear[0] - 1, clear[0], *good[:1], len(steps) - 1]
+    else:
+        halfway = agreement[0] + (agreement.max() - agreement[0]) / 2
+        middle = int(np.argmax(agreement >= halfway)) if agreement.max() > agreement[0] else len(steps) // 2
+        chosen = [0, middle, len(steps) - 1]
+    return sorted({int(steps[i]) for i in chosen})
 
 
 def machine_text(machine: dict) -> str:
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     # the vector field at a few steps
-    chosen = args.steps or default_steps(steps, agreement)
+    chosen = args.steps or default_steps(steps, agreement, story["into_wall"])
     missing = [s for s in chosen if s not in steps.tolist()]
     if missing:
         sys.exit(f"--steps {missing} were not recorded; recorded: {steps.tolist()}")
