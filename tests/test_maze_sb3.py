@@ -38,6 +38,14 @@ def test_env_levels_modes_and_an_episode_that_reaches_the_cheese():
     assert info["level_seed"] == 3
     np.testing.assert_array_equal(again, probe.observations[start])  # a fresh episode of the same level
     env.close()
+    plain_options = {"use_monochrome_assets": True, "restrict_themes": True, "use_backgrounds": False}
+    plain = ProcgenMazeEnv(start_level=3, num_levels=1, distribution_mode="easy", render_options=plain_options)
+    plain_probe = MazeProbe(seed=3, distribution_mode="easy", render_options=plain_options)
+    plain_probe.setup(nn.Linear(1, 1), torch.device("cpu"))
+    plain_obs = plain.reset(seed=0)[0]
+    np.testing.assert_array_equal(plain_obs, plain_probe.observations[start])  # drawn the same way as its probe
+    assert not np.array_equal(plain_obs, obs)
+    plain.close()
 
     hard = ProcgenMazeEnv(start_level=10, num_levels=3, distribution_mode="hard")
     seen = set()
@@ -50,6 +58,8 @@ def test_env_levels_modes_and_an_episode_that_reaches_the_cheese():
         ProcgenMazeEnv(num_levels=0)
     with pytest.raises(TrajhookError, match="distribution_mode"):
         ProcgenMazeEnv(distribution_mode="memory")
+    with pytest.raises(TrajhookError, match=r"ProcgenMazeEnv: render_options key 'plain'.*HINT"):
+        ProcgenMazeEnv(render_options={"plain": True})
 
 
 def ppo(seed=0):

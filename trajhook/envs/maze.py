@@ -22,7 +22,13 @@ import numpy as np
 
 from trajhook.errors import TrajhookError
 from trajhook.extras import require
-from trajhook.probes.maze import N_ACTIONS, check_distribution_mode, check_seed, make_maze_env
+from trajhook.probes.maze import (
+    N_ACTIONS,
+    check_distribution_mode,
+    check_render_options,
+    check_seed,
+    make_maze_env,
+)
 from trajhook.procgen_state import MazeState, parse_maze_state
 
 gymnasium = require("gymnasium", "maze", "trajhook.envs.maze")
@@ -43,6 +49,8 @@ class ProcgenMazeEnv(gymnasium.Env):
         num_levels: how many consecutive levels episodes are drawn from (1: always the same maze).
         distribution_mode: ``"easy"`` (15x15 world) or ``"hard"`` (25x25), as for the MazeProbe.
         render_mode: ``None`` or ``"rgb_array"``.
+        render_options: procgen's drawing switches (:data:`trajhook.probes.maze.RENDER_OPTIONS`), e.g.
+            ``{"use_monochrome_assets": True}``; give the MazeProbe the same ones.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 15}
@@ -53,8 +61,10 @@ class ProcgenMazeEnv(gymnasium.Env):
         num_levels: int = 1,
         distribution_mode: str = "hard",
         render_mode: str | None = None,
+        render_options: dict[str, bool] | None = None,
     ) -> None:
         self.start_level = check_seed("ProcgenMazeEnv", start_level)
+        self.render_options = check_render_options("ProcgenMazeEnv", render_options)
         if isinstance(num_levels, bool) or not isinstance(num_levels, int | np.integer) or num_levels < 1:
             raise TrajhookError(
                 f"ProcgenMazeEnv: num_levels={num_levels!r} is not a positive int. HINT: 1 for one fixed maze, "
@@ -75,7 +85,10 @@ class ProcgenMazeEnv(gymnasium.Env):
         # Close the old env here, not in the garbage collector: gym3's CEnv.__del__ run by a GC pass in
         # the middle of another env's creation re-enters cffi and deadlocks the process.
         self.close()
-        self._env = make_maze_env(self.start_level, self.distribution_mode, self.num_levels, rand_seed=rand_seed)
+        self._env = make_maze_env(
+            self.start_level, self.distribution_mode, self.num_levels, rand_seed=rand_seed,
+            render_options=self.render_options,
+        )  # fmt: skip
         _, obs, _ = self._env.observe()
         self._obs, self._at_start = obs["rgb"][0].copy(), True
 
