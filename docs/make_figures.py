@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 import trajhook
-from trajhook.analysis.maze import MOVES, bfs_distances, path_agreement, shortest_path_moves
+from trajhook.analysis.maze import MOVES, bfs_distances, moved, path_agreement, shortest_path_moves
 
 
 def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
@@ -73,10 +73,7 @@ def field_story(probe_log) -> dict[str, np.ndarray]:
     distance = bfs_distances(grid, cheese)[cells[:, 0], cells[:, 1]]
     rank = np.argsort(np.argsort(distance, kind="stable"), kind="stable")  # 0 = nearest
     third = np.minimum(rank * 3 // len(cells), 2)
-    blocked = np.array(
-        [[not (0 <= r + dr < grid.shape[0] and 0 <= c + dc < grid.shape[1]) or grid[r + dr, c + dc] == 51
-          for dr, dc in MOVES] for r, c in cells]
-    )  # fmt: skip
+    blocked = np.array([[moved(grid, (r, c), move) == (r, c) for move in range(len(MOVES))] for r, c in cells])
     strongest = np.asarray(probe_log["direction_probs"])[:, :, :4].argmax(axis=2)  # (records, cells)
     rows = np.arange(len(cells))
     right, into_wall = on_path[rows, strongest], blocked[rows, strongest]
@@ -237,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # the essential dynamics: the field beside its PCA trajectory
     trajectory = field_trajectory_from_log(log, args.probe)
-    fig = field_dynamics(log, probe=args.probe)
+    fig = field_dynamics(log, probe=args.probe, trajectory=trajectory)
     fig.savefig(args.out_dir / "ppo_maze_dynamics.png")
     turns = ", ".join(f"{int(s):,}" for s in sorted(trajectory.turn_steps)) or "none"
     live = [(int(e.step), e.label) for e in log.events if "PCA turn" in e.label]
@@ -254,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     if not args.no_gif:
-        write_dynamics_gif(log, args.out_dir / "ppo_maze_training.gif", args.probe, args.fps)
+        write_dynamics_gif(log, args.out_dir / "ppo_maze_training.gif", args.probe, args.fps, trajectory)
         captions.append(
             (
                 "ppo_maze_training.gif",
@@ -276,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"exported {args.export}: {size / 1e6:.2f} MB (from {args.store.stat().st_size / 1e6:.2f} MB)")
 
 
-def write_dynamics_gif(log, path: Path, probe: str, fps: float) -> None:
+def write_dynamics_gif(log, path: Path, probe: str, fps: float, trajectory=None) -> None:
     """One frame per record: the field beside the PCA trajectory with that record's point marked."""
     import imageio.v2 as imageio
     from tqdm.auto import tqdm
@@ -285,7 +282,7 @@ def write_dynamics_gif(log, path: Path, probe: str, fps: float) -> None:
     from trajhook.plots.figures import figure_to_rgb
 
     frames = [
-        figure_to_rgb(field_dynamics(log, step=int(step), probe=probe))
+        figure_to_rgb(field_dynamics(log, step=int(step), probe=probe, trajectory=trajectory))
         for step in tqdm(log.steps, desc="GIF frames", unit="frame")
     ]
     imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)

@@ -85,15 +85,22 @@ def field_trajectory_figure(
 
 
 def field_dynamics(
-    log: Any, step: int | None = None, probe: str | None = None, output: str = "vectors", n_turns: int = 1
+    log: Any,
+    step: int | None = None,
+    probe: str | None = None,
+    output: str = "vectors",
+    n_turns: int = 1,
+    trajectory: FieldTrajectory | None = None,
 ) -> Figure:
     """The vector field at ``step`` (default: the last record) beside the field's PCA trajectory.
 
     ``log`` is a loaded store (``trajhook.load``) with a maze probe (default: its first); the
-    log's events are crossed on the trajectory, and ``step``'s point is marked on it.
+    log's events are crossed on the trajectory, and ``step``'s point is marked on it. Pass the
+    probe's ``trajectory`` (``field_trajectory_from_log``) when drawing many steps, to fit it once.
     """
     name = maze_probe_name(log, probe)
-    trajectory = field_trajectory_from_log(log, name, output, n_turns=n_turns)
+    if trajectory is None:
+        trajectory = field_trajectory_from_log(log, name, output, n_turns=n_turns)
     index = len(trajectory.steps) - 1 if step is None else trajectory.index_of(step)
     meta = log[name].metadata
     fig = new_figure((12, 5))
