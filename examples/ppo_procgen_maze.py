@@ -314,9 +314,8 @@ def progress_bonus(envs, first, moves, states, reward):
             distance_maps[e] = bfs_distances(state.grid, state.cheese)
         else:
             before, mouse[e] = mouse[e], moved(grids[e], mouse[e], moves[i])
-            closer = distance[e] - distance_maps[e][mouse[e]]  # +1, -1, or 0 after a bump
+            closer = distance_maps[e][before] - distance_maps[e][mouse[e]]  # +1, -1, or 0 after a bump
             bonus[i] = args.shaping * closer - args.bump_penalty * (mouse[e] == before)
-        distance[e] = distance_maps[e][mouse[e]]
     return bonus
 
 
@@ -343,7 +342,6 @@ sizes = [min(args.env_group, args.num_envs - start) for start in range(0, args.n
 groups = [make_group(g, num) for g, num in enumerate(sizes)]
 group_envs = [range(start, start + num) for start, num in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
 distance_maps = [None] * args.num_envs  # BFS steps to the cheese, per environment's current episode
-distance = np.zeros(args.num_envs)  # the mouse's current BFS distance to the cheese
 grids, mouse = [None] * args.num_envs, [None] * args.num_envs  # each episode's maze, and the mouse's (row, col)
 agent = Agent(args.channels, args.frame_size, args.keypoints, args.centred)
 optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
