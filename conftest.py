@@ -15,8 +15,8 @@ import os
 import re
 
 _NEEDS = {
-    "integrations/sb3.py": "stable_baselines3",
-    "integrations/hf.py": "transformers",
+    "trajhook/integrations/sb3.py": "stable_baselines3",
+    "trajhook/integrations/hf.py": "transformers",
     "trajhook/envs": "gymnasium",
 }
 

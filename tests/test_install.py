@@ -146,9 +146,8 @@ def _module_level_imports() -> dict[str, set[str]]:
     """trajhook module -> the trajhook modules it imports at module level, read from the source."""
     root = Path(__file__).resolve().parents[1]
     files = {}
-    for path in [*root.glob("trajhook/**/*.py"), *root.glob("integrations/*.py")]:
-        parts = path.relative_to(root).with_suffix("").parts
-        name = ".".join(("trajhook", *parts) if parts[0] == "integrations" else parts).removesuffix(".__init__")
+    for path in root.glob("trajhook/**/*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
         files[name] = path
     graph = {}
     for name, path in files.items():
