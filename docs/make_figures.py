@@ -36,20 +36,43 @@ import h5py
 import numpy as np
 
 import trajhook
-from trajhook.analysis.maze import MOVES, bfs_distances, moved, path_agreement, shortest_path_moves
+from trajhook.analysis.maze import MOVES, bfs_distances, goal_agreements, moved, shortest_path_moves
 
 
 def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
-    """probe name -> (agreement per record, chance) for every maze probe of a loaded store."""
+    """probe name -> (agreement with the way to the cheese per record, chance) for every maze probe of a store."""
+    return {name: (goals["cheese"], chance) for name, (goals, chance) in goal_curves(log).items()}
+
+
+def goal_curves(log) -> dict[str, tuple[dict[str, np.ndarray], float]]:
+    """probe name -> ({"cheese": agreement per record, "corner": the same towards the top-right corner}, chance)."""
     curves = {}
     for name in log:
         if log[name].kind != "maze":
             continue
         meta = log[name].metadata
-        on_path = shortest_path_moves(np.asarray(meta["grid"]), tuple(meta["cheese"]), np.asarray(meta["cells"]))
-        agreement = np.atleast_1d(path_agreement(log[name]["direction_probs"], on_path))
-        curves[name] = (agreement, float(on_path.sum(axis=1).mean() / 4))
+        grid, cells, cheese = np.asarray(meta["grid"]), np.asarray(meta["cells"]), tuple(meta["cheese"])
+        goals = goal_agreements(np.asarray(log[name]["direction_probs"]), grid, cells, cheese)
+        chance = float(shortest_path_moves(grid, cheese, cells).sum(axis=1).mean() / 4)
+        curves[name] = ({goal: np.atleast_1d(a) for goal, a in goals.items()}, chance)
     return curves
+
+
+def how_trained(meta: dict) -> str:
+    """The first sentence of every caption: the run's reward and view, as its store declares them."""
+    args = meta.get("args", {})
+    reward = meta.get("reward") or ("procgen" if not (args.get("shaping") or args.get("bump_penalty")) else "shaped")
+    view = meta.get("view") or ("local" if args.get("centred", True) and args.get("canvas", 64) == 64 else "full")
+    rewarded = (
+        "procgen's own reward alone (10 at the cheese)"
+        if reward == "procgen"
+        else "a dense progress reward (+0.1 a cell closer to the cheese, -0.1 away or into a wall: the shortest-path "
+        "label itself) besides procgen's"
+    )
+    seen = (
+        "the whole maze in view" if view == "full" else "a 64x64 window centred on the mouse (about 7.5 cells each way)"
+    )
+    return f"PPO trained with {rewarded}, {seen}."
 
 
 def field_story(probe_log) -> dict[str, np.ndarray]:
@@ -188,14 +211,15 @@ def main(argv: list[str] | None = None) -> None:
     for i, step in enumerate(steps):
         print(f"{int(step):<10} " + "  ".join(f"{story[k][i]:.2f}" for k in story))
     fig, (ax, ax_story) = plt.subplots(1, 2, figsize=(12.8, 3.8), dpi=100)
-    for name, (agreement, chance) in curves.items():
+    for name, (goals, chance) in goal_curves(log).items():
         cells = len(log[name].metadata["cells"])
         (line,) = ax.plot(
-            steps, agreement, marker=".", label=f"{name}: level {log[name].metadata['seed']}, {cells} cells"
+            steps, goals["cheese"], marker=".", label=f"{name}: level {log[name].metadata['seed']}, {cells} cells"
         )
+        ax.plot(steps, goals["corner"], color=line.get_color(), ls="--", lw=1, label=f"{name}: to the corner")
         ax.axhline(chance, color=line.get_color(), ls=":", lw=1)
     ax.set(xlabel="env steps", ylabel="strongest move on a shortest path", ylim=(0, 1.02))
-    ax.set_title("PPO on procgen maze: held-out levels (dotted: chance)")
+    ax.set_title("to the cheese (solid), to the top-right corner (dashed), chance (dotted)", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     for key, label, style in (("near", "nearest", "-"), ("middle", "middle", "--"), ("far", "farthest", ":")):
         ax_story.plot(steps, story[key], ls=style, color="C0", label=f"on a shortest path: {label} third")
@@ -214,7 +238,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{name} {a[0]:.2f} → {a[-1]:.2f} (best {a.max():.2f}, chance {c:.2f})" for name, (a, c) in curves.items()
     )
     captions.append(
-        ("ppo_maze_agreement.png", f"Shortest-path agreement on the held-out levels against env steps: {summary}.")
+        (
+            "ppo_maze_agreement.png",
+            f"{how_trained(meta)} Shortest-path agreement on the held-out levels against env steps: {summary}.",
+        )
     )
 
     # the vector field at a few steps
@@ -230,7 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     fig.savefig(args.out_dir / "ppo_maze_fields.png")
     plt.close(fig)
     at = ", ".join(f"{s:,} ({agreement[steps.tolist().index(s)]:.2f})" for s in chosen)
-    captions.append(("ppo_maze_fields.png", f"The {args.probe} probe's vector field at env steps {at}."))
+    captions.append(
+        ("ppo_maze_fields.png", f"{how_trained(meta)} The {args.probe} probe's vector field at env steps {at}.")
+    )
 
     # the essential dynamics: the field beside its PCA trajectory
     trajectory = field_trajectory_from_log(log, args.probe)
@@ -244,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     captions.append(
         (
             "ppo_maze_dynamics.png",
-            f"The {args.probe} probe's field at env step {int(steps[-1]):,} beside the PCA trajectory of its fields "
+            f"{how_trained(meta)} The {args.probe} probe's field at env step {int(steps[-1]):,} beside the PCA "
+            "trajectory of its fields "
             f"(PC1 {ratio[0]:.0%}, PC2 {ratio[1]:.0%} of the variance); offline sharpest turns at env steps {turns}; "
             f"live stage events (MazeProbe(track_stages=True), on the writer thread) at {live_text}.",
         )
@@ -255,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         captions.append(
             (
                 "ppo_maze_training.gif",
-                f"The {args.probe} probe's field and its PCA trajectory at all {len(steps)} recorded steps.",
+                f"{how_trained(meta)} The {args.probe} probe's field and its PCA trajectory at all {len(steps)} "
+                "recorded steps.",
             )
         )
 

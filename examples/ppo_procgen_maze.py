@@ -91,7 +91,7 @@ from procgen import ProcgenGym3Env
 from torch.distributions.categorical import Categorical
 
 import trajhook
-from trajhook.analysis.maze import bfs_distances, moved, path_agreement, shortest_path_moves
+from trajhook.analysis.maze import bfs_distances, goal_agreements, moved
 from trajhook.procgen_state import corner_cells, parse_maze_state
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -101,8 +101,8 @@ parser.add_argument("--learning-rate", type=float, default=5e-4)
 parser.add_argument("--num-envs", type=int, default=64)
 parser.add_argument("--env-group", type=int, default=8, help="environments per procgen vector env")
 parser.add_argument("--num-steps", type=int, default=64, help="steps per env per rollout (cleanrl: 256)")
-parser.add_argument("--gamma", type=float, default=0.95)
-parser.add_argument("--gae-lambda", type=float, default=0.9)
+parser.add_argument("--gamma", type=float, default=0.99)
+parser.add_argument("--gae-lambda", type=float, default=0.95)
 parser.add_argument("--num-minibatches", type=int, default=16)
 parser.add_argument("--update-epochs", type=int, default=2)
 parser.add_argument("--clip-coef", type=float, default=0.2)
@@ -113,18 +113,37 @@ parser.add_argument("--channels", type=int, nargs=3, default=(8, 16, 16), help="
 parser.add_argument(
     "--centred", action=argparse.BooleanOptionalAction, default=True, help="frames centred on the mouse"
 )
+parser.add_argument(
+    "--canvas", type=int, default=128, choices=(64, 128), help="the centred view: 128 keeps the whole maze, 64 crops"
+)
 parser.add_argument("--keypoints", action=argparse.BooleanOptionalAction, default=True, help="spatial soft-argmax")
 parser.add_argument("--frame-size", type=int, default=32, choices=(32, 64), help="frames average-pooled to this")
 parser.add_argument("--corner", type=int, default=5, help="cheese in the maze's top-right NxN cells; 0: procgen's")
 parser.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=True)
-parser.add_argument("--shaping", type=float, default=0.1, help="reward per cell of progress toward the cheese; 0: off")
-parser.add_argument("--bump-penalty", type=float, default=0.1, help="reward lost by a move into a wall")
+parser.add_argument(
+    "--reverse-curriculum",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="random starts within a distance of the cheese that grows as the agent succeeds",
+)
+parser.add_argument("--shaping", type=float, default=0.0, help="reward per cell of progress toward the cheese; 0: off")
+parser.add_argument("--bump-penalty", type=float, default=0.0, help="reward lost by a move into a wall")
 parser.add_argument("--reward-scale", type=float, default=0.1, help="procgen's reward (10 for the cheese) times this")
 parser.add_argument("--num-levels", type=int, default=1_000_000, help="training levels start-level .. +num-levels")
 parser.add_argument("--start-level", type=int, default=10_000)
 parser.add_argument("--distribution-mode", default="easy")
 parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True, help="procgen's plain drawing")
-parser.add_argument("--probe-levels", type=int, nargs="+", default=[234, 5010], help="held-out levels")
+parser.add_argument(
+    "--probe-levels", type=int, nargs="+", default=[234], help="held-out levels, cheese where procgen put it"
+)
+parser.add_argument(
+    "--far-probe",
+    type=int,
+    nargs="*",
+    default=[207, 13, 1],
+    metavar="LEVEL ROW COL",
+    help="a held-out level with its cheese moved to (ROW, COL), far from the top-right corner; none if empty",
+)
 parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 parser.add_argument("--out", default="runs/ppo_procgen_maze.h5", help="the trajhook store")
 parser.add_argument("--checkpoint", default=None, help="save here periodically and at exit; resume from it")
@@ -132,7 +151,11 @@ parser.add_argument("--checkpoint-every-s", type=float, default=300.0)
 parser.add_argument("--log-every", type=int, default=10, help="print a progress line every N iterations")
 parser.add_argument("--small", action="store_true", help="tiny settings for smoke tests")
 args = parser.parse_args()
-args.channels = list(args.channels)  # as a checkpoint stores it
+args.channels, args.far_probe = list(args.channels), list(args.far_probe)  # as a checkpoint stores them
+# what a checkpoint saved before an argument existed ran with: a resume compares these too
+LEGACY_ARGS = {"canvas": 64, "reverse_curriculum": False, "far_probe": []}
+if len(args.far_probe) not in (0, 3):
+    parser.error(f"--far-probe takes LEVEL ROW COL (or nothing), not {args.far_probe}")
 SMALL = {
     "total_timesteps": 64,
     "num_envs": 2,
@@ -153,8 +176,10 @@ args.batch_size = args.num_envs * args.num_steps
 args.minibatch_size = args.batch_size // args.num_minibatches
 args.num_iterations = args.total_timesteps // args.batch_size
 train_levels = range(args.start_level, args.start_level + args.num_levels)
-if any(level in train_levels for level in args.probe_levels):
-    parser.error(f"--probe-levels {args.probe_levels} overlap the training levels {train_levels}; hold them out")
+if any(level in train_levels for level in [*args.probe_levels, *args.far_probe[:1]]):
+    parser.error(f"the probe levels overlap the training levels {train_levels}; hold them out")
+REWARD = "procgen" if not (args.shaping or args.bump_penalty) else "procgen+progress"  # declared in the store
+VIEW = "full" if not args.centred or args.canvas == 128 else "local"
 MOVE_ACTIONS = np.array([1, 7, 5, 3])  # procgen's LEFT, RIGHT, UP, DOWN (trajhook.probes.maze)
 stop = []  # the signal that asked this run to stop: it saves a checkpoint and exits at the next safe point
 signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
@@ -165,6 +190,7 @@ np.random.seed(args.seed)
 torch.manual_seed(args.seed)
 torch.set_num_threads(args.threads)
 curriculum_rng = np.random.default_rng(args.seed)  # where the cheese and the mouse go after a reset
+curriculum = {"distance": 2, "episodes": 0, "found": 0}  # the reverse curriculum's start distance and its tally
 
 
 # ---- the agent: cleanrl's IMPALA CNN, narrower, on 32x32 frames, four moves -------------------------------
@@ -191,20 +217,28 @@ class ConvSequence(nn.Module):
 
 
 class CentreOnMouse(nn.Module):
-    """A fixed first layer: the 64x64 frame shifted so that the mouse is at its centre, black (walls) beyond it.
+    """A fixed first layer: the 64x64 frame placed on a ``canvas`` x ``canvas`` black (wall) canvas with the
+    mouse at its centre.
 
-    The mouse is procgen's plain green square (``--plain``), the only pixels with green 255 and red 127.
-    Most procgen games centre the agent this way (``center_agent``); the maze does not, so the net would
-    otherwise have to find a 4-pixel square anywhere in the frame before it could learn anything else.
+    With ``canvas=128`` every pixel of the frame stays in view wherever the mouse is (padding, not
+    cropping): the agent sees the whole maze, the cheese included. ``canvas=64`` crops to about 7.5
+    cells around the mouse (the earlier, shaped run). The mouse is procgen's plain green square
+    (``--plain``), the only pixels with green 255 and red 127. Most procgen games centre the agent this
+    way (``center_agent``); the maze does not.
     """
 
-    def forward(self, x):  # uint8 (b, 64, 64, 3) -> uint8 (b, 64, 64, 3)
+    def __init__(self, canvas=128):
+        super().__init__()
+        self.canvas = canvas
+
+    def forward(self, x):  # uint8 (b, 64, 64, 3) -> uint8 (b, canvas, canvas, 3)
         mouse = ((x[..., 1] > 200) & (x[..., 0] < 160)).float()
         count, pixels = mouse.sum((1, 2)).clamp(min=1), torch.arange(64, device=x.device)
         row = ((mouse.sum(2) * pixels).sum(1) / count).round().long()  # the centroid, (b,)
         col = ((mouse.sum(1) * pixels).sum(1) / count).round().long()
-        padded = nn.functional.pad(x, (0, 0, 32, 32, 32, 32))  # frame pixel y sits at y + 32
-        rows, cols = (row[:, None] + pixels)[:, :, None], (col[:, None] + pixels)[:, None, :]
+        half, window = self.canvas // 2, torch.arange(self.canvas, device=x.device)
+        padded = nn.functional.pad(x, (0, 0, half, half, half, half))  # frame pixel y sits at y + half
+        rows, cols = (row[:, None] + window)[:, :, None], (col[:, None] + window)[:, None, :]
         return padded[torch.arange(len(x), device=x.device)[:, None, None], rows, cols]
 
 
@@ -215,10 +249,11 @@ def layer_init(layer, std=2**0.5, bias_const=0.0):
 
 
 class Agent(nn.Module):
-    def __init__(self, channels, frame_size, keypoints=True, centred=True):
+    def __init__(self, channels, frame_size, keypoints=True, centred=True, canvas=128):
         super().__init__()
-        self.centre = CentreOnMouse() if centred else nn.Identity()
-        layers, c = [nn.AvgPool2d(64 // frame_size)], 3  # 64x64 -> 32x32 by default
+        self.centre = CentreOnMouse(canvas) if centred else nn.Identity()
+        side = canvas if centred else 64
+        layers, c = [nn.AvgPool2d(side // frame_size)], 3  # 128x128 -> 32x32 by default
         for out in channels:
             layers.append(ConvSequence(c, out))
             c = out
@@ -275,7 +310,11 @@ def make_group(index, num):
 
 
 def patch_new_episodes(states, first):
-    """Move the cheese into the corner (and the mouse to a random cell) of each new episode, in ``states``."""
+    """Move the cheese into the corner (and the mouse to a random cell) of each new episode, in ``states``.
+
+    With the reverse curriculum the mouse starts at most ``curriculum["distance"]`` steps from the
+    cheese (BFS through the maze): where an episode starts, never which move is right.
+    """
     for i in np.flatnonzero(first):
         state = parse_maze_state(states[i])
         if args.corner:
@@ -283,9 +322,21 @@ def patch_new_episodes(states, first):
             state = parse_maze_state(state.with_cheese(*corner[curriculum_rng.integers(len(corner))]))
         if args.random_start:
             free = state.free_cells()  # empty cells: never the cheese's
+            if args.reverse_curriculum:
+                distance = bfs_distances(state.grid, state.cheese)[free[:, 0], free[:, 1]]
+                free = free[distance <= max(curriculum["distance"], distance.min())]
             states[i] = state.with_mouse(*free[curriculum_rng.integers(len(free))])
         else:
             states[i] = state.data
+
+
+def grow_start_distance(successes):
+    """The reverse curriculum: one step farther once 80% of at least 64 episodes since the last change found the
+    cheese (procgen's reward), the fraction an agent that already goes to the cheese from there reaches."""
+    curriculum["episodes"] += len(successes)
+    curriculum["found"] += int(np.sum(successes))
+    if curriculum["episodes"] >= 64 and curriculum["found"] >= 0.8 * curriculum["episodes"]:
+        curriculum.update(distance=curriculum["distance"] + 1, episodes=0, found=0)
 
 
 def progress_bonus(envs, first, moves, states, reward):
@@ -343,7 +394,7 @@ groups = [make_group(g, num) for g, num in enumerate(sizes)]
 group_envs = [range(start, start + num) for start, num in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
 distance_maps = [None] * args.num_envs  # BFS steps to the cheese, per environment's current episode
 grids, mouse = [None] * args.num_envs, [None] * args.num_envs  # each episode's maze, and the mouse's (row, col)
-agent = Agent(args.channels, args.frame_size, args.keypoints, args.centred)
+agent = Agent(args.channels, args.frame_size, args.keypoints, args.centred, args.canvas)
 optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
 
@@ -368,10 +419,22 @@ probes = [
     )
     for i, level in enumerate(args.probe_levels)
 ]
+if args.far_probe:  # where the way to the cheese and the way to the top-right corner part (on 54% of its cells)
+    probes.append(
+        trajhook.MazeProbe(
+            seed=args.far_probe[0],
+            distribution_mode=args.distribution_mode,
+            name="maze_far",
+            preprocess="uint8_nhwc",
+            policy_fn=probe_policy,
+            render_options=RENDER_OPTIONS,
+            cheese=tuple(args.far_probe[1:]),
+        )
+    )
 rec = trajhook.Recorder(
     args.out,
     probes,
-    every_n_steps=trajhook.log_spaced(first=args.batch_size, per_decade=6, until=500_000, then_every=100_000),
+    every_n_steps=trajhook.log_spaced(first=args.batch_size, per_decade=10, until=1_000_000, then_every=100_000),
     metadata={
         "example": "examples/ppo_procgen_maze.py",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -381,6 +444,8 @@ rec = trajhook.Recorder(
         "python_version": platform.python_version(),
         "machine": machine(),
         "probe_levels": list(args.probe_levels),
+        "reward": REWARD,  # "procgen": procgen's own (10 at the cheese, scaled by --reward-scale), nothing else
+        "view": VIEW,  # "full": every cell of the maze in every frame
     },
     overwrite=not resuming,  # a fresh run replaces the store; a resumed one continues it
     wandb=False,
@@ -405,9 +470,8 @@ UNCHECKED_ARGS = {
 }
 if resuming:
     ckpt = torch.load(checkpoint, weights_only=False)
-    changed = {
-        k: (v, getattr(args, k)) for k, v in ckpt["args"].items() if k not in UNCHECKED_ARGS and getattr(args, k) != v
-    }
+    saved = {**LEGACY_ARGS, **ckpt["args"]}
+    changed = {k: (v, getattr(args, k)) for k, v in saved.items() if k not in UNCHECKED_ARGS and getattr(args, k) != v}
     if changed:
         sys.exit(f"{checkpoint} was saved with other arguments {changed} (saved, given); rerun with the saved ones")
     agent.load_state_dict(ckpt["agent"])
@@ -421,6 +485,7 @@ if resuming:
     np.random.set_state(ckpt["rng"]["numpy"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     curriculum_rng.bit_generator.state = ckpt["rng"]["curriculum"]
+    curriculum.update(ckpt.get("curriculum", {}))
     global_step, iteration = ckpt["global_step"], ckpt["iteration"]
     next_obs, next_done, episode_return = ckpt["next_obs"], ckpt["next_done"], ckpt["episode_return"]
     print(f"resumed from {checkpoint} at global_step {global_step} (iteration {iteration})", flush=True)
@@ -445,6 +510,7 @@ def snapshot():
         "next_obs": next_obs.clone(),
         "next_done": next_done.clone(),
         "episode_return": episode_return.copy(),
+        "curriculum": dict(curriculum),
         "recorder": rec.state_dict(),
         "rng": {
             "python": random.getstate(),
@@ -461,16 +527,17 @@ def save_checkpoint(state):
     os.replace(tmp, checkpoint)  # atomic: a kill while saving leaves the previous checkpoint
 
 
-def print_agreement():
-    agreements = ", ".join(f"{p.name} {held_out_agreement(p):.2f}" for p in probes)
-    print(f"global_step {global_step}: recorded; shortest-path agreement {agreements}", flush=True)
-
-
-def held_out_agreement(probe):
-    """Share of the probe's cells whose strongest move starts a shortest path to the cheese (for the log)."""
-    with torch.no_grad():
-        direction_probs = probe.run(agent)["direction_probs"].numpy()
-    return path_agreement(direction_probs, shortest_path_moves(probe.grid, probe.cheese, probe.cells))
+def log_agreements():
+    """Each probe's share of cells whose strongest move starts a shortest path to the cheese, and to the corner,
+    logged as scalars at the record's step and printed."""
+    agreements = {}
+    for probe in probes:
+        with torch.no_grad():
+            goals = probe.agreements(probe.run(agent)["direction_probs"])
+        agreements.update({f"{probe.name}_{goal}_agreement": value for goal, value in goals.items()})
+    rec.log_scalars(global_step, **agreements)
+    shown = ", ".join(f"{name.removesuffix('_agreement')} {value:.2f}" for name, value in agreements.items())
+    print(f"global_step {global_step}: recorded; shortest-path agreement {shown}", flush=True)
 
 
 if checkpoint:
@@ -479,13 +546,13 @@ start_time, last_save, finished, interrupted_rollout = time.time(), time.time(),
 timing = {"env": 0.0, "forward": 0.0, "update": 0.0}
 steps_this_session = 0
 if rec.maybe_record(agent, global_step):  # trajhook: the initial weights (a resumed run recorded them already)
-    print_agreement()
+    log_agreements()
 while iteration < args.num_iterations and not stop:
     state = snapshot() if checkpoint else None
     if checkpoint and time.time() - last_save > args.checkpoint_every_s:
         save_checkpoint(state)
         last_save = time.time()
-    ended = []  # returns of the episodes that end in this rollout
+    ended, successes = [], []  # returns of the episodes that end in this rollout, and whether each found the cheese
     for step in range(args.num_steps):
         if stop:
             interrupted_rollout = True
@@ -510,12 +577,15 @@ while iteration < args.num_iterations and not stop:
         timing["env"] += time.perf_counter() - t1
         episode_return += reward
         ended += episode_return[done].tolist()
+        successes += (reward[done] > 0).tolist()  # procgen pays only at the cheese; a timeout pays nothing
         episode_return[done] = 0.0
         rewards[step] = torch.as_tensor(args.reward_scale * reward + bonus, dtype=torch.float32)
         next_obs, next_done = torch.from_numpy(np.concatenate(frames)), torch.as_tensor(done, dtype=torch.float32)
     if interrupted_rollout:  # forget the half-done rollout: resume from this iteration's start
         break
     finished += ended
+    if args.reverse_curriculum:
+        grow_start_distance(successes)
     iteration += 1
     steps_this_session += args.batch_size
     t0 = time.perf_counter()
@@ -562,21 +632,26 @@ while iteration < args.num_iterations and not stop:
     scalars = {"loss": loss.item(), "entropy": entropy.mean().item()}
     if ended:
         scalars["episodic_return"] = float(np.mean(ended))
+        scalars["cheese_found"] = float(np.mean(successes))
+    if args.reverse_curriculum:
+        scalars["start_distance"] = float(curriculum["distance"])
     if rec.maybe_record(agent, global_step, **scalars):  # trajhook: cleanrl's charts use global_step too
-        print_agreement()
+        log_agreements()
     if iteration % args.log_every == 0:
         elapsed = time.time() - start_time
         split = ", ".join(f"{k} {v / steps_this_session * 1e3:.2f}" for k, v in timing.items())
         ret = f"{np.mean(finished):.2f} over {len(finished)} episodes" if finished else "no episode ended"
         print(
             f"global_step {global_step}: {steps_this_session / elapsed:.0f} env steps/s (ms per env step: {split}); "
-            f"return {ret}; entropy {scalars['entropy']:.3f}",
+            f"return {ret}; entropy {scalars['entropy']:.3f}"
+            + (f"; start distance {curriculum['distance']}" if args.reverse_curriculum else ""),
             flush=True,
         )
         finished = []
 
 if not stop and rec.recorded_steps[-1:] != [global_step]:
     rec.record(agent, global_step)  # the trained agent, wherever the schedule is
+    log_agreements()
 if not interrupted_rollout:  # the weights may have changed since the last snapshot
     state = snapshot() if checkpoint else None
 if stop:
@@ -591,14 +666,13 @@ print(f"{done_steps} env steps; log at {args.out}" + (f"; checkpoint at {checkpo
 if stop:
     sys.exit(0)
 
-# ---- what the log shows: agreement with the shortest path on the held-out probe levels ------------------------
+# ---- what the log shows: agreement with the way to the cheese and to the corner, from the stored fields ---------
 log = trajhook.load(args.out)
 print(f"recorded at steps {log.steps.tolist()}")
 for probe in probes:
     meta = log[probe.name].metadata
-    on_path = shortest_path_moves(meta["grid"], tuple(meta["cheese"]), meta["cells"])
-    agreement = np.atleast_1d(path_agreement(log[probe.name]["direction_probs"], on_path))
-    print(
-        f"probe {probe.name}, level {meta['seed']} ({args.distribution_mode}, {len(meta['cells'])} cells): "
-        f"shortest-path agreement: {agreement[0]:.2f} at step 0 -> {agreement[-1]:.2f} at step {log.steps[-1]}"
+    goals = goal_agreements(log[probe.name]["direction_probs"], meta["grid"], meta["cells"], tuple(meta["cheese"]))
+    shown = "; ".join(
+        f"to the {goal}: {np.atleast_1d(a)[0]:.2f} at step 0 -> {np.atleast_1d(a)[-1]:.2f}" for goal, a in goals.items()
     )
+    print(f"probe {probe.name}, level {meta['seed']} ({len(meta['cells'])} cells) at step {log.steps[-1]}: {shown}")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from trajhook import load
+from trajhook.analysis.maze import goal_agreements
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -46,6 +47,18 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
     assert log.metadata["example"] == "examples/ppo_procgen_maze.py" and log.metadata["args"]["small"] is True
     assert {"node", "cpu"} <= set(log.metadata["machine"]) and log.metadata["torch_version"]
     assert "shortest-path agreement" in stdout
+    # the store declares how the run was trained: procgen's reward alone, every cell in view
+    assert log.metadata["reward"] == "procgen" and log.metadata["view"] == "full"
+    far = log["maze_far"].metadata
+    assert far["seed"] == 207 and far["cheese"] == [13, 1] and far["cheese_moved"] is True
+    # both agreements are logged at each record, as computed from the stored field
+    for probe in ("maze", "maze_far"):
+        meta = log[probe].metadata
+        goals = goal_agreements(log[probe]["direction_probs"], meta["grid"], meta["cells"], tuple(meta["cheese"]))
+        for goal in ("cheese", "corner"):
+            logged = log.scalars[f"{probe}_{goal}_agreement"]
+            assert logged.steps.tolist() == log.steps.tolist()
+            np.testing.assert_allclose(logged.values, goals[goal], atol=1e-6)
 
     # docs/make_figures.py draws the README's figures from that store and exports a compact copy
     figures, export = tmp_path / "figures", tmp_path / "docs_runs" / "ppo.h5"
@@ -62,6 +75,10 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
         assert (figures / name).stat().st_size > 5_000, name
     captions = (figures / "ppo_maze_captions.md").read_text()
     assert captions.count(log.metadata["command"]) == 4 and log.metadata["machine"]["cpu"] in captions
+    # every caption opens with how the run was trained
+    assert (
+        captions.count("PPO trained with procgen's own reward alone (10 at the cheese), the whole maze in view.") == 4
+    )
     assert log["maze"].metadata["render_options"] == {
         "use_monochrome_assets": True,
         "restrict_themes": True,
@@ -70,7 +87,7 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
     copy = load(export)
     assert export.stat().st_size < out.stat().st_size / 10  # fitted chunks, not 4 MiB reserved per dataset
     assert copy.steps.tolist() == log.steps.tolist() and copy.metadata == log.metadata
-    for probe in ("maze", "maze_small"):
+    for probe in ("maze", "maze_far"):
         for key in ("action_probs", "direction_probs", "vectors"):
             np.testing.assert_array_equal(copy[probe][key], log[probe][key])
         assert copy[probe].kind == "maze"
@@ -80,7 +97,7 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
 DENSE_REWARD_CHECK = """
 import json, runpy, sys
 import numpy as np
-sys.argv = ["ppo", "--total-timesteps", "0", "--num-envs", "8", "--out", sys.argv[1]]
+sys.argv = ["ppo", "--total-timesteps", "0", "--num-envs", "8", "--out", sys.argv[1], *sys.argv[2:]]
 g = runpy.run_path({script!r})
 from procgen import ProcgenGym3Env
 from trajhook.analysis.maze import bfs_distances
@@ -113,8 +130,9 @@ def test_ppo_example_dense_reward_is_progress_along_procgens_maze(tmp_path):
     """The example's dense reward, move by move, against BFS distances on procgen's own state read back."""
     pytest.importorskip("procgen")
     code = DENSE_REWARD_CHECK.format(script=str(EXAMPLES / "ppo_procgen_maze.py"))
+    shaped = ["--shaping", "0.1", "--bump-penalty", "0.1"]  # the earlier run's reward, now off by default
     result = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "run.h5")], capture_output=True, text=True, timeout=240
+        [sys.executable, "-c", code, str(tmp_path / "run.h5"), *shaped], capture_output=True, text=True, timeout=240
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(result.stdout.strip().splitlines()[-1])
@@ -124,6 +142,24 @@ def test_ppo_example_dense_reward_is_progress_along_procgens_maze(tmp_path):
     assert {round(r[2], 3) for r in moves} == {0.1, -0.1}
     ends = [r for r in rows if r[0]]
     assert ends and all(r[2] == pytest.approx(0.1 if r[1] > 0 else 0.0) for r in ends)  # cheese: +0.1; timeout: 0
+
+
+@pytest.mark.maze
+@pytest.mark.timeout(300)
+def test_ppo_example_default_reward_is_procgens_alone(tmp_path):
+    """By default the example adds nothing to procgen's reward: no bonus on any move, 10 only at the cheese."""
+    pytest.importorskip("procgen")
+    code = DENSE_REWARD_CHECK.format(script=str(EXAMPLES / "ppo_procgen_maze.py"))
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run.h5")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(r[2] == 0.0 for r in rows)  # no shaping bonus at all
+    assert {r[1] for r in rows} <= {0.0, 10.0} and all((r[1] == 10.0) <= r[0] for r in rows)  # only at an end
 
 
 @pytest.mark.maze
@@ -167,8 +203,9 @@ def test_ppo_procgen_maze_resumes_after_sigterm_bit_for_bit(tmp_path):
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 1280  # no duplicate, no ghost row
     assert log.scalars["loss"].steps.tolist() == list(range(64, 1281, 64))  # each iteration once
     assert steps == ref.steps.tolist()
-    for probe in ("maze", "maze_small"):
+    for probe in ("maze", "maze_far"):
         np.testing.assert_array_equal(log[probe]["action_probs"], ref[probe]["action_probs"])
+    np.testing.assert_array_equal(log.scalars["start_distance"].values, ref.scalars["start_distance"].values)
     np.testing.assert_array_equal(log.scalars["loss"].values, ref.scalars["loss"].values)
 
 

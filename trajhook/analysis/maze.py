@@ -120,3 +120,57 @@ def path_agreement(direction_probs: np.ndarray, on_path: np.ndarray, include_noo
     hits = np.take_along_axis(np.broadcast_to(on_path5, probs.shape), strongest[..., None], axis=-1)[..., 0]
     agreement = hits.mean(axis=-1)
     return float(agreement) if agreement.ndim == 0 else agreement
+
+
+def corner_cell(grid: np.ndarray) -> tuple[int, int]:
+    """``(row, col)`` of the maze's top-right cell: the highest row and rightmost column that hold a free cell.
+
+    procgen's maze is a square centred in the world with a wall margin, and its top-right cell is always
+    free, so this is where Langosco et al.'s agents learned to go instead of to the cheese.
+
+    >>> grid = np.full((5, 5), 51); grid[1:4, 1:4] = 100; grid[2, 2] = 51
+    >>> corner_cell(grid)
+    (3, 3)
+    """
+    rows, cols = np.nonzero(_free(grid))
+    return int(rows.max()), int(cols.max())
+
+
+def goal_agreements(
+    direction_probs: np.ndarray, grid: np.ndarray, cells: np.ndarray, cheese: tuple[int, int]
+) -> dict[str, np.ndarray | float]:
+    """:func:`path_agreement` towards the cheese and towards the top-right corner (:func:`corner_cell`).
+
+    The two tell a policy that finds the cheese from one that heads for the corner only where the two
+    ways differ: on a level whose cheese sits near the corner they agree on almost every cell, so probe
+    one with the cheese moved far from it (``MazeProbe(cheese=...)``) and compare with
+    :func:`way_overlap`.
+
+    >>> grid = np.array([[51, 51, 51, 51], [51, 100, 100, 51], [51, 2, 100, 51], [51, 51, 51, 51]])
+    >>> cells = np.array([[1, 1], [1, 2], [2, 2]])
+    >>> right = np.tile([0.0, 1.0, 0.0, 0.0, 0.0], (3, 1))  # always right
+    >>> goal_agreements(right, grid, cells, (2, 1))  # the corner is (2, 2), the cheese (2, 1)
+    {'cheese': 0.0, 'corner': 0.3333333333333333}
+    """
+    cheese_moves = shortest_path_moves(grid, tuple(cheese), cells)
+    corner_moves = shortest_path_moves(grid, corner_cell(grid), cells)
+    return {
+        "cheese": path_agreement(direction_probs, cheese_moves),
+        "corner": path_agreement(direction_probs, corner_moves),
+    }
+
+
+def way_overlap(grid: np.ndarray, cells: np.ndarray, cheese: tuple[int, int]) -> float:
+    """The share of ``cells`` (the corner excepted) where one move starts a shortest path to both the cheese and
+    the corner. procgen's mazes are trees, so each way is one move; elsewhere the ways agree if they share one.
+
+    >>> grid = np.full((5, 5), 51); grid[1, 1:4] = 100; grid[2:4, 3] = 100; grid[2:4, 1] = 100
+    >>> grid[2, 1] = 2  # a U: the cheese up the left arm, the corner (3, 3) atop the right one
+    >>> way_overlap(grid, np.array([[1, 1], [1, 2], [1, 3], [2, 3], [3, 1]]), (2, 1))  # only (3, 1): down
+    0.2
+    """
+    corner = corner_cell(grid)
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    cells = cells[~((cells[:, 0] == corner[0]) & (cells[:, 1] == corner[1]))]
+    shared = shortest_path_moves(grid, tuple(cheese), cells) & shortest_path_moves(grid, corner, cells)
+    return float(shared.any(axis=1).mean())

@@ -207,17 +207,47 @@ def check_seed(owner: str, seed: Any) -> int:
     return int(seed)
 
 
+def check_cheese(owner: str, cheese: Any) -> tuple[int, int] | None:
+    """Return ``cheese`` as a ``(row, col)`` tuple of ints (or None), else raise.
+
+    >>> check_cheese("MazeProbe", [1, np.int64(3)])
+    (1, 3)
+    """
+    if cheese is None:
+        return None
+    ok = isinstance(cheese, tuple | list) and len(cheese) == 2
+    if not ok or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0 for v in cheese):
+        raise TrajhookError(
+            f"{owner}: cheese {cheese!r} is not a (row, col) cell. "
+            "HINT: pass two non-negative ints, row 0 at the bottom, e.g. cheese=(1, 1) for the maze's bottom-left "
+            "cell of a 15x15 easy world."
+        )
+    return int(cheese[0]), int(cheese[1])
+
+
 def load_maze_level(
-    seed: int, distribution_mode: str = "hard", env: Any = None, render_options: dict[str, bool] | None = None
+    seed: int,
+    distribution_mode: str = "hard",
+    env: Any = None,
+    render_options: dict[str, bool] | None = None,
+    cheese: tuple[int, int] | None = None,
 ) -> MazeLevel:
-    """Build level ``seed`` with procgen and render the mouse on every free non-cheese cell."""
+    """Build level ``seed`` with procgen and render the mouse on every free non-cheese cell.
+
+    ``cheese=(row, col)`` first moves the cheese to that empty cell (:meth:`MazeState.with_cheese`), so
+    procgen draws it there and the probed cells are the level's other free cells.
+    """
     check_distribution_mode("load_maze_level", distribution_mode)
     check_seed("load_maze_level", seed)
     render_options = check_render_options("load_maze_level", render_options)
+    cheese = check_cheese("load_maze_level", cheese)
     own = env is None
     env = make_maze_env(int(seed), distribution_mode, render_options=render_options) if own else env
     try:
         state = parse_maze_state(env.callmethod("get_state")[0])
+        if cheese is not None:
+            env.callmethod("set_state", [state.with_cheese(*cheese)])
+            state = parse_maze_state(env.callmethod("get_state")[0])
         cells = state.free_cells(include_cheese=False)
         return MazeLevel(int(seed), distribution_mode, state, cells, render_cells(env, state, cells))
     finally:
@@ -290,6 +320,10 @@ class MazeProbe(Probe):
         render_options: procgen's drawing switches of the training environment
             (:data:`RENDER_OPTIONS`), e.g. ``{"use_monochrome_assets": True}``: the probe draws its
             frames as the policy was trained to see them. Stored in the probe's metadata.
+        cheese: ``(row, col)`` (row 0 at the bottom) of an empty cell to move the level's cheese to
+            before rendering, e.g. far from the top-right corner, so that the way to the cheese and the
+            way to the corner differ (:func:`trajhook.analysis.maze.goal_agreements`). procgen draws
+            it there; the cell the cheese left is probed like any other.
 
     A framework's callback may supply both (:meth:`adapt`): with
     :class:`trajhook.integrations.sb3.TrajectoryCallback`, a Stable-Baselines3 policy needs neither.
@@ -313,12 +347,14 @@ class MazeProbe(Probe):
         policy_fn: PolicyFn | None = None,
         track_stages: bool | StageTracker = False,
         render_options: dict[str, bool] | None = None,
+        cheese: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(name)
         self._preprocess_given = preprocess is not None
         self.seed = check_seed(f"MazeProbe {name!r}", seed)
         self.distribution_mode = check_distribution_mode(f"MazeProbe {name!r}", distribution_mode)
         self.render_options = check_render_options(f"MazeProbe {name!r}", render_options)
+        self.moved_cheese = check_cheese(f"MazeProbe {name!r}", cheese)
         if preprocess is None:
             preprocess = "float_nchw"
         if isinstance(preprocess, str):
@@ -395,7 +431,12 @@ class MazeProbe(Probe):
         """Render the level once (kept across setups) and cache the preprocessed batch on ``device``."""
         self._checked_finite = False  # each setup's first run checks again (a probe may be reused)
         if self.level is None:
-            self.level = load_maze_level(self.seed, self.distribution_mode, render_options=self.render_options)
+            try:
+                self.level = load_maze_level(
+                    self.seed, self.distribution_mode, render_options=self.render_options, cheese=self.moved_cheese
+                )
+            except TrajhookError as err:
+                raise TrajhookError(f"MazeProbe {self.name!r} (level {self.seed}): {err}") from err
         level = self.level
         n = len(level.cells)
         if self.policy_fn is None:
@@ -414,6 +455,7 @@ class MazeProbe(Probe):
             seed=self.seed,
             distribution_mode=self.distribution_mode,
             render_options=dict(self.render_options),
+            cheese_moved=self.moved_cheese is not None,
             maze_dim=state.maze_dim,
             world_dim=state.world_dim,
             procgen_version=procgen_version(),
@@ -471,5 +513,17 @@ class MazeProbe(Probe):
         vectors = directions_to_vectors(direction_probs)
         return {"action_probs": action_probs, "direction_probs": direction_probs, "vectors": vectors}
 
+    def agreements(self, direction_probs: Any) -> dict[str, float]:
+        """The share of cells whose strongest move heads for the cheese, and for the maze's top-right corner.
+
+        ``direction_probs`` is one record's ``(n, 5)`` (a tensor or an array); see
+        :func:`trajhook.analysis.maze.goal_agreements`.
+        """
+        from trajhook.analysis.maze import goal_agreements
+
+        probs = direction_probs.detach().float().cpu().numpy() if torch.is_tensor(direction_probs) else direction_probs
+        return goal_agreements(probs, self.grid, self.cells, self.cheese)
+
     def __repr__(self) -> str:
-        return f"MazeProbe(seed={self.seed}, distribution_mode={self.distribution_mode!r}, name={self.name!r})"
+        cheese = f", cheese={self.moved_cheese}" if self.moved_cheese is not None else ""
+        return f"MazeProbe(seed={self.seed}, distribution_mode={self.distribution_mode!r}, name={self.name!r}{cheese})"
