@@ -1,7 +1,8 @@
 """CleanRL-style single-file PPO on procgen's maze (after cleanrl's ``ppo_procgen.py``), plus one trajhook line.
 
-A real RL run, sized for a 2-core CPU and resumable, that trains a maze agent whose vector field
-on a held-out level learns to follow the maze's corridors. trajhook's part is the ``Recorder``
+A real RL run, sized for a 2-core CPU and resumable, in the seed's setting: procgen's own reward alone
+(10 at the cheese, times ``--reward-scale``; nothing that depends on the distance to the cheese) and the
+whole maze in view. trajhook's part is the ``Recorder``
 below and one line after each update, ``rec.maybe_record(agent, global_step, loss=...)`` (and one
 before training, for the initial weights): it logs the scalars, and at log-spaced env steps runs a
 MazeProbe (the mouse on every free cell of a fixed held-out level) and appends the action
@@ -20,8 +21,35 @@ trajhook store resumes with it (the Recorder's ``state_dict`` is in the checkpoi
 Recorder on the same path drops any row written after the checkpoint, so no ghost rows). A
 signal during a rollout drops the half-done rollout and saves the state at its start.
 
-**The choices, and why** (measured on this project's 2-core CPU sandbox, 2026-12-02). Each was
-tried because the run before it had not learned; ``README.md`` tells the whole story.
+**The defaults** (2026-12-07), each a choice the issue of record asked for or a lever NOTES.md lists:
+
+- *Procgen's reward alone* (``--shaping 0 --bump-penalty 0``). The earlier dense reward below was
+  +0.1 for exactly the shortest-path move and -0.1 for every other (procgen's mazes are trees): the
+  label the probe's agreement measures, so an agreement learned from it is no evidence.
+- *The whole maze in view* (``--canvas 128``): the frame is centred on the mouse on a 128x128 black
+  canvas, padding and not cropping, so every cell, the cheese included, stays in view; average-pooled
+  to 32x32. ``--canvas 64`` crops to about 7.5 cells around the mouse (the cheese out of view on 78 of
+  level 234's 126 cells).
+- *A reverse curriculum* (``--reverse-curriculum``): the mouse starts at most D steps from the cheese
+  (BFS), and D grows by one once 80% of at least 64 episodes since the last change found the cheese.
+  It changes where an episode starts, never which move is right; ``start_distance`` and
+  ``cheese_found`` are logged as scalars.
+- *gamma 0.99, GAE lambda 0.95* (cleanrl's): with a reward only at the cheese, 0.95 forgets it within
+  about 20 steps.
+- *Probes that tell the cheese from the corner*: ``maze``, held-out level 234 (126 cells, the cheese in
+  the top-right 5x5 region as in training; its way to the cheese and to the corner agree on 98% of
+  the cells) and ``maze_far``, held-out level 207 with the cheese moved to the maze's top-left cell
+  (``--far-probe 207 13 1``; the two ways differ on 54% of its cells). Each record logs both
+  agreements for each probe (``maze_cheese_agreement``, ``maze_corner_agreement``, ...).
+- *10 records per decade* of env steps to 1M, then every 100k: 12 records in the first 100k, so the
+  early phases (walls, then the way) fall between records, not inside one gap.
+
+The run with these defaults is in progress and has not learned yet (README.md, "PPO on the maze").
+
+**The earlier run's choices, and why** (measured on this project's 2-core CPU sandbox, 2026-12-02;
+its flags: ``--shaping 0.1 --bump-penalty 0.1 --gamma 0.95 --gae-lambda 0.9 --canvas 64
+--no-reverse-curriculum --probe-levels 234 5010 --far-probe``). Each was tried because the run before
+it had not learned; ``README.md`` tells the whole story.
 
 - *Easy mode* (15x15 world). Probe and training use the same ``distribution_mode``.
 - *The corner curriculum* (``--corner 5``). After every reset the cheese is moved to a random
