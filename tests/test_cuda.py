@@ -1,4 +1,6 @@
-"""The CUDA path: probes on the model's GPU, pinned non-blocking copies, CUDA RNG restored.
+"""The CUDA path: probes on the model's GPU, pinned non-blocking copies, CUDA RNG restored, and probes
+set up where the model runs (a loop that calls ``setup`` before ``.cuda()``; Lightning on one GPU, under
+``ddp`` with one process and under ``ModelParallelStrategy``).
 
 Skipped without a GPU (CI has none); run on a GPU machine with ``pytest tests/test_cuda.py``.
 """
@@ -110,3 +112,102 @@ def test_prompt_probe_in_bfloat16_on_cuda_matches_a_direct_float32_forward(tmp_p
                 lp = model(torch.tensor([full], device="cuda")).logits[0].float().log_softmax(-1).cpu()
             total = sum(float(lp[len(ids) - 1 + m, t]) for m, t in enumerate(names[target]))
             np.testing.assert_allclose(record["target_logprob"][0, p, k], total, atol=0.3)
+
+
+PROBE_X = torch.linspace(-1, 1, 32 * 16).reshape(32, 16)
+
+
+def test_a_loop_that_sets_up_before_cuda_records_on_the_gpu(tmp_path):
+    """The README's loop calls ``rec.setup(model)`` first; here the model moves to the GPU after it."""
+    torch.manual_seed(0)
+    model = mlp()
+    probe = TensorProbe("fixed", PROBE_X)
+    expected = {}
+    with Recorder(tmp_path / "run.h5", [probe], every_n_steps=3, wandb=False) as rec:
+        rec.setup(model)  # on the CPU
+        model.cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        for step in range(7):
+            if rec.maybe_record(model, step):  # step 0 sets the probe up again, on the GPU
+                model.eval()
+                with torch.no_grad():
+                    expected[step] = model(PROBE_X.cuda()).cpu().numpy()
+                model.train()
+            loss = model(torch.randn(64, 16, device="cuda")).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert probe.inputs.device == torch.device("cuda", 0)
+    log = load(tmp_path / "run.h5")
+    assert log.steps.tolist() == [0, 3, 6]
+    np.testing.assert_allclose(log["fixed"]["output"], np.stack([expected[s] for s in (0, 3, 6)]), rtol=1e-6)
+
+
+@pytest.fixture
+def no_process_group():
+    """Lightning's ``ddp`` and ``ModelParallelStrategy`` leave their process group behind: end it after the test."""
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ddp", "model_parallel"])
+def test_lightning_on_one_gpu_sets_the_probes_up_on_it(tmp_path, strategy, no_process_group):
+    """A fit on one GPU: the plain strategy, ``ddp`` with one process, ``ModelParallelStrategy`` (FSDP2
+    ``fully_shard`` in ``configure_model``, which runs after Lightning's ``setup`` hook). Each records from
+    the first step on, and the last record equals a forward of the trained model."""
+    pl = pytest.importorskip("pytorch_lightning")
+    from torch.distributed.fsdp import fully_shard
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trajhook.integrations.lightning import TrajectoryCallback
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def configure_model(self):
+            if strategy == "model_parallel":
+                fully_shard(self.net[0])
+                fully_shard(self.net[3])
+                fully_shard(self.net)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return self(batch[0]).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class Final(pl.Callback):
+        """The trained model's output on the probe's inputs, by hand, while the process group still exists."""
+
+        def on_train_end(self, trainer, pl_module):
+            pl_module.eval()
+            with torch.no_grad():
+                self.output = pl_module(PROBE_X.cuda()).float().cpu().numpy()
+            pl_module.train()
+
+    torch.manual_seed(0)
+    probe = TensorProbe("fixed", PROBE_X)
+    final = Final()
+    chosen = pl.strategies.ModelParallelStrategy() if strategy == "model_parallel" else strategy
+    data = DataLoader(TensorDataset(torch.randn(64, 16)), batch_size=8)
+    pl.Trainer(
+        accelerator="gpu",
+        devices=1,
+        strategy=chosen,
+        max_steps=4,
+        callbacks=[TrajectoryCallback(tmp_path / "run.h5", [probe], every_n_steps=2), final],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(Module(), data)
+    assert probe.inputs.device == torch.device("cuda", 0)
+    log = load(tmp_path / "run.h5")
+    assert log.steps.tolist() == [0, 2, 4]
+    np.testing.assert_allclose(log["fixed"]["output"][-1], final.output, rtol=1e-5, atol=1e-6)

@@ -176,6 +176,44 @@ def test_bad_probe_fails_before_the_first_training_step(tmp_path):
     assert model.losses == {}
 
 
+class PlacingStrategy(pl.strategies.SingleDeviceStrategy):
+    """Lightning's one-device strategy on the CPU, noting when it placed the model (as a GPU one moves it there)."""
+
+    def __init__(self, events):
+        super().__init__(device=torch.device("cpu"))
+        self.events = events
+
+    def model_to_device(self):
+        super().model_to_device()
+        self.events.append("model placed")
+
+
+def test_probes_are_set_up_after_the_strategy_placed_the_model_and_before_the_first_step(tmp_path):
+    events = []
+
+    class Noting(TensorProbe):
+        def setup(self, model, device):
+            events.append(f"probe set up on {device}")
+            super().setup(model, device)
+
+        def run(self, model):
+            events.append("probe run")
+            return super().run(model)
+
+    class Steps(Regressor):
+        def training_step(self, batch, batch_idx):
+            events.append("training step")
+            return super().training_step(batch, batch_idx)
+
+    cb = TrajectoryCallback(tmp_path / "run.h5", [Noting("fixed", PROBE_X)], every_n_steps=2)
+    trainer(tmp_path, [cb], max_steps=4, strategy=PlacingStrategy(events)).fit(Steps(), data())
+    assert events[:2] == ["model placed", "probe set up on cpu"]  # before: set up, run twice, then placed
+    assert events.count("model placed") == events.count("probe set up on cpu") == 1
+    first_step = events.index("training step")
+    assert events[1:first_step] == ["probe set up on cpu"] + ["probe run"] * 3  # setup's, its first run, step 0
+    assert load(tmp_path / "run.h5").steps.tolist() == [0, 2, 4]
+
+
 def test_constructor_checks_arguments(tmp_path):
     with pytest.raises(TrajhookError, match="every_n_steps=0"):
         TrajectoryCallback(tmp_path / "run.h5", [TensorProbe("p", PROBE_X)], every_n_steps=0)

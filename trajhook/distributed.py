@@ -26,7 +26,9 @@ The same ``Recorder`` line runs on every rank of a job (``torchrun``, Ray Train,
   ``reshard_after_forward=False``, and the root is never resharded after a forward).
 
 Outside ``torch.distributed`` (or before ``init_process_group``, where torchrun's ``RANK`` environment
-variable decides) every answer is that of a single process:
+variable decides) every answer is that of a single process, and trajhook imports none of
+``torch.distributed``'s FSDP or ``DTensor`` modules that the process did not import itself (seconds at
+the first record otherwise):
 
 >>> is_writer(), rank(), world_size(), engine(torch.nn.Linear(2, 2))
 (True, 0, 1, 'replicated')
@@ -40,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -150,21 +153,32 @@ def engine(model: torch.nn.Module) -> str:
     """
     if not torch.distributed.is_available() or not isinstance(model, torch.nn.Module):
         return "replicated"
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-    fsdp2 = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    _check_dtensors(model, fsdp2)
-    if fsdp2:
+    fsdp2, fsdp1 = _fsdp_classes()
+    fsdp2_modules = [m for m in model.modules() if isinstance(m, fsdp2)]
+    _check_dtensors(model, fsdp2_modules)
+    if fsdp2_modules:
         return "fsdp2"
-    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+    if any(isinstance(m, fsdp1) for m in model.modules()):
         return "fsdp1"
     if any(hasattr(p, "ds_id") and hasattr(p, "ds_status") for p in model.parameters()):
         return "zero3"  # DeepSpeed ZeRO-3 partitioned parameters (shape [0] outside a forward)
     return "replicated"
 
 
+def _fsdp_classes() -> tuple[type | tuple, type | tuple]:
+    """FSDP2's ``FSDPModule`` and FSDP1's ``FullyShardedDataParallel``; ``()`` each (matching nothing) where
+    FSDP was never imported, so no module can be one."""
+    if not _loaded("torch.distributed.fsdp"):
+        return (), ()
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return FSDPModule, FullyShardedDataParallel
+
+
 def _check_dtensors(model: torch.nn.Module, fsdp2: Sequence[torch.nn.Module]) -> None:
     """Every ``DTensor`` parameter must be FSDP2's: under an ``FSDPModule``, on dim 0 (HSDP: replicated first)."""
+    if not _loaded("torch.distributed.tensor"):
+        return  # no DTensor exists in this process
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
     managed = {id(p) for m in fsdp2 for p in m.parameters()}
@@ -184,6 +198,17 @@ def _check_dtensors(model: torch.nn.Module, fsdp2: Sequence[torch.nn.Module]) ->
             )
 
 
+def _loaded(module: str) -> bool:
+    """Whether this process imported ``module`` already: an object of its classes (an FSDP module, a
+    ``DTensor``) exists only once it is, so a process that never imported it has nothing to check there,
+    and does not pay seconds for the import (a single process's first record).
+
+    >>> _loaded("torch"), _loaded("trajhook.no_such_module")
+    (True, False)
+    """
+    return module in sys.modules
+
+
 def _names(mesh: Any) -> str:
     return f" {mesh.mesh_dim_names}" if mesh.mesh_dim_names else ""
 
@@ -199,7 +224,7 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 def reshard(model: torch.nn.Module) -> None:
     """Free the gathered parameters every FSDP2 module still holds after a no-grad forward (a local step)."""
-    if not torch.distributed.is_available():
+    if not torch.distributed.is_available() or not _loaded("torch.distributed.fsdp"):
         return
     from torch.distributed.fsdp import FSDPModule
 

@@ -27,6 +27,23 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def moved_to(now: torch.device, set_up_on: torch.device | None) -> torch.device | None:
+    """Where to set the probes up again before a record: ``now``, the model's device, if they were set up
+    on another one (``set_up_on``; None: not yet), else None.
+
+    Probes cache their inputs on the device they were set up on, so a model moved after setup (a loop
+    that calls ``rec.setup(model)`` before ``model.cuda()``, a framework placing it later) needs them
+    set up again there, once. Asked only when a record is due, never on a step that is not.
+
+    >>> cpu, gpu0, gpu1 = torch.device("cpu"), torch.device("cuda", 0), torch.device("cuda", 1)
+    >>> moved_to(cpu, cpu) is None, moved_to(gpu0, torch.device("cuda:0")) is None
+    (True, True)
+    >>> moved_to(gpu0, cpu), moved_to(gpu1, gpu0)  # model.cuda() after setup; a DDP rank's own GPU
+    (device(type='cuda', index=0), device(type='cuda', index=1))
+    """
+    return None if now == set_up_on else now
+
+
 @contextlib.contextmanager
 def probing(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode and no_grad inside; every module's train flag and all RNG states restored after.

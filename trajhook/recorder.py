@@ -42,6 +42,7 @@ from trajhook.probing import (
     attempt_at_step,
     checked_at_setup,
     model_device,
+    moved_to,
     nonfinite_at_setup,
     probing,
     start_copy_to_host,
@@ -154,6 +155,7 @@ class Recorder:
         self._last_steps = {"record": 0, "scalar": 0, "event": 0}
         self._last_recorded: int | None = None  # this session's last record
         self._setup_dtypes: dict[str, dict[str, torch.dtype]] = {}
+        self._probes_on: torch.device | None = None  # the device the probes were last set up on
         self._scalar_names: set[str] = set()  # names already checked
 
     # -- the public hooks -----------------------------------------------------------------------
@@ -162,8 +164,10 @@ class Recorder:
         """Set up every probe on the model's device, run each once, and open the store.
 
         Called by the first ``record``; call it yourself before training so that bad inputs
-        fail at once. Calling it again does nothing. Under ``torch.distributed`` only global rank
-        zero opens the store; see :mod:`trajhook.distributed` for which ranks run the probes.
+        fail at once. Calling it again does nothing. A model moved to another device later (e.g.
+        ``model.cuda()`` after this call) has its probes set up again there, once, at the next
+        record. Under ``torch.distributed`` only global rank zero opens the store; see
+        :mod:`trajhook.distributed` for which ranks run the probes.
         """
         if self._set_up:
             return
@@ -171,10 +175,12 @@ class Recorder:
         check_forward_context(self.forward_context)
         model = distributed.probe_target(model)
         self._writes = distributed.is_writer()
+        device = model_device(model)
         with probing(model), self.forward_context():  # every rank sets up the probes and runs its share
             records = distributed.run_probes(
-                model, self.probes, attempt_at_setup, checked_at_setup, setup_device=model_device(model)
+                model, self.probes, attempt_at_setup, checked_at_setup, setup_device=device
             )
+        self._probes_on = device
         setup_nonfinite, warned = {}, set()
         for probe in self.probes if records is not None else ():  # the writer's merged first records
             record = records[probe.name]
@@ -326,15 +332,21 @@ class Recorder:
 
         Returns probe name -> output name -> tensor (still on the device), each record checked against
         what its probe declared, on the rank that writes; None on the others. Every rank runs its share
-        of the work (:func:`trajhook.distributed.run_probes`); a failure on one raises on all.
+        of the work (:func:`trajhook.distributed.run_probes`); a failure on one raises on all. A model
+        that moved since the probes were set up has them set up again on its device first, once.
         """
+        moved = moved_to(model_device(model), self._probes_on)
         with probing(model), self.forward_context():
-            return distributed.run_probes(
+            records = distributed.run_probes(
                 model,
                 self.probes,
                 lambda probe, run: attempt_at_step(probe, run, step),
                 lambda probe, record: checked_record(probe, record, step, self._setup_dtypes.get(probe.name)),
+                setup_device=moved,
             )
+        if moved is not None:
+            self._probes_on = moved
+        return records
 
     def _recorded(self, step: int) -> None:
         """``step`` was recorded (or, on a rank that does not write, joined): the same cadence on every rank."""

@@ -76,7 +76,8 @@ class TrajectoryCallback(_callback_base(), RecordingCallback):
     scalar ``loss`` once per optimizer step, at the step whose weights computed it (the step the
     record of those weights carries, and the step Lightning's own loggers use). Writes on global
     rank zero only, runs the probes under the trainer's precision context, and resumes with the
-    trainer's checkpoint.
+    trainer's checkpoint. The probes are set up at ``on_fit_start``, once the strategy has placed
+    the model on its device (and wrapped or sharded it), before the sanity check and the first step.
     Accepted by ``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` alike. Under
     ``ModelParallelStrategy`` (``fully_shard``), ``FSDPStrategy`` and ``DeepSpeedStrategy`` stage 3
     every rank joins each probe forward (:mod:`trajhook.distributed` says which object it calls).
@@ -105,8 +106,8 @@ class TrajectoryCallback(_callback_base(), RecordingCallback):
 
     # -- hooks: one line each ---------------------------------------------------------------------
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._setup(trainer, pl_module, stage)
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._open(trainer, distributed.probe_target(pl_module, trainer))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._record_start(distributed.probe_target(pl_module, trainer), trainer.global_step)
@@ -128,17 +129,23 @@ class TrajectoryCallback(_callback_base(), RecordingCallback):
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        """Open the Recorder with the trainer's precision context, W&B run and TensorBoard writer."""
-        if stage != "fit" or self.recorder is not None:
+    def _open(self, trainer: Any, model: Any) -> None:
+        """Open the Recorder with the trainer's precision context, W&B run and TensorBoard writer, and set the
+        probes up on ``model`` (what :func:`~trajhook.distributed.probe_target` calls), where the strategy placed it.
+
+        At ``on_fit_start``: after the strategy has moved, wrapped or sharded the model (``strategy.setup``;
+        Lightning's ``setup`` hook comes before it, and before ``configure_model``), and before the sanity
+        check and the first step, so bad inputs still fail before training. A sharding trajhook does not know
+        failed already, in :func:`~trajhook.distributed.probe_target`.
+        """
+        if self.recorder is not None:
             return  # every rank makes a Recorder: it knows which rank writes and which ranks probe
-        distributed.probe_target(pl_module, trainer)  # a sharding trajhook does not know fails here, before training
         extra: dict[str, Any] = {"forward_context": trainer.precision_plugin.forward_context}
         if self.recorder_kwargs.get("wandb", "auto") == "auto":
             extra["wandb"] = _wandb_logger_run(trainer) or "auto"
         if self.recorder_kwargs.get("tensorboard") is None:
             extra["tensorboard"] = _tensorboard_logger_writer(trainer)
-        self._open_recorder(**extra).setup(pl_module)  # runs every probe once: bad inputs fail before training
+        self._open_recorder(**extra).setup(model)  # runs every probe once: bad inputs fail before training
 
     def _on_batch_end(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
         """Once per optimizer step: the loss at the step whose weights computed it, then the record if due."""
