@@ -171,10 +171,7 @@ class Recorder:
         check_forward_context(self.forward_context)
         model = distributed.probe_target(model)
         self._writes = distributed.is_writer()
-        with probing(model), self.forward_context():  # every rank sets up the probes and runs its share
-            records = distributed.run_probes(
-                model, self.probes, attempt_at_setup, checked_at_setup, setup_device=model_device(model)
-            )
+        records = self._probe(model, attempt_at_setup, checked_at_setup, setup=True)  # every rank: its share
         setup_nonfinite, warned = {}, set()
         for probe in self.probes if records is not None else ():  # the writer's merged first records
             record = records[probe.name]
@@ -328,13 +325,19 @@ class Recorder:
         what its probe declared, on the rank that writes; None on the others. Every rank runs its share
         of the work (:func:`trajhook.distributed.run_probes`); a failure on one raises on all.
         """
+        return self._probe(
+            model,
+            lambda probe, run: attempt_at_step(probe, run, step),
+            lambda probe, record: checked_record(probe, record, step, self._setup_dtypes.get(probe.name)),
+        )
+
+    def _probe(self, model: Any, attempt: Any, check: Any, setup: bool = False) -> dict[str, dict] | None:
+        """Every probe on ``model`` under the probing guard (``setup``: set each up first), the work shared across
+        ranks: the checked records on the writer, None elsewhere. The one place a Recorder runs probes
+        (:class:`trajhook.replay.committer.Committer` commits records computed elsewhere instead)."""
         with probing(model), self.forward_context():
-            return distributed.run_probes(
-                model,
-                self.probes,
-                lambda probe, run: attempt_at_step(probe, run, step),
-                lambda probe, record: checked_record(probe, record, step, self._setup_dtypes.get(probe.name)),
-            )
+            device = model_device(model) if setup else None
+            return distributed.run_probes(model, self.probes, attempt, check, setup_device=device)
 
     def _recorded(self, step: int) -> None:
         """``step`` was recorded (or, on a rank that does not write, joined): the same cadence on every rank."""
