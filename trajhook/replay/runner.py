@@ -251,7 +251,8 @@ def replay(
         path: the store. An existing store is resumed: checkpoints at or before its last committed step are
             not replayed again (``overwrite=True`` starts over).
         model: what the weights load into (see :mod:`trajhook.replay.model`); None for a Hugging Face folder
-            with ``config.json`` or an SB3 zip.
+            with ``config.json`` or an SB3 zip. A module given is loaded into: it ends with the last
+            checkpoint's weights (``workers > 1``: each worker loads into its own copy).
         step: ``step(path) -> int`` for every checkpoint, instead of the step it records (HF ``global_step``,
             Lightning ``global_step``, SB3 ``num_timesteps``) or, for a torch file, the last number in its name.
         workers: processes that load and probe their share (spawned; ``model`` and ``probes`` must pickle, or
@@ -278,11 +279,13 @@ def replay(
     model_spec, probes_spec = model, probes
     probe_list = resolve_probes(probes)
     check_recorder_args(path, probe_list, 1)
-    if workers > 1:  # spawned workers rebuild both: check that they can before anything runs
+    items = inspect(expand(checkpoints), step)
+    spec = b""
+    if workers > 1:  # spawned workers rebuild both, as given now (before this process sets its probes up)
         _check_pickles(model_spec, "model", "--model pkg.module:make_model")
         _check_pickles(probes_spec, "probes", "--probes pkg.module:make_probes")
         _check_pickles(forward_context, "forward_context", "a module-level function")
-    items = inspect(expand(checkpoints), step)
+        spec = pickle.dumps((model_spec, probes_spec, items[0].source, items[0].path, forward_context))
     built = build_model(model_spec, items[0].source, items[0].path)
     items = check_headers(items, built)
     items = _due(items, schedule)
@@ -302,7 +305,6 @@ def replay(
                 for item, host, why in probed(built, probe_list, items, forward_context):
                     _commit(rec, result, item, host, why, bar)
             else:
-                spec = (model_spec, probes_spec, items[0].source, items[0].path, forward_context)
                 _replay_in_workers(rec, result, items, workers, spec, bar)
         finally:
             bar.close()
@@ -368,11 +370,11 @@ def _commit(rec: Committer, result: ReplayResult, item: Item, host: dict | None,
 # -- workers: processes on this machine -----------------------------------------------------------------------
 
 
-def _work(worker: int, spec: tuple, items: list[Item], results: Any, credit: Any, threads: int) -> None:
+def _work(worker: int, spec: bytes, items: list[Item], results: Any, credit: Any, threads: int) -> None:
     """One worker process: build the model and probes, then load, probe and send its share in step order."""
     try:
         torch.set_num_threads(threads)
-        model_spec, probes_spec, source, first, forward_context = spec
+        model_spec, probes_spec, source, first, forward_context = pickle.loads(spec)
         probes = resolve_probes(probes_spec)
         model = build_model(model_spec, source, first)
         prepare(model, probes)
@@ -388,7 +390,7 @@ def _work(worker: int, spec: tuple, items: list[Item], results: Any, credit: Any
 
 
 def _replay_in_workers(
-    rec: Committer, result: ReplayResult, items: list[Item], workers: int, spec: tuple, bar: Any
+    rec: Committer, result: ReplayResult, items: list[Item], workers: int, spec: bytes, bar: Any
 ) -> None:
     """Deal the series round-robin to ``workers`` spawned processes; commit their records in step order."""
     workers = min(workers, len(items))
