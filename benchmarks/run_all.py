@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_core
 import bench_maze
+import bench_replay
 import bench_store
 import bench_stream
 from timing import machine, print_figures
@@ -22,8 +23,10 @@ if __name__ == "__main__":
     figures = bench_core.main([])
     print("\n== bench_maze: MazeProbe, and the maze example with and without the callback ==")
     figures += bench_maze.main([])
+    print("\n== bench_replay: a checkpoint series replayed, against live recording and the per-cell way ==")
+    figures += bench_replay.main([])
     print("\n== bench_store: append, file size, growth while open, load against raw .npy ==")
     bench_store.main([])
     print("\n== bench_stream: memory and writer time per record against records (10,000), all live parts on ==")
     bench_stream.main([])
-    print_figures(f"All figures of bench_core and bench_maze. Machine: {named}", figures)
+    print_figures(f"All figures of bench_core, bench_maze and bench_replay. Machine: {named}", figures)
