@@ -84,6 +84,20 @@ def test_hf_trainer_checkpoints_replay_bit_identical(tmp_path):
     )
     assert result.recorded == [3, 6, 9]  # trainer_state.json's global_step
     assert_equal_at(live, out, [3, 6, 9])
+    # HF's logged losses travel in trainer_state.json: logged at the step whose weights computed them, as live
+    a, b = load(live).scalars["loss"], load(out).scalars["loss"]
+    assert b.steps.tolist() == a.steps.tolist() == list(range(9))
+    assert np.array_equal(a.values, b.values)
+    # resumed after checkpoint-3: the same records and losses, none dropped or doubled
+    resumed = tmp_path / "resumed.h5"
+    probes = [TensorProbe("fixed", PROBE_X)]
+    trajhook.replay(tmp_path / "out" / "checkpoint-3", probes, resumed, model=Regressor, wandb=False)
+    assert load(resumed).scalars["loss"].steps.tolist() == [0, 1, 2]
+    again = trajhook.replay(str(tmp_path / "out" / "checkpoint-*"), probes, resumed, model=Regressor, wandb=False)
+    assert again.already == [3] and again.resumed_after == 3 and again.recorded == [6, 9]
+    assert_equal_at(live, resumed, [3, 6, 9])
+    c = load(resumed).scalars["loss"]
+    assert c.steps.tolist() == list(range(9)) and np.array_equal(c.values, a.values)
 
 
 @pytest.mark.timeout(240)

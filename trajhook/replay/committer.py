@@ -37,12 +37,23 @@ class Committer(Recorder):
     must be set up (their outputs declared) in this process too: they give the schema.
     """
 
-    def __init__(self, path: Any, probes: Any, **kwargs: Any) -> None:
+    def __init__(self, path: Any, probes: Any, *, scalars_through: int = -1, **kwargs: Any) -> None:
         super().__init__(path, probes, 1, **kwargs)
+        self.scalars_through = scalars_through  # scalars at or before this step are in the store already
 
-    def commit(self, step: int, records: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        """Write ``records`` (probe name -> output name -> CPU tensor) at ``step``."""
-        self.record(Computed(records), step)
+    def commit(
+        self,
+        step: int,
+        records: Mapping[str, Mapping[str, torch.Tensor]],
+        scalars: Mapping[int, Mapping[str, float]] | None = None,
+    ) -> None:
+        """Write ``records`` (probe name -> output name -> CPU tensor) at ``step``, then the ``scalars``
+        (step -> name -> value) the checkpoint carries from after the last ones written up to ``step - 1``:
+        a loss logged at the step whose weights computed it, as the live callbacks log it."""
+        self.record(Computed(records), step)  # first: a resumed store's first write is this record, never before
+        for at in sorted(s for s in (scalars or {}) if self.scalars_through < s < step):
+            self.log_scalars(at, **scalars[at])  # type: ignore[index]
+        self.scalars_through = max(self.scalars_through, step - 1)
 
     def _probe(self, model: Any, attempt: Any, check: Any, setup: bool = False) -> dict[str, dict] | None:
         return {p.name: check(p, attempt(p, lambda p=p: dict(model.records[p.name]))) for p in self.probes}

@@ -63,6 +63,7 @@ class ReplayResult:
     path: Path
     recorded: list[int] = field(default_factory=list)
     already: list[int] = field(default_factory=list)  # committed before this replay: not replayed again
+    resumed_after: int | None = None  # the store's last committed step before this replay
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint, why) unreadable midway
 
     def summary(self) -> str:
@@ -298,7 +299,9 @@ def replay(
     prepare(built, probe_list)
     setup_probes(built, probe_list, forward_context)  # the schema; in-process, the probes the loop runs
     metadata = {"source": "replay", **dict(recorder_kwargs.pop("metadata", None) or {})}
-    with Committer(path, probe_list, metadata=metadata, forward_context=forward_context, **recorder_kwargs) as rec:
+    through = -1 if result.resumed_after is None else result.resumed_after - 1
+    kwargs = {"metadata": metadata, "forward_context": forward_context, "scalars_through": through, **recorder_kwargs}
+    with Committer(path, probe_list, **kwargs) as rec:
         bar = _bar(len(items), progress)
         try:
             if workers == 1:
@@ -343,7 +346,7 @@ def _not_committed(items: Sequence[Item], path: Any, recorder_kwargs: dict, resu
     last = _last_committed(path, recorder_kwargs)
     if last is None:
         return list(items)
-    result.already = [i.step for i in items if i.step <= last]
+    result.already, result.resumed_after = [i.step for i in items if i.step <= last], last
     return [i for i in items if i.step > last]
 
 
@@ -362,7 +365,7 @@ def _commit(rec: Committer, result: ReplayResult, item: Item, host: dict | None,
         )
         result.skipped.append((str(item.path), str(why)))
     else:
-        rec.commit(item.step, host)
+        rec.commit(item.step, host, item.source.scalars(item.path))
         result.recorded.append(item.step)
     bar.update(1)
 
@@ -467,7 +470,9 @@ def _replay_on_ranks(
         try:
             items = _not_committed(items, path, recorder_kwargs, result)
             metadata = {"source": "replay", **dict(recorder_kwargs.pop("metadata", None) or {})}
-            rec = Committer(path, probes, metadata=metadata, forward_context=forward_context, **recorder_kwargs)
+            through = -1 if result.resumed_after is None else result.resumed_after - 1
+            kwargs = {"metadata": metadata, "forward_context": forward_context, "scalars_through": through}
+            rec = Committer(path, probes, **kwargs, **recorder_kwargs)
         except TrajhookError as err:
             error = str(err)
     shared = [error, [i.index for i in items], result.already]

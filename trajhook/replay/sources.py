@@ -130,6 +130,10 @@ class Source:
         """The model the checkpoint describes itself, or None: then ``model=`` is needed."""
         return None
 
+    def scalars(self, path: Path) -> dict[int, dict[str, float]]:
+        """Scalars the checkpoint carries, by the step a live callback logs them at (HF: the loss)."""
+        return {}
+
     def __repr__(self) -> str:
         return self.name
 
@@ -152,6 +156,14 @@ class HFFolder(Source):
         if not state.is_file():
             return None
         return int(json.loads(state.read_text())["global_step"])
+
+    def scalars(self, path: Path) -> dict[int, dict[str, float]]:
+        """``log_history``'s losses at ``step - 1``, the step whose weights computed them (as the HF callback logs)."""
+        state = path / "trainer_state.json"
+        if not state.is_file():
+            return {}
+        rows = json.loads(state.read_text()).get("log_history", [])
+        return {int(r["step"]) - 1: {"loss": float(r["loss"])} for r in rows if "loss" in r and r.get("step", 0) > 0}
 
     def _files(self, path: Path) -> list[Path]:
         for name in HF_WEIGHTS:
