@@ -35,7 +35,17 @@ from trajhook.probes.base import Probe
 from trajhook.probing import attempt_at_setup, attempt_at_step, model_device, probing, start_copy_to_host
 from trajhook.replay.committer import Committer
 from trajhook.replay.model import build_model, load_into, load_object, model_header, prefix_for, tied_keys
-from trajhook.replay.sources import SUFFIXES, UNREADABLE, Source, close_peeked, header_of, identify, step_in_name
+from trajhook.replay.sources import (
+    HF_WEIGHTS,
+    SUFFIXES,
+    UNREADABLE,
+    Source,
+    close_peeked,
+    header_of,
+    identify,
+    sharded,
+    step_in_name,
+)
 from trajhook.schedule import as_schedule
 
 WINDOW = 4
@@ -105,8 +115,6 @@ def expand(checkpoints: Any) -> list[Path]:
 
 
 def _is_checkpoint_dir(path: Path) -> bool:
-    from trajhook.replay.sources import HF_WEIGHTS, sharded
-
     names = ("trainer_state.json", "config.json", *HF_WEIGHTS)
     return path.is_dir() and (any((path / n).exists() for n in names) or sharded(path) is not None)
 
