@@ -286,3 +286,28 @@ def test_torchrun_two_ranks_give_the_same_store(series, tmp_path):
     assert done == {0: 0, 1: 1}
     shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert shares[0]["recorded"] == [0, 5, 10, 15, 20] and shares[1]["recorded"] == []  # rank zero wrote them
+
+
+@pytest.mark.timeout(240)
+def test_ray_train_two_workers_give_the_same_store(series, tmp_path):
+    pytest.importorskip("ray.train")
+    script = Path(__file__).parent / "distributed" / "replay_ray.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="disabled")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(series / "ckpts"), str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=220)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"Ray Train hung:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-5000:]
+    assert_same_records(series / "live.h5", tmp_path / "ray.h5")
+    shares = [json.loads((tmp_path / f"ray_rank{r}.json").read_text())["recorded"] for r in (0, 1)]
+    assert shares == [[0, 5, 10, 15, 20], []]
