@@ -105,6 +105,37 @@ def test_plain_loop_in_train_procgen_pytorch_format_replays_bit_identical(series
         assert_same_records(series / "live.h5", other)
 
 
+def test_bare_prefixed_and_safetensors_files_step_function_and_every(series, tmp_path):
+    from safetensors.torch import save_file
+
+    live = load(series / "live.h5")
+    saved = {int(p.stem.split("_")[1]): torch.load(p)["model_state_dict"] for p in (series / "ckpts").glob("*.pth")}
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "named").mkdir()
+    for step, state in saved.items():
+        torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "bare" / f"ddp_{step}.pt")  # DDP's keys
+        save_file(dict(state), tmp_path / "bare" / f"st_{step + 1000}.safetensors")
+        torch.save(state, tmp_path / "named" / f"policy-{chr(97 + step // 5)}.pt")  # no number in the name
+    out = tmp_path / "bare.h5"
+    trajhook.replay(str(tmp_path / "bare" / "ddp_*.pt"), make_probes(), out, model=make_net, wandb=False)
+    assert_same_records(series / "live.h5", out)
+    out = tmp_path / "st.h5"
+    trajhook.replay(str(tmp_path / "bare" / "*.safetensors"), make_probes(), out, model=make_net, wandb=False)
+    assert load(out).steps.tolist() == [1000, 1005, 1010, 1015, 1020]
+    assert np.array_equal(load(out)["fixed"]["output"], live["fixed"]["output"])
+    out = tmp_path / "named.h5"
+
+    def letter_step(path):
+        return 5 * (ord(path.stem[-1]) - 97)
+
+    trajhook.replay(tmp_path / "named", make_probes(), out, model=make_net, step=letter_step, wandb=False)
+    assert_same_records(series / "live.h5", out)
+    out = tmp_path / "every.h5"
+    result = trajhook.replay(series / "ckpts", make_probes(), out, model=make_net, every_n_steps=10, wandb=False)
+    assert result.recorded == [0, 10, 20]
+    assert np.array_equal(load(out)["fixed"]["output"], live["fixed"]["output"][[0, 2, 4]])
+
+
 def test_import_layout_the_package_is_callable_as_the_function(series, tmp_path):
     import trajhook.replay.sources  # the subpackage imported first must not hide the function
     from trajhook.replay import ReplayResult, replay
