@@ -5,12 +5,15 @@ steps, replays the checkpoints into a second store, and compares every recorded 
 Stable-Baselines3 case is in ``test_replay_sb3.py`` (the maze side).
 """
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -202,6 +205,41 @@ def test_a_checkpoint_unreadable_midway_is_skipped_with_one_warning_and_listed(s
     live = load(series / "live.h5")
     assert log.steps.tolist() == [0, 5, 10]
     assert np.array_equal(log["fixed"]["output"], live["fixed"]["output"][:3])
+
+
+class Slow(TensorProbe):
+    """A TensorProbe that takes its time, so that a reader can look at the store mid-replay."""
+
+    def run(self, model):
+        time.sleep(0.3)
+        return super().run(model)
+
+
+def test_a_replay_in_progress_can_be_followed(series, tmp_path):
+    """Readers (load, serve's follower) see committed records while the replay still runs: the same SWMR store."""
+    out = tmp_path / "following.h5"
+    done = threading.Event()
+
+    def run():
+        try:
+            trajhook.replay(series / "ckpts", [Slow("fixed", PROBE_X)], out, model=make_net, flush_every_s=0.05)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    seen = []
+    while not done.is_set():
+        if out.exists():
+            with contextlib.suppress(TrajhookError):  # the file may still be being created
+                seen.append(load(out).steps.tolist())
+        time.sleep(0.05)
+    thread.join()
+    final = load(out).steps.tolist()
+    assert final == [0, 5, 10, 15, 20]
+    partial = [s for s in seen if 0 < len(s) < len(final)]
+    assert partial and all(s == final[: len(s)] for s in partial)  # whole records, in step order, while it ran
+    assert_same_records(series / "live.h5", out)
 
 
 # -- bad input, before any record ---------------------------------------------------------------------------------
