@@ -20,6 +20,7 @@ import os
 import pickle
 import queue
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class Item:
     source: Source
     step: int
     prefix: str = ""
-    header: dict = field(default_factory=dict, compare=False, repr=False)
+    header: int | None = None  # a hash of the names and shapes checked: a file replaced since is caught at read
 
 
 @dataclass
@@ -163,7 +164,7 @@ def check_headers(items: Sequence[Item], model: torch.nn.Module) -> list[Item]:
                 "truncated or still being written; remove it from the list or wait for it."
             ) from None
         prefix = prefix_for(header, expected, item.path, tied)
-        checked.append(Item(item.index, item.path, item.source, item.step, prefix, header))
+        checked.append(Item(item.index, item.path, item.source, item.step, prefix, header_hash(header)))
     close_peeked()
     return checked
 
@@ -194,9 +195,14 @@ def prepare(model: torch.nn.Module, probes: Sequence[Probe]) -> None:
 # -- the loop every worker runs -------------------------------------------------------------------------------
 
 
+def header_hash(header: dict) -> int:
+    """A fingerprint of names and shapes, the same in every process (``hash`` of a str is not)."""
+    return zlib.crc32(repr(sorted(header.items())).encode())
+
+
 def _read(item: Item) -> Any:
     state = item.source.read(item.path)
-    if item.header and header_of(state) != item.header:
+    if item.header is not None and header_hash(header_of(state)) != item.header:
         raise ValueError("its weights changed since they were checked")
     return state
 
@@ -306,10 +312,7 @@ def replay(
         return result
     prepare(built, probe_list)
     setup_probes(built, probe_list, forward_context)  # the schema; in-process, the probes the loop runs
-    metadata = {"source": "replay", **dict(recorder_kwargs.pop("metadata", None) or {})}
-    through = -1 if result.resumed_after is None else result.resumed_after - 1
-    kwargs = {"metadata": metadata, "forward_context": forward_context, "scalars_through": through, **recorder_kwargs}
-    with Committer(path, probe_list, **kwargs) as rec:
+    with _committer(path, probe_list, result, forward_context, recorder_kwargs) as rec:
         bar = _bar(len(items), progress)
         try:
             if workers == 1:
@@ -320,6 +323,18 @@ def replay(
         finally:
             bar.close()
     return result
+
+
+def _committer(
+    path: Any, probes: list[Probe], result: ReplayResult, forward_context: Callable, recorder_kwargs: dict
+) -> Committer:
+    """The one writer: the Recorder's pipeline, the store marked ``source: replay``, scalars after the resume."""
+    kwargs = dict(recorder_kwargs)
+    metadata = {"source": "replay", **dict(kwargs.pop("metadata", None) or {})}
+    through = -1 if result.resumed_after is None else result.resumed_after - 1
+    return Committer(
+        path, probes, metadata=metadata, forward_context=forward_context, scalars_through=through, **kwargs
+    )
 
 
 def _check_pickles(obj: Any, name: str, hint: str) -> None:
@@ -477,10 +492,7 @@ def _replay_on_ranks(
     if me == 0:
         try:
             items = _not_committed(items, path, recorder_kwargs, result)
-            metadata = {"source": "replay", **dict(recorder_kwargs.pop("metadata", None) or {})}
-            through = -1 if result.resumed_after is None else result.resumed_after - 1
-            kwargs = {"metadata": metadata, "forward_context": forward_context, "scalars_through": through}
-            rec = Committer(path, probes, **kwargs, **recorder_kwargs)
+            rec = _committer(path, probes, result, forward_context, recorder_kwargs)
         except TrajhookError as err:
             error = str(err)
     shared = [error, [i.index for i in items], result.already]
