@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_core
 import bench_maze
+import bench_replay
 import bench_setup
 import bench_store
 import bench_stream
@@ -25,8 +26,10 @@ if __name__ == "__main__":
     figures += bench_maze.main([])
     print("\n== bench_setup: setup to first record in a fresh process; the device check at a due record ==")
     figures += bench_setup.main([])
+    print("\n== bench_replay: a checkpoint series replayed, against live recording and the per-cell way ==")
+    figures += bench_replay.main([])
     print("\n== bench_store: append, file size, growth while open, load against raw .npy ==")
     bench_store.main([])
     print("\n== bench_stream: memory and writer time per record against records (10,000), all live parts on ==")
     bench_stream.main([])
-    print_figures(f"All figures of bench_core, bench_maze and bench_setup. Machine: {named}", figures)
+    print_figures(f"All figures of bench_core, bench_maze, bench_setup and bench_replay. Machine: {named}", figures)

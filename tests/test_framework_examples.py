@@ -230,6 +230,34 @@ def test_sb3_maze_small_records_at_env_timesteps(tmp_path):
     assert "held-out level 200" in stdout
 
 
+@pytest.mark.maze
+@pytest.mark.timeout(600)
+def test_replay_checkpoints_small_records_each_saved_policy(tmp_path):
+    pytest.importorskip("procgen")
+    import importlib.util
+
+    import torch
+
+    from trajhook.probes.maze import float_nchw, load_maze_level
+
+    stdout, out = run_example("replay_checkpoints.py", tmp_path, "--checkpoints", str(tmp_path / "ckpts"))
+    log = load(out, verify=True)
+    assert log.steps.tolist() == [0, 5, 10, 15, 20] and log.metadata["source"] == "replay"
+    # each record is its checkpoint's policy on the held-out level's frames, computed here without trajhook
+    spec = importlib.util.spec_from_file_location("replay_example", EXAMPLES / "replay_checkpoints.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # defines the classes; main() runs only as a script
+    frames = float_nchw(torch.from_numpy(load_maze_level(1, "easy").observations))
+    for i, step in enumerate(log.steps):
+        policy = example.Policy().eval()
+        policy.load_state_dict(torch.load(tmp_path / "ckpts" / f"model_{step}.pth")["model_state_dict"])
+        with torch.no_grad():
+            want = torch.softmax(policy(frames), dim=1).numpy()
+        np.testing.assert_allclose(log["maze"]["action_probs"][i], want, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(log["maze"]["action_probs"][0], log["maze"]["action_probs"][-1])
+    assert f"trajhook serve {out}" in stdout and "replayed 5 checkpoint(s)" in stdout
+
+
 @pytest.mark.timeout(600)
 def test_hf_trainer_prompts_small(tmp_path):
     pytest.importorskip("transformers")

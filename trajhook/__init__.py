@@ -51,13 +51,14 @@ __all__ = [
     "load",
     "log_spaced",
     "plots",
+    "replay",
     "show",
     "verify",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("plots", "analysis"):
+    if name in ("plots", "analysis", "replay"):  # trajhook.replay: the package, callable as the function
         return importlib.import_module(f"trajhook.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

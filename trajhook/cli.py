@@ -7,6 +7,7 @@ trajhook pca runs/a.h5 runs/b.h5 -o pca.png         per-token-loss (or maze fiel
 trajhook animate runs/maze.h5 -o maze.gif maze.mp4  the vector field over every recorded step
 trajhook report runs/a.h5 runs/b.h5 -o report.html  one offline HTML page, one step slider
 trajhook serve runs/a.h5 runs/b.h5                  a live page that follows the stores while they are written
+trajhook replay ckpts/*.pth -o replay.h5 --model m:make --probes m:probes   a checkpoint series into a store
 trajhook verify runs/maze.h5                        checks every value against its checksum (exit 1: damage)
 trajhook repair runs/maze.h5 [-o fixed.h5]          saves what a damaged store still holds
 
@@ -319,6 +320,33 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint files or folders, a folder of them, or a glob")
+    _add_out(parser, "the store, e.g. replay.h5 (an existing one is continued after its last step)")
+    parser.add_argument("--model", default=None, help="pkg.module:factory (default: what the checkpoint describes)")
+    parser.add_argument("--probes", required=True, help="pkg.module:make_probes, a function returning the probes")
+    parser.add_argument("--workers", type=int, default=1, help="processes loading and probing (default 1)")
+    parser.add_argument("--every", type=int, default=1, help="replay a checkpoint every N steps (default: each)")
+
+
+def _replay(args: argparse.Namespace) -> None:
+    from trajhook.replay import replay
+
+    result = replay(
+        args.checkpoints,
+        args.probes,
+        _out(args),
+        model=args.model,
+        workers=args.workers,
+        every_n_steps=args.every,
+        progress=True,
+        wandb=False,
+    )
+    print(result.summary())
+    for path, why in result.skipped:
+        print(f"skipped {path}: {why}")
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
 COMMANDS: list[Command] = [
     ("info", "summarize a store (also while it is being written)", _info_args, _info),
@@ -333,6 +361,7 @@ COMMANDS: list[Command] = [
         _serve_args,
         _serve,
     ),
+    ("replay", "record probes on a checkpoint series into a store, as a live run would have", _replay_args, _replay),
     ("verify", "check every committed value against its checksum; exit 1 if any is damaged", _verify_args, _verify),
     ("repair", "save the readable, intact committed rows of a damaged store into a new one", _repair_args, _repair),
 ]

@@ -175,12 +175,7 @@ class Recorder:
         check_forward_context(self.forward_context)
         model = distributed.probe_target(model)
         self._writes = distributed.is_writer()
-        device = model_device(model)
-        with probing(model), self.forward_context():  # every rank sets up the probes and runs its share
-            records = distributed.run_probes(
-                model, self.probes, attempt_at_setup, checked_at_setup, setup_device=device
-            )
-        self._probes_on = device
+        records = self._probe(model, attempt_at_setup, checked_at_setup, setup=True)  # every rank: its share
         setup_nonfinite, warned = {}, set()
         for probe in self.probes if records is not None else ():  # the writer's merged first records
             record = records[probe.name]
@@ -335,17 +330,22 @@ class Recorder:
         of the work (:func:`trajhook.distributed.run_probes`); a failure on one raises on all. A model
         that moved since the probes were set up has them set up again on its device first, once.
         """
-        moved = moved_to(model_device(model), self._probes_on)
+        return self._probe(
+            model,
+            lambda probe, run: attempt_at_step(probe, run, step),
+            lambda probe, record: checked_record(probe, record, step, self._setup_dtypes.get(probe.name)),
+        )
+
+    def _probe(self, model: Any, attempt: Any, check: Any, setup: bool = False) -> dict[str, dict] | None:
+        """Every probe on ``model`` under the probing guard, the work shared across ranks: the checked records on
+        the writer, None elsewhere. ``setup``: set each probe up first, on the model's device; otherwise a model
+        that moved since then has them set up again there, once. The one place a Recorder runs probes
+        (:class:`trajhook.replay.committer.Committer` commits records computed elsewhere instead)."""
+        device = model_device(model) if setup else moved_to(model_device(model), self._probes_on)
         with probing(model), self.forward_context():
-            records = distributed.run_probes(
-                model,
-                self.probes,
-                lambda probe, run: attempt_at_step(probe, run, step),
-                lambda probe, record: checked_record(probe, record, step, self._setup_dtypes.get(probe.name)),
-                setup_device=moved,
-            )
-        if moved is not None:
-            self._probes_on = moved
+            records = distributed.run_probes(model, self.probes, attempt, check, setup_device=device)
+        if device is not None:
+            self._probes_on = device
         return records
 
     def _recorded(self, step: int) -> None:
