@@ -169,13 +169,15 @@ class LazyArray:
 
     def _read(self, rows: slice | np.ndarray) -> np.ndarray:
         """Rows ``rows`` (a slice with a positive step, or ascending distinct indices) as a new array."""
-        count = len(range(rows.start, rows.stop, rows.step)) if isinstance(rows, slice) else len(rows)
-        out = np.empty((count, *self.shape[1:]), self.dtype)
+        index = np.arange(rows.start, rows.stop, rows.step) if isinstance(rows, slice) else rows
+        out = np.empty((len(index), *self.shape[1:]), self.dtype)
 
-        def read(file: h5py.File) -> np.ndarray:
+        def read(file: h5py.File) -> np.ndarray | None:
+            ds = file[self.name]
+            if len(index) and ds.shape[0] <= index[-1]:
+                return None  # trimmed since the load (a resume after a crash drops rows past the commit mark)
             if out.size == 0:
                 return out
-            ds = file[self.name]
             if isinstance(rows, slice):  # straight into the array: 4x faster than ds[...] on large reads
                 ds.read_direct(out, np.s_[rows.start : rows.stop : rows.step])
                 return out
@@ -184,8 +186,7 @@ class LazyArray:
                 ds.read_direct(out, np.s_[rows[first] : rows[last - 1] + 1], np.s_[first:last])
             return out
 
-        picked = np.arange(rows.start, rows.stop, rows.step) if isinstance(rows, slice) else rows
-        return self._log._read_rows(read, self.name, picked)
+        return self._log._read_rows(read, self.name, index)
 
 
 class ProbeLog(Mapping[str, LazyArray]):
@@ -351,14 +352,18 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
         with os.fdopen(os.dup(self._fd), "rb") as handle, h5py.File(handle, "r") as file:
             yield file
 
-    def _read_rows(self, read: Callable[[h5py.File], np.ndarray], name: str, index: np.ndarray) -> np.ndarray:
-        """Records ``index`` of dataset ``name``, read by ``read``. After a resume that dropped records
-        (a new generation), rows are given only where they still match the checksums read at load."""
+    def _read_rows(self, read: Callable[[h5py.File], np.ndarray | None], name: str, index: np.ndarray) -> np.ndarray:
+        """Records ``index`` of dataset ``name``, read by ``read`` (None: the dataset no longer has them).
+        After a resume that dropped records (a new generation), rows are given only where they still
+        match the checksums read at load."""
         rows, generation = self._in_file(read)
         if generation == self._generation:
+            if rows is None:
+                trimmed = ValueError(f"{name} has fewer rows than the {len(self.steps)} committed")
+                raise corrupt_error(self.path, trimmed)
             return rows
         column = self._record_columns.get(name)
-        if column is None:  # a store from before checksums (format < 3): nothing to tell kept rows by
+        if rows is None or column is None:  # gone, or a store from before checksums (format < 3)
             bad = index
         else:
             bad = index[row_checksums(rows) != self._record_checksums[index, column]]
