@@ -77,6 +77,8 @@ KEYS = [
     slice(5, 5),
     slice(-3, None),
     [4, 1, 1, -1],
+    [7, 5, 3, 5],  # evenly spaced once sorted: one strided read
+    np.array([2]),
     np.array([[0, 9], [3, 3]]),
     [],
     MASK,

@@ -164,7 +164,7 @@ class LazyArray:
                     bad = index.min() if index.min() < -n else index.max()
                     raise IndexError(f"index {bad} is out of bounds for axis 0 with size {n}")
                 wanted, inverse = np.unique(index.ravel() % max(n, 1), return_inverse=True)
-                return self._read(wanted)[(inverse.reshape(index.shape), *rest)]
+                return self._read(_as_slice(wanted))[(inverse.reshape(index.shape), *rest)]
         return np.asarray(self)[key]  # Ellipsis, None, a mask of more than one axis: numpy decides
 
     def _read(self, rows: slice | np.ndarray) -> np.ndarray:
@@ -484,6 +484,18 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
     def __repr__(self) -> str:
         return f"TrajectoryLog({str(self.path)!r}: {len(self.steps)} records, probes {sorted(self._probes)})"
+
+
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """Ascending distinct indices as a slice where they are evenly spaced (one read), else as they are.
+
+    >>> _as_slice(np.array([3, 5, 7])), _as_slice(np.array([2])), _as_slice(np.array([1, 2, 4])).tolist()
+    (slice(3, 8, 2), slice(2, 3, 1), [1, 2, 4])
+    """
+    steps = np.diff(index)
+    if len(index) and (steps == (steps[0] if len(steps) else 1)).all():
+        return slice(int(index[0]), int(index[-1]) + 1, int(steps[0]) if len(steps) else 1)
+    return index
 
 
 def _same_file(path_or_fd: str | os.PathLike | int, held: os.stat_result) -> bool:
