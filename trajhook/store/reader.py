@@ -73,7 +73,9 @@ class LazyArray:
     (negative too), a slice (any step), an int or bool array along the first axis, followed by
     any index of the other axes. ``np.asarray(a)`` reads it whole, and every numpy function that
     takes an array-like (``np.mean(a)``, ``np.array_equal(a, b)``) does the same. It is not an
-    ndarray: methods and arithmetic work on what an index or ``np.asarray`` returned.
+    ndarray: methods and arithmetic work on what an index or ``np.asarray`` returned. Each index
+    opens the file for its read (a millisecond or so): read many records with one slice or index
+    array rather than one index at a time.
 
     >>> import tempfile, torch, trajhook
     >>> path = tempfile.mkdtemp() + "/run.h5"
