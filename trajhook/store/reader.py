@@ -267,9 +267,10 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
     (a Recorder in this process resumes the store in place, as if no log were open), and it keeps
     reading the file it loaded after the path was replaced (``overwrite=True``, a rebuild, a
     compaction), through the descriptor; that file's disk space is given back when the log is
-    closed. A resume that drops records after the load makes a read fail with a TrajhookError:
-    load the store again. ``log.close()``, or a ``with`` block, releases the descriptor at once;
-    garbage collection does it otherwise.
+    closed. After a resume that dropped records and wrote new ones in their place, reading a
+    rewritten record raises a TrajhookError (load the store again); the others still read, told
+    apart by their checksums. ``log.close()``, or a ``with`` block, releases the descriptor at
+    once; garbage collection does it otherwise.
     """
 
     def __init__(self, path: str | os.PathLike, verify: bool = False) -> None:
@@ -442,10 +443,12 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
         event_steps, labels = (rows(file["events"][key], counts[EVENTS]) for key in ("step", "label"))
         self.events = [Event(int(s), label.decode()) for s, label in zip(event_steps, labels, strict=True)]
         if verify:
-            self.damage = self._check(file, counts, {SCALARS: steps, EVENTS: event_steps})
+            self.damage = self._check(file, counts, {SCALARS: steps, EVENTS: event_steps}, checked)
         return _generation(counts)
 
-    def _check(self, file: h5py.File, counts: list[int], table_steps: dict[int, np.ndarray]) -> Damage:
+    def _check(
+        self, file: h5py.File, counts: list[int], table_steps: dict[int, np.ndarray], checked: Callable
+    ) -> Damage:
         """Compare every committed row with its stored checksum, a block of rows at a time."""
         if "checksums" not in file:
             return Damage(self.path, False, [], [], [], [])
@@ -454,15 +457,14 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
             stored = file["checksums"][table]
             columns = [file[name] for name in json.loads(stored.attrs["columns"])]
             count = counts[index]
-            expected = _rows(stored, 0, count)
+            expected = _rows(checked(stored, count), 0, count)
             row_bytes = sum(int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize for ds in columns)
             block = max(1, _BLOCK_BYTES // max(1, row_bytes))
-            found = [
-                start + damaged_rows([_rows(ds, start, min(start + block, count)) for ds in columns], part)
-                for start in range(0, count, block)
-                for part in [expected[start : start + block]]
-            ]
-            bad[index] = np.concatenate([np.zeros(0, np.int64), *found])
+            found = [np.zeros(0, np.int64)]
+            for start in range(0, count, block):
+                stop = min(start + block, count)
+                found.append(start + damaged_rows([_rows(ds, start, stop) for ds in columns], expected[start:stop]))
+            bad[index] = np.concatenate(found)
         return Damage(
             self.path,
             True,
