@@ -203,7 +203,7 @@ def bench_token_loss(
             f"bare forward {mb(memory_bare['bytes'])}; one micro-batch's float32 logits {mb(logits_bytes)}",
         )
     )
-    recorded = load(out / "lm.h5")["token_loss"]["token_loss"]
+    recorded = np.asarray(load(out / "lm.h5")["token_loss"]["token_loss"])
     sizes = {dtype: store_bytes_per_record(recorded.astype(dtype), out) for dtype in ("float32", "float16")}
     n_losses = recorded.shape[1]
     raw = f"raw {n_losses * 4 / 1e3:,.1f} / {n_losses * 2 / 1e3:,.1f} kB"

@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_core
+import bench_lazy
 import bench_maze
 import bench_replay
 import bench_setup
@@ -30,6 +31,10 @@ if __name__ == "__main__":
     figures += bench_replay.main([])
     print("\n== bench_store: append, file size, growth while open, load against raw .npy ==")
     bench_store.main([])
+    print("\n== bench_lazy: a 600 MB store opened and one record read, against reading it all and raw .npy ==")
+    figures += bench_lazy.main([])
     print("\n== bench_stream: memory and writer time per record against records (10,000), all live parts on ==")
     bench_stream.main([])
-    print_figures(f"All figures of bench_core, bench_maze, bench_setup and bench_replay. Machine: {named}", figures)
+    print_figures(
+        f"All figures of bench_core, bench_maze, bench_setup, bench_replay and bench_lazy. Machine: {named}", figures
+    )

@@ -243,7 +243,8 @@ def per_window(token_loss: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarra
     >>> per_window(np.arange(5.0), {"context": 3, "window_lengths": [3, 3, 2]}).tolist()
     [[0.0, 1.0], [2.0, 3.0], [4.0, nan]]
     """
-    flat = np.asarray(token_loss, dtype=np.float64 if np.asarray(token_loss).dtype == np.float64 else np.float32)
+    flat = np.asarray(token_loss)  # once: a loaded log's dataset is read from the file by each np.asarray
+    flat = flat if flat.dtype == np.float64 else flat.astype(np.float32)
     lengths = [int(n) - 1 for n in metadata["window_lengths"]]
     width = int(metadata["context"]) - 1
     if flat.shape[-1] != sum(lengths):

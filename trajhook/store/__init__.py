@@ -6,7 +6,8 @@ One module per concept:
 - :mod:`~trajhook.store.h5`: the h5py layer (SWMR opening, chunk shapes, appending, abandoning a file);
 - :mod:`~trajhook.store.lock`: one writer per store (``<store>.lock``);
 - :mod:`~trajhook.store.writer`: :class:`StoreWriter` (append, commit, resume, rebuild);
-- :mod:`~trajhook.store.reader`: :func:`load` and :class:`TrajectoryLog`, read under a seqlock;
+- :mod:`~trajhook.store.reader`: :func:`load`, :class:`TrajectoryLog` (read under a seqlock) and its
+  :class:`LazyArray` datasets, read when indexed;
 - :mod:`~trajhook.store.repair`: ``trajhook repair``, saving what a damaged store still holds.
 
 The format is documented in ``docs/FORMAT.md``. In short: every dataset is created before SWMR
@@ -63,7 +64,7 @@ from trajhook.store.h5 import (
     rows_inside_file,
 )
 from trajhook.store.lock import WriterLock, lock_path, writer_alive
-from trajhook.store.reader import Damage, Event, ProbeLog, Series, TrajectoryLog, _generation, load, verify
+from trajhook.store.reader import Damage, Event, LazyArray, ProbeLog, Series, TrajectoryLog, _generation, load, verify
 from trajhook.store.writer import StoreWriter, _write_probe_metadata, create_store, tables, warn_dropped
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "SCALAR_NAME_BYTES",
     "Damage",
     "Event",
+    "LazyArray",
     "ProbeLog",
     "Schema",
     "Series",

@@ -1,16 +1,21 @@
 """The reader: :func:`load` returns a :class:`TrajectoryLog`, a snapshot of the committed rows,
-read under a seqlock so that a concurrent resume never mixes two generations.
+read under a seqlock so that a concurrent resume never mixes two generations. The small tables
+(steps, scalars, events, metadata) are read at load; each probe output is a :class:`LazyArray`,
+read from the file when it is indexed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import operator
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -25,6 +30,7 @@ from trajhook.store.format import (
     TABLE_NAMES,
     damaged_rows,
     guess_kind,
+    row_checksums,
 )
 from trajhook.store.h5 import (
     _REOPEN_WINDOW_S,
@@ -35,6 +41,12 @@ from trajhook.store.h5 import (
     rows_inside_file,
 )
 from trajhook.store.lock import writer_alive
+
+T = TypeVar("T")
+# Rows read at a time by iteration and by verify=True: memory stays bounded whatever the store's size.
+_BLOCK_BYTES = 64 * 2**20
+# How often `load` reads again when a resume rewrites rows while it reads, before it gives up visibly.
+_SNAPSHOT_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -53,20 +65,146 @@ class Event:
     label: str
 
 
-class ProbeLog(Mapping[str, np.ndarray]):
-    """The recorded datasets of one probe: ``probe_log["vectors"]`` is an (N, ...) numpy array.
+class LazyArray:
+    """One probe output of a loaded store, ``(N, ...)``: read from the file when indexed.
+
+    ``N`` is the number of records committed when the store was loaded; rows a writer appends
+    later are not seen. An index reads only the rows it names, with numpy's meaning: an int
+    (negative too), a slice (any step), an int or bool array along the first axis, followed by
+    any index of the other axes. ``np.asarray(a)`` reads it whole, and every numpy function that
+    takes an array-like (``np.mean(a)``, ``np.array_equal(a, b)``) does the same. It is not an
+    ndarray: methods and arithmetic work on what an index or ``np.asarray`` returned. Each index
+    opens the file for its read (a millisecond or so): read many records with one slice or index
+    array rather than one index at a time.
+
+    >>> import tempfile, torch, trajhook
+    >>> path = tempfile.mkdtemp() + "/run.h5"
+    >>> model = torch.nn.Linear(2, 1).requires_grad_(False)
+    >>> _ = model.weight.zero_()
+    >>> with trajhook.Recorder(path, [trajhook.TensorProbe("lin", torch.ones(1, 2))], 1, wandb=False) as rec:
+    ...     for step in range(4):
+    ...         _ = model.bias.fill_(step)  # the output is the step
+    ...         rec.record(model, step)
+    >>> out = trajhook.load(path)["lin"]["output"]
+    >>> out
+    LazyArray('probes/lin/output', shape=(4, 1, 1), dtype=float32)
+    >>> out[-1, 0, 0].item(), out[::2, 0, 0].tolist(), out[[3, 0]].ravel().tolist(), len(out), out.ndim
+    (3.0, [0.0, 2.0], [3.0, 0.0], 4, 3)
+    >>> np.asarray(out).ravel().tolist(), float(np.mean(out))
+    ([0.0, 1.0, 2.0, 3.0], 1.5)
+    >>> out + 1
+    Traceback (most recent call last):
+    ...
+    TypeError: unsupported operand type(s) for +: 'LazyArray' and 'int'
+    """
+
+    def __init__(self, log: TrajectoryLog, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self._log = log
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyArray({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """The whole dataset, read straight into one new array (``copy`` is moot: it is always new)."""
+        whole = self._read(slice(0, len(self), 1))
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Row by row, read a block of rows at a time."""
+        rows = max(1, _BLOCK_BYTES // max(1, self.nbytes // max(1, len(self))))
+        for start in range(0, len(self), rows):
+            yield from self._read(slice(start, min(start + rows, len(self)), 1))
+
+    def __getitem__(self, key: Any) -> Any:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        n = len(self)
+        if isinstance(first, int | np.integer) and not isinstance(first, bool | np.bool_):
+            i = operator.index(first)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis 0 with size {n}")
+            i %= n
+            return self._read(slice(i, i + 1, 1))[(0, *rest)]
+        if isinstance(first, slice):
+            start, stop, step = first.indices(n)
+            if step > 0:
+                return self._read(slice(start, stop, step))[(slice(None), *rest)]
+            picked = range(start, stop, step)  # read in ascending order, then reverse
+            if not picked:
+                return self._read(slice(0, 0, 1))[(slice(None), *rest)]
+            return self._read(slice(picked[-1], picked[0] + 1, -step))[(slice(None, None, -1), *rest)]
+        if isinstance(first, list | np.ndarray):
+            index = np.asarray(first)
+            if index.dtype == bool and index.ndim == 1:
+                if len(index) != n:
+                    raise IndexError(
+                        f"boolean index did not match indexed array along axis 0; size of axis is {n} "
+                        f"but size of corresponding boolean axis is {len(index)}"
+                    )
+                index = np.flatnonzero(index)
+            if index.size == 0:
+                index = index.astype(np.intp)
+            if index.dtype.kind in "iu":
+                if index.size and not (-n <= index.min() and index.max() < n):
+                    bad = index.min() if index.min() < -n else index.max()
+                    raise IndexError(f"index {bad} is out of bounds for axis 0 with size {n}")
+                wanted, inverse = np.unique(index.ravel() % max(n, 1), return_inverse=True)
+                return self._read(_as_slice(wanted))[(inverse.reshape(index.shape), *rest)]
+        return np.asarray(self)[key]  # Ellipsis, None, a mask of more than one axis: numpy decides
+
+    def _read(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (a slice with a positive step, or ascending distinct indices) as a new array."""
+        index = np.arange(rows.start, rows.stop, rows.step) if isinstance(rows, slice) else rows
+        out = np.empty((len(index), *self.shape[1:]), self.dtype)
+
+        def read(file: h5py.File) -> np.ndarray | None:
+            ds = file[self.name]
+            if len(index) and ds.shape[0] <= index[-1]:
+                return None  # trimmed since the load (a resume after a crash drops rows past the commit mark)
+            if out.size == 0:
+                return out
+            if isinstance(rows, slice):  # straight into the array: 4x faster than ds[...] on large reads
+                ds.read_direct(out, np.s_[rows.start : rows.stop : rows.step])
+                return out
+            runs = np.flatnonzero(np.diff(rows) != 1) + 1  # one read per run of consecutive rows
+            for first, last in zip(np.r_[0, runs], np.r_[runs, len(rows)], strict=True):
+                ds.read_direct(out, np.s_[rows[first] : rows[last - 1] + 1], np.s_[first:last])
+            return out
+
+        return self._log._read_rows(read, self.name, index)
+
+
+class ProbeLog(Mapping[str, LazyArray]):
+    """The recorded datasets of one probe: ``probe_log["vectors"]`` is an (N, ...) :class:`LazyArray`.
 
     ``probe_log.kind`` says which probe wrote it (``"maze"``, ``"prompts"``, ``"token_loss"``,
     ``"tensor"`` or ``"custom"``): readers dispatch on it, never on output names.
     """
 
-    def __init__(self, name: str, data: dict[str, np.ndarray], metadata: dict[str, Any], kind: str = "custom") -> None:
+    def __init__(self, name: str, data: dict[str, LazyArray], metadata: dict[str, Any], kind: str = "custom") -> None:
         self.name = name
         self._data = data
         self.metadata = metadata
         self.kind = kind
 
-    def __getitem__(self, key: str) -> np.ndarray:
+    def __getitem__(self, key: str) -> LazyArray:
         try:
             return self._data[key]
         except KeyError:
@@ -118,102 +256,221 @@ class Damage:
 class TrajectoryLog(Mapping[str, ProbeLog]):
     """A read-only snapshot of a store: the committed rows at the time of :func:`load`.
 
-    ``log.steps`` and ``log.wall_time`` are (N,) arrays; ``log["maze"]["vectors"]`` is
-    (N, ...) with ``log["maze"].metadata``; ``log.scalars["loss"]`` is a :class:`Series`;
-    ``log.events`` a list of :class:`Event`; ``log.metadata`` the Recorder's metadata.
-    With ``verify=True``, ``log.damage`` is the :class:`Damage` its checksums reveal.
+    ``log.steps`` and ``log.wall_time`` are (N,) arrays; ``log["maze"]["vectors"]`` is an
+    (N, ...) :class:`LazyArray`, read when indexed, with ``log["maze"].metadata``;
+    ``log.scalars["loss"]`` is a :class:`Series`; ``log.events`` a list of :class:`Event`;
+    ``log.metadata`` the Recorder's metadata. With ``verify=True``, ``log.damage`` is the
+    :class:`Damage` its checksums reveal.
+
+    The log holds the store's file descriptor, not an HDF5 handle: each read opens the file for
+    just that read (by its path, as an SWMR reader). So a log never stands in the way of a writer
+    (a Recorder in this process resumes the store in place, as if no log were open), and it keeps
+    reading the file it loaded after the path was replaced (``overwrite=True``, a rebuild, a
+    compaction), through the descriptor; that file's disk space is given back when the log is
+    closed. After a resume that dropped records and wrote new ones in their place, reading a
+    rewritten record raises a TrajhookError (load the store again); the others still read, told
+    apart by their checksums. ``log.close()``, or a ``with`` block, releases the descriptor at
+    once; garbage collection does it otherwise.
     """
 
     def __init__(self, path: str | os.PathLike, verify: bool = False) -> None:
         self.path = Path(path)
-        self._verify = verify
         self.damage: Damage | None = None
+        self._hold_file()
+        self._generation = -1
+        try:
+            for _ in range(_SNAPSHOT_ATTEMPTS):  # a seqlock: read again if a resume rewrote rows meanwhile
+                generation, after = self._in_file(lambda file: self._read(file, verify))
+                if after == generation:
+                    self._generation = generation
+                    return
+            raise TrajhookError(
+                f"load: {str(path)!r} was rewritten {_SNAPSHOT_ATTEMPTS} times while it was read (a Recorder "
+                "resuming it from earlier steps, again and again), so no consistent snapshot could be read. "
+                "HINT: load it again once its writer runs on."
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the file, opened for each read ----------------------------------------------------------
+
+    def _in_file(self, read: Callable[[h5py.File], T]) -> tuple[T, int]:
+        """``read(file)`` on this log's file, opened for this read alone; returns its result and the
+        generation in ``committed`` after it."""
+        if not self._release.alive:
+            raise TrajhookError(
+                f"{str(self.path)!r}: this log was closed, so its records can no longer be read. "
+                "HINT: read them before close() or inside the `with` block, or load the store again."
+            )
         deadline = time.monotonic() + _REOPEN_WINDOW_S
         while True:
-            with open_for_reading(self.path) as file:
-                try:
-                    for _ in range(10):  # a seqlock: read again if a resume rewrote rows meanwhile
-                        generation = self._read(file)
-                        file["committed"].refresh()
-                        if _generation(file["committed"][:]) == generation:
-                            return
-                    return
-                except TrajhookError:
-                    raise
-                except CORRUPT_ERRORS as err:
-                    # Without its traceback: kept in this frame, the traceback (which leads back to this
-                    # frame) would make a reference cycle holding every frame of the failed read, and
-                    # the arrays and h5py objects in them, until the cyclic GC happens to run.
-                    error = err.with_traceback(None)
-            # A writer that reopens the store rewrites its metadata without SWMR ordering for a moment:
-            # while it is alive, open again and read again, for up to a few seconds.
+            try:
+                with self._opened() as file:
+                    result = read(file)
+                    committed = file["committed"]
+                    committed.refresh()
+                    return result, _generation(committed[:])
+            except TrajhookError:
+                raise
+            except CORRUPT_ERRORS as err:
+                # Without its traceback: kept in this frame, the traceback (which leads back to this
+                # frame) would make a reference cycle holding every frame of the failed read, and
+                # the arrays and h5py objects in them, until the cyclic GC happens to run.
+                error = err.with_traceback(None)
+            # A writer that reopens the store rewrites its metadata without SWMR ordering for a moment,
+            # or renames a rebuilt file into place: while it is alive, open again and read again, for up
+            # to a few seconds (while loading, the file the path names by then).
             if not (time.monotonic() < deadline and writer_alive(self.path)):
                 raise corrupt_error(self.path, error) from None
             time.sleep(0.02)
+            if self._generation < 0:
+                self._hold_file()
 
-    def _read(self, file: h5py.File) -> int:
-        """Read the committed rows; returns the generation they belong to."""
+    def _hold_file(self) -> None:
+        """Hold the file that the path names now: at load, and at each retry of the load."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise TrajhookError(f"load: no file at {str(self.path)!r}.") from None
+        except OSError as err:
+            raise TrajhookError(
+                f"load: cannot open {str(self.path)!r} ({err.strerror}). HINT: check the path and its permissions."
+            ) from None
+        if hasattr(self, "_release"):
+            self._release()
+        self._fd = fd
+        self._release = weakref.finalize(self, os.close, fd)
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[h5py.File]:
+        """The file this log loaded: by its path while the path names it (an SWMR reader, as a writer may
+        be appending), else through the log's descriptor (the file was replaced; no writer writes it)."""
+        held = os.fstat(self._fd)
+        if _same_file(self.path, held):
+            with open_for_reading(self.path) as file:
+                if _same_file(file.id.get_vfd_handle(), held):  # not replaced between the check and the open
+                    yield file
+                    return
+        with os.fdopen(os.dup(self._fd), "rb") as handle, h5py.File(handle, "r") as file:
+            yield file
+
+    def _read_rows(self, read: Callable[[h5py.File], np.ndarray | None], name: str, index: np.ndarray) -> np.ndarray:
+        """Records ``index`` of dataset ``name``, read by ``read`` (None: the dataset no longer has them).
+        After a resume that dropped records (a new generation), rows are given only where they still
+        match the checksums read at load."""
+        rows, generation = self._in_file(read)
+        if generation == self._generation:
+            if rows is None:
+                trimmed = ValueError(f"{name} has fewer rows than the {len(self.steps)} committed")
+                raise corrupt_error(self.path, trimmed)
+            return rows
+        column = self._record_columns.get(name)
+        if rows is None or column is None:  # gone, or a store from before checksums (format < 3)
+            bad = index
+        else:
+            bad = index[row_checksums(rows) != self._record_checksums[index, column]]
+        if len(bad) == 0:
+            return rows
+        raise TrajhookError(
+            f"{str(self.path)!r} was rewritten since it was loaded: a Recorder resumed it from an earlier step "
+            f"(generation {self._generation}, now {generation}) and the records at steps "
+            f"{self.steps[bad[:5]].tolist()}{'...' if len(bad) > 5 else ''} that this log read are gone. "
+            "HINT: load the store again."
+        )
+
+    def close(self) -> None:
+        """Release the store's file descriptor; reading a record afterwards raises a TrajhookError."""
+        self._release()
+
+    @property
+    def closed(self) -> bool:
+        return not self._release.alive
+
+    def __enter__(self) -> TrajectoryLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the snapshot ----------------------------------------------------------------------------
+
+    def _read(self, file: h5py.File, verify: bool) -> int:
+        """Read the small tables and the layout of the committed rows; returns their generation."""
         committed = file["committed"]
         committed.refresh()  # the counter first: every row it counts is already on disk
         counts = [int(c) for c in committed[:]]
         n = counts[RECORDS]
-        file_size = os.path.getsize(self.path)
+        file_size = os.fstat(self._fd).st_size
 
-        def rows(ds: h5py.Dataset, count: int) -> np.ndarray:
+        def checked(ds: h5py.Dataset, count: int) -> h5py.Dataset:
             ds.refresh()
             if ds.shape[0] < count:
                 raise ValueError(f"{ds.name} has {ds.shape[0]} rows, {count} were committed")
             inside = rows_inside_file(ds, count, file_size)
             if inside < count:
                 raise ValueError(f"{ds.name} rows from {inside} on lie past the end of the file: it was truncated")
-            out = np.empty((count, *ds.shape[1:]), ds.dtype)
-            if count:  # straight into the array: twice as fast as ds[:count] on large stores
-                ds.read_direct(out, np.s_[:count])
-            return out
+            return ds
+
+        def rows(ds: h5py.Dataset, count: int) -> np.ndarray:
+            return _rows(checked(ds, count), 0, count)
 
         self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in members(file.attrs)}
         self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
-        columns = {"steps": rows(file["steps"], n), "wall_time": rows(file["wall_time"], n)}
-        self.steps, self.wall_time = columns["steps"], columns["wall_time"]
+        self.steps, self.wall_time = rows(file["steps"], n), rows(file["wall_time"], n)
+        # The records' checksums (small: 4 bytes per dataset and record) tell which rows survive a resume.
+        self._record_columns: dict[str, int] = {}
+        self._record_checksums = np.zeros((n, 0), np.uint32)
+        if "checksums" in file:
+            stored = file["checksums"][TABLE_NAMES[RECORDS]]
+            self._record_columns = {c: i for i, c in enumerate(json.loads(stored.attrs["columns"]))}
+            self._record_checksums = rows(stored, n)
         self._probes = {}
         for name, group in members(file["probes"]):
             static = file["static"][name]
             meta = json.loads(static.attrs["metadata"])
             meta.update({k: ds[()] for k, ds in members(static)})
-            data = {key: rows(ds, n) for key, ds in members(group)}
-            columns.update({f"probes/{name}/{key}": value for key, value in data.items()})
+            data = {
+                key: LazyArray(self, checked(ds, n).name.lstrip("/"), (n, *ds.shape[1:]), ds.dtype)
+                for key, ds in members(group)
+            }
             kind = static.attrs.get("kind")
             kind = kind.decode() if isinstance(kind, bytes) else kind or guess_kind(list(data), meta)
             self._probes[name] = ProbeLog(name, data, meta, str(kind))
-        for table, keys in ((SCALAR_NAMES, ["names"]), (SCALARS, ["step", "key", "value"])):
-            columns.update({f"scalars/{key}": rows(file["scalars"][key], counts[table]) for key in keys})
-        columns.update({f"events/{key}": rows(file["events"][key], counts[EVENTS]) for key in ("step", "label")})
-        names = [b.decode() for b in columns["scalars/names"]]
-        steps, keys, values = columns["scalars/step"], columns["scalars/key"], columns["scalars/value"]
+        names = [b.decode() for b in rows(file["scalars"]["names"], counts[SCALAR_NAMES])]
+        steps, keys, values = (rows(file["scalars"][key], counts[SCALARS]) for key in ("step", "key", "value"))
         self.scalars = {name: Series(steps[keys == i], values[keys == i]) for i, name in enumerate(names)}
-        self.events = [
-            Event(int(s), label.decode())
-            for s, label in zip(columns["events/step"], columns["events/label"], strict=True)
-        ]
-        if self._verify:
-            self.damage = self._check(file, counts, columns, rows)
+        event_steps, labels = (rows(file["events"][key], counts[EVENTS]) for key in ("step", "label"))
+        self.events = [Event(int(s), label.decode()) for s, label in zip(event_steps, labels, strict=True)]
+        if verify:
+            self.damage = self._check(file, counts, {SCALARS: steps, EVENTS: event_steps}, checked)
         return _generation(counts)
 
-    def _check(self, file: h5py.File, counts: list[int], columns: dict[str, np.ndarray], rows: Any) -> Damage:
-        """Compare every committed row with its stored checksum."""
+    def _check(
+        self, file: h5py.File, counts: list[int], table_steps: dict[int, np.ndarray], checked: Callable
+    ) -> Damage:
+        """Compare every committed row with its stored checksum, a block of rows at a time."""
         if "checksums" not in file:
             return Damage(self.path, False, [], [], [], [])
         bad = {}
         for index, table in TABLE_NAMES.items():
-            ds = file["checksums"][table]
-            names = json.loads(ds.attrs["columns"])
-            bad[index] = damaged_rows([columns[c] for c in names], rows(ds, counts[index]))
+            stored = file["checksums"][table]
+            columns = [file[name] for name in json.loads(stored.attrs["columns"])]
+            count = counts[index]
+            expected = _rows(checked(stored, count), 0, count)
+            row_bytes = sum(int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize for ds in columns)
+            block = max(1, _BLOCK_BYTES // max(1, row_bytes))
+            found = [np.zeros(0, np.int64)]
+            for start in range(0, count, block):
+                stop = min(start + block, count)
+                found.append(start + damaged_rows([_rows(ds, start, stop) for ds in columns], expected[start:stop]))
+            bad[index] = np.concatenate(found)
         return Damage(
             self.path,
             True,
-            records=columns["steps"][bad[RECORDS]].tolist(),
-            scalars=columns["scalars/step"][bad[SCALARS]].tolist(),
-            events=columns["events/step"][bad[EVENTS]].tolist(),
+            records=self.steps[bad[RECORDS]].tolist(),
+            scalars=table_steps[SCALARS][bad[SCALARS]].tolist(),
+            events=table_steps[EVENTS][bad[EVENTS]].tolist(),
             scalar_names=bad[SCALAR_NAMES].tolist(),
         )
 
@@ -233,17 +490,49 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
         return f"TrajectoryLog({str(self.path)!r}: {len(self.steps)} records, probes {sorted(self._probes)})"
 
 
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """Ascending distinct indices as a slice where they are evenly spaced (one read), else as they are.
+
+    >>> _as_slice(np.array([3, 5, 7])), _as_slice(np.array([2])), _as_slice(np.array([1, 2, 4])).tolist()
+    (slice(3, 8, 2), slice(2, 3, 1), [1, 2, 4])
+    """
+    steps = np.diff(index)
+    if len(index) and (steps == (steps[0] if len(steps) else 1)).all():
+        return slice(int(index[0]), int(index[-1]) + 1, int(steps[0]) if len(steps) else 1)
+    return index
+
+
+def _same_file(path_or_fd: str | os.PathLike | int, held: os.stat_result) -> bool:
+    """Whether a path (or an open descriptor) is the file ``held`` describes."""
+    try:
+        now = os.stat(path_or_fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _rows(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    """Rows ``start..stop-1`` of a dataset, read straight into a new array (twice as fast as ``ds[a:b]``)."""
+    out = np.empty((stop - start, *ds.shape[1:]), ds.dtype)
+    if out.size:
+        ds.read_direct(out, np.s_[start:stop])
+    return out
+
+
 def _generation(committed: Sequence[int]) -> int:
     """The generation in a ``committed`` row; 0 for stores written before it existed."""
     return int(committed[GENERATION]) if len(committed) > GENERATION else 0
 
 
 def load(path: str | os.PathLike, verify: bool = False) -> TrajectoryLog:
-    """Read a trajhook store, also one that is still being written or whose writer crashed.
+    """Open a trajhook store, also one that is still being written or whose writer crashed.
 
-    ``verify=True`` also checks every committed row against its stored crc32 (format 3) and
-    raises a TrajhookError naming the steps of damaged rows; it costs a few times a plain load
-    (``benchmarks/bench_store.py``), so it is not the default.
+    It reads the steps, scalars, events and metadata at once; each probe output is a
+    :class:`LazyArray`, read when indexed (``log["maze"]["vectors"][-1]`` reads one record), so
+    opening costs the same whatever the store's size. ``verify=True`` also checks every committed
+    row against its stored crc32 (format 3) and raises a TrajhookError naming the steps of damaged
+    rows; it reads everything, a few times the cost of reading it whole (``benchmarks/bench_store.py``),
+    so it is not the default.
 
     >>> import tempfile, torch, trajhook
     >>> path = tempfile.mkdtemp() + "/run.h5"
@@ -255,10 +544,13 @@ def load(path: str | os.PathLike, verify: bool = False) -> TrajectoryLog:
     >>> log = trajhook.load(path)
     >>> log.steps.tolist(), log["linear"]["output"].shape, len(log.scalars["loss"].steps)
     ([0, 10, 20], (3, 1, 1), 25)
-    >>> load(path, verify=True).damage.summary()
-    'no damage found'
+    >>> with load(path, verify=True) as checked:
+    ...     checked.damage.summary(), checked["linear"]["output"][-1].shape
+    ('no damage found', (1, 1))
     """
     log = TrajectoryLog(path, verify=verify)
+    if log.damage is not None and (log.damage or not log.damage.checked):
+        log.close()  # refused below
     if log.damage is not None:
         if not log.damage.checked:
             raise TrajhookError(
@@ -286,6 +578,6 @@ def verify(path: str | os.PathLike) -> Damage:
     >>> damage.checked, bool(damage), damage.summary()
     (True, False, 'no damage found')
     """
-    damage = TrajectoryLog(path, verify=True).damage
-    assert damage is not None
-    return damage
+    with TrajectoryLog(path, verify=True) as log:
+        assert log.damage is not None
+        return log.damage
