@@ -11,10 +11,12 @@ next call (``on_error="raise"``), or warned about once (``"warn"``).
 from __future__ import annotations
 
 import errno
+import functools
 import queue
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,10 +49,12 @@ class Writer(threading.Thread):
         self.small: list[tuple[str, Any]] = []  # scalars and events: tiny, never block training
         self.small_lock = threading.Lock()
         self.drop_from_step: int | None = None
+        self.session_start: int | None = None  # this session's first step, until the writer has taken it
         self.error: BaseException | None = None
         self.nonfinite_warned: set[str] = set()
         self.setup_nonfinite: dict[str, dict[str, np.ndarray]] = {}  # e.g. NaN padding, by design
         self.stage_trackers: dict[str, Any] = {}  # probe name -> StageTracker (trajhook.analysis.online)
+        self._stage_events: set[tuple[int, str]] = set()  # (step, kind) of the stage events in the store
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -111,9 +115,13 @@ class Writer(threading.Thread):
         """Apply a pending resume drop, then write the scalars and events queued so far."""
         with self.small_lock:  # taken together, so a drop never falls after this session's own rows
             drop, self.drop_from_step = self.drop_from_step, None
+            start, self.session_start = self.session_start, None
             items, self.small = self.small, []
         if drop is not None:
-            warn_dropped(self.store.path, drop, self.store.drop_from(drop))
+            warn_dropped(self.store.path, drop, self.store.drop_from(drop, self._confirmed_from(drop)))
+        if start is not None:  # this session's first write: the rows before it are what it continues
+            self.store.start_session(start)
+            self._rebuild_trackers()
         for kind, payload in items:
             if kind == "scalars":
                 step, values = payload
@@ -148,15 +156,59 @@ class Writer(threading.Thread):
     def _track_stages(self, step: int, arrays: dict) -> None:
         """Feed the opted-in probes' stage trackers; an event they confirm goes to the store and the sinks."""
         for probe, tracker in list(self.stage_trackers.items()):
-            try:
-                found = tracker.update(step, arrays[probe][tracker.output])
-            except Exception as err:  # a tracker never stops the writer: the store stays complete
-                del self.stage_trackers[probe]
-                warnings.warn(f"Recorder: the stage tracker of {probe!r} failed and is off: {err!r}", stacklevel=1)
-                continue
-            for at_step, label in found:
+            self._feed_tracker(probe, functools.partial(_update, tracker, step, arrays[probe]))
+
+    def _feed_tracker(self, probe: str, feed: Callable[[], list[tuple[int, str]]]) -> None:
+        """Run ``feed()`` (a tracker's update or replay) and write the events it confirms, each once.
+
+        An event already in the store (the same kind at the same step: a resumed session's tracker
+        finds again what the session before it found) is not written twice.
+        """
+        try:
+            found = feed()
+        except Exception as err:  # a tracker never stops the writer: the store stays complete
+            del self.stage_trackers[probe]
+            warnings.warn(f"Recorder: the stage tracker of {probe!r} failed and is off: {err!r}", stacklevel=1)
+            return
+        from trajhook.analysis.online import parse_label  # imported once a tracker has found something
+
+        for at_step, label in found:
+            key = (at_step, parse_label(label)[0])
+            if key not in self._stage_events:
+                self._stage_events.add(key)
                 self.store.add_event(at_step, label)
                 self.sinks.event(at_step, label)
+
+    def _rebuild_trackers(self) -> None:
+        """At a session's first write, rebuild every stage tracker from the committed records before it.
+
+        A resumed session's trackers then hold what they would had the run gone straight through
+        (within each tracker's thinning, which decides which stored records are read), so they
+        report the same events at the same steps. Runs on this thread, before the session's first row.
+        """
+        if not self.stage_trackers or self.store.failed:
+            return
+        from trajhook.analysis.online import parse_label
+
+        self._stage_events = {
+            (step, kind[0]) for step, label in self.store.committed_events() if (kind := parse_label(label))
+        }
+        steps = self.store.committed_steps()
+        for probe, tracker in list(self.stage_trackers.items()):
+            tracker.reset()  # a probe object reused by a new Recorder: start from the store, not from memory
+            read = functools.partial(self.store.committed_row, probe, tracker.output)
+            self._feed_tracker(probe, functools.partial(tracker.replay, steps, read))
+
+    def _confirmed_from(self, step: int) -> Any:
+        """Whether a stored event is a stage event confirmed at ``step`` or later (a resume drops it)."""
+
+        def confirmed_later(at_step: int, label: str) -> bool:
+            from trajhook.analysis.online import parse_label
+
+            parsed = parse_label(label)
+            return parsed is not None and parsed[1] >= step
+
+        return confirmed_later
 
     def put_small(self, kind: str, payload: Any) -> None:
         with self.small_lock:
@@ -191,9 +243,11 @@ class Writer(threading.Thread):
         self.raise_if_failed()  # a flush that failed never returns as if it had committed
 
     def drop_from(self, step: int) -> None:
-        """Before the next write, drop the rows an earlier, longer run left from ``step`` on (a resume)."""
-        if any(self.store.counts):
-            with self.small_lock:
+        """This session's first write is at ``step``: before it, drop the rows an earlier, longer run left from
+        ``step`` on (a resume), and rebuild the stage trackers from the rows before it."""
+        with self.small_lock:
+            self.session_start = int(step)
+            if any(self.store.counts):
                 self.drop_from_step = int(step)
 
     def finish(self) -> None:
@@ -213,6 +267,10 @@ class Writer(threading.Thread):
                 f"Recorder: writing {str(self.store.path)!r} failed: {type(err).__name__}: {err}. "
                 "Everything committed before is intact. HINT: check disk space and permissions."
             ) from err
+
+
+def _update(tracker: Any, step: int, outputs: dict[str, np.ndarray]) -> list[tuple[int, str]]:
+    return tracker.update(step, outputs[tracker.output])
 
 
 class FlushMarker:

@@ -32,6 +32,7 @@ from trajhook.store.h5 import (
     corrupt_error,
     members,
     open_for_reading,
+    read_sessions,
     rows_inside_file,
 )
 from trajhook.store.lock import writer_alive
@@ -120,7 +121,8 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
     ``log.steps`` and ``log.wall_time`` are (N,) arrays; ``log["maze"]["vectors"]`` is
     (N, ...) with ``log["maze"].metadata``; ``log.scalars["loss"]`` is a :class:`Series`;
-    ``log.events`` a list of :class:`Event`; ``log.metadata`` the Recorder's metadata.
+    ``log.events`` a list of :class:`Event`; ``log.metadata`` the first Recorder's metadata;
+    ``log.sessions`` a dict per Recorder session, oldest first (docs/FORMAT.md, "Sessions").
     With ``verify=True``, ``log.damage`` is the :class:`Damage` its checksums reveal.
     """
 
@@ -173,6 +175,7 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
         self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in members(file.attrs)}
         self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
+        self.sessions: list[dict[str, Any]] = read_sessions(file)  # each Recorder session, oldest first
         columns = {"steps": rows(file["steps"], n), "wall_time": rows(file["wall_time"], n)}
         self.steps, self.wall_time = columns["steps"], columns["wall_time"]
         self._probes = {}
