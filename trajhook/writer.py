@@ -199,12 +199,12 @@ class Writer(threading.Thread):
             read = functools.partial(self.store.committed_row, probe, tracker.output)
             self._feed_tracker(probe, functools.partial(tracker.replay, steps, read))
 
-    def _confirmed_from(self, step: int) -> Any:
+    @staticmethod
+    def _confirmed_from(step: int) -> Callable[[int, str], bool]:
         """Whether a stored event is a stage event confirmed at ``step`` or later (a resume drops it)."""
+        from trajhook.analysis.online import parse_label
 
         def confirmed_later(at_step: int, label: str) -> bool:
-            from trajhook.analysis.online import parse_label
-
             parsed = parse_label(label)
             return parsed is not None and parsed[1] >= step
 

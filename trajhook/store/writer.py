@@ -132,6 +132,20 @@ def tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Datase
             yield file["checksums"][name], counts[index]
 
 
+def add_session(file: h5py.File, row: bytes, first_step: int = -1) -> int:
+    """Append a session's row to ``/sessions`` (its first step: -1 until it writes); returns its index.
+
+    On a resumed store this runs in SWMR mode: appending to datasets that exist is what SWMR
+    allows, so the session is noted in the same crash-safe way as every row (a crash in between
+    leaves an empty row, which readers skip).
+    """
+    info = file["sessions/info"]
+    index = info.shape[0]
+    _append(file["sessions/first_step"], index, np.array([first_step], np.int64))
+    _append(info, index, np.array([row], f"S{SESSION_BYTES}"))
+    return index
+
+
 def _copy_sessions(old: h5py.File, new: h5py.File, counts: Sequence[int]) -> None:
     """Copy ``/sessions`` into a rebuilt store; a store from before sessions (format < 4) gets one row
     standing for the sessions that wrote it, at its first record's step."""
@@ -142,9 +156,8 @@ def _copy_sessions(old: h5py.File, new: h5py.File, counts: Sequence[int]) -> Non
             _append(new["sessions"][key], 0, rows[:n])
     elif counts[RECORDS] or counts[SCALARS] or counts[EVENTS]:
         first = int(old["steps"][0]) if counts[RECORDS] else -1
-        row = session_row({"unrecorded": "the sessions before trajhook recorded sessions (store format < 4)"})
-        _append(new["sessions/first_step"], 0, np.array([first], np.int64))
-        _append(new["sessions/info"], 0, np.array([row], f"S{SESSION_BYTES}"))
+        unrecorded = {"unrecorded": "the sessions before trajhook recorded sessions (format < 4)"}
+        add_session(new, session_row(unrecorded), first)
 
 
 def write_checksums(file: h5py.File, counts: Sequence[int]) -> None:
@@ -187,12 +200,15 @@ class StoreWriter:
             if resuming:
                 self.file = self._resume(probe_metadata)
             else:  # built aside and renamed into place: a crash while creating leaves no half-made store
-                self._create_aside(probe_metadata, metadata or {})
+                self._create_aside(probe_metadata, metadata or {}, session)
                 self.file = _open_swmr_writer(self.path)
             committed = [int(c) for c in self.file["committed"][:]]
             self.counts, self.generation = committed[:GENERATION], committed[GENERATION]
             self._scalar_names = [n.decode() for n in self.file["scalars/names"][: self.counts[SCALAR_NAMES]]]
-            self.session_index = None if session is None else self._add_session(session_row(session))
+            if resuming and session is not None:  # a new store has its first session's row already
+                self.session_index: int | None = add_session(self.file, session_row(session))
+            else:
+                self.session_index = None if session is None else 0
         except BaseException as err:
             if self.file is not None:
                 abandon(self.file)
@@ -241,12 +257,21 @@ class StoreWriter:
     ) -> h5py.File:
         return create_store(path, self.schema, probe_metadata, metadata, self.kinds)
 
-    def _create_aside(self, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]) -> None:
-        """Create the store as ``<name>.new`` and rename it over ``path``; a failure leaves no new file."""
+    def _create_aside(
+        self,
+        probe_metadata: Mapping[str, Mapping[str, Any]],
+        metadata: Mapping[str, Any],
+        session: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Create the store as ``<name>.new`` (with the first session's row) and rename it over ``path``;
+        a failure leaves no new file."""
         tmp = self.path.with_name(self.path.name + ".new")
         try:
             file = self._create(tmp, probe_metadata, metadata)
-            try:  # the first flush's chunks: a disk too small for them fails now, not at the first record
+            try:
+                if session is not None:
+                    add_session(file, session_row(session))
+                # the first flush's chunks: a disk too small for them fails now, not at the first record
                 first = sum(chunk_layout(ds)[1] for ds, _ in self._tables(file, [0] * GENERATION))
                 SpaceReserve(tmp).ensure(file, first)
             finally:
@@ -325,18 +350,6 @@ class StoreWriter:
     _tables = staticmethod(tables)
 
     # -- sessions -------------------------------------------------------------------------------
-
-    def _add_session(self, row: bytes) -> int:
-        """Append this session's row to ``/sessions`` (its first step unknown yet: -1); returns its index.
-
-        Appending to datasets that exist is what SWMR allows, so the session is written in the
-        same crash-safe way as every row: a crash in between leaves an empty row, which readers skip.
-        """
-        info, first_step = self.file["sessions/info"], self.file["sessions/first_step"]
-        index = info.shape[0]
-        _append(first_step, index, np.array([-1], np.int64))
-        _append(info, index, np.array([row], f"S{SESSION_BYTES}"))
-        return index
 
     def start_session(self, step: int) -> None:
         """Note this session's first step (its first write), in its ``/sessions`` row."""
