@@ -10,13 +10,14 @@ next call (``on_error="raise"``), or warned about once (``"warn"``).
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import queue
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,9 @@ class Writer(threading.Thread):
         self.setup_nonfinite: dict[str, dict[str, np.ndarray]] = {}  # e.g. NaN padding, by design
         self.stage_trackers: dict[str, Any] = {}  # probe name -> StageTracker (trajhook.analysis.online)
         self._stage_events: set[tuple[int, str]] = set()  # (step, kind) of the stage events in the store
+        # probe name -> its tracker's rebuild (the stored records, then the records that came meanwhile)
+        self._rebuilding: dict[str, Iterator[list[tuple[int, str]]]] = {}
+        self._waiting: dict[str, collections.deque] = {}  # probe name -> (step, outputs) fed after the rebuild
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -62,8 +66,9 @@ class Writer(threading.Thread):
         while True:
             item = None
             try:
-                try:
-                    item = self.records.get(timeout=max(0.0, min(0.2, next_flush - time.monotonic())))
+                try:  # while a tracker is rebuilt, do not wait: go on with the rebuild
+                    timeout = max(0.0, min(0.2, next_flush - time.monotonic()))
+                    item = self.records.get(block=not self._rebuilding, timeout=timeout)
                 except queue.Empty:
                     item = None
                 self._drain_small()
@@ -72,11 +77,14 @@ class Writer(threading.Thread):
                     item.done.set()
                 elif item is not None:
                     self._write_record(*item)
+                if self._rebuilding:
+                    self._go_on_rebuilding(REBUILD_SLICE_S)
                 if time.monotonic() >= next_flush:
                     self.store.flush()
                     next_flush = time.monotonic() + self.flush_every_s
                 if self._stopping.is_set() and self.records.empty():
                     self._drain_small()
+                    self._go_on_rebuilding(None)  # at close: to the end
                     self.store.flush()
                     return
             except BaseException as err:
@@ -156,7 +164,10 @@ class Writer(threading.Thread):
     def _track_stages(self, step: int, arrays: dict) -> None:
         """Feed the opted-in probes' stage trackers; an event they confirm goes to the store and the sinks."""
         for probe, tracker in list(self.stage_trackers.items()):
-            self._feed_tracker(probe, functools.partial(_update, tracker, step, arrays[probe]))
+            if probe in self._rebuilding:  # fed once the rebuild has caught up
+                self._waiting[probe].append((step, arrays[probe]))
+            else:
+                self._feed_tracker(probe, functools.partial(_update, tracker, step, arrays[probe]))
 
     def _feed_tracker(self, probe: str, feed: Callable[[], list[tuple[int, str]]]) -> None:
         """Run ``feed()`` (a tracker's update or replay) and write the events it confirms, each once.
@@ -180,11 +191,12 @@ class Writer(threading.Thread):
                 self.sinks.event(at_step, label)
 
     def _rebuild_trackers(self) -> None:
-        """At a session's first write, rebuild every stage tracker from the committed records before it.
+        """At a session's first write, start rebuilding every stage tracker from the committed records before it.
 
         A resumed session's trackers then hold what they would had the run gone straight through
         (within each tracker's thinning, which decides which stored records are read), so they
-        report the same events at the same steps. Runs on this thread, before the session's first row.
+        report the same events at the same steps. The rebuild runs on this thread a slice at a time
+        (:meth:`_go_on_rebuilding`), between the session's records, which wait for it.
         """
         if not self.stage_trackers or self.store.failed:
             return
@@ -194,10 +206,20 @@ class Writer(threading.Thread):
             (step, kind[0]) for step, label in self.store.committed_events() if (kind := parse_label(label))
         }
         steps = self.store.committed_steps()
-        for probe, tracker in list(self.stage_trackers.items()):
+        for probe, tracker in self.stage_trackers.items():
             tracker.reset()  # a probe object reused by a new Recorder: start from the store, not from memory
             read = functools.partial(self.store.committed_row, probe, tracker.output)
-            self._feed_tracker(probe, functools.partial(tracker.replay, steps, read))
+            self._waiting[probe] = collections.deque()
+            self._rebuilding[probe] = _rebuild(tracker, steps, read, self._waiting[probe])
+
+    def _go_on_rebuilding(self, budget_s: float | None) -> None:
+        """Go on with the trackers' rebuilds for about ``budget_s`` seconds (None: to the end)."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        for probe, rebuilding in list(self._rebuilding.items()):
+            done: list[bool] = []
+            self._feed_tracker(probe, functools.partial(_advance, rebuilding, deadline, done))
+            if done or probe not in self.stage_trackers:  # caught up (or failed and off)
+                del self._rebuilding[probe], self._waiting[probe]
 
     @staticmethod
     def _confirmed_from(step: int) -> Callable[[int, str], bool]:
@@ -269,8 +291,34 @@ class Writer(threading.Thread):
             ) from err
 
 
+REBUILD_SLICE_S = 0.05
+"""The longest the writer rebuilds trackers before it looks at the queue again."""
+
+
 def _update(tracker: Any, step: int, outputs: dict[str, np.ndarray]) -> list[tuple[int, str]]:
     return tracker.update(step, outputs[tracker.output])
+
+
+def _rebuild(
+    tracker: Any, steps: np.ndarray, read: Callable[[int], np.ndarray], waiting: collections.deque
+) -> Iterator[list[tuple[int, str]]]:
+    """A tracker's rebuild, one record at a time: the stored records, then those that came meanwhile."""
+    yield from tracker.replaying(steps, read)
+    while waiting:
+        yield _update(tracker, *waiting.popleft())
+
+
+def _advance(
+    rebuilding: Iterator[list[tuple[int, str]]], deadline: float | None, done: list[bool]
+) -> list[tuple[int, str]]:
+    """Run a rebuild until ``deadline`` (None: to its end); the events it found. Appends to ``done`` at the end."""
+    found = []
+    for events in rebuilding:
+        found += events
+        if deadline is not None and time.monotonic() >= deadline:
+            return found
+    done.append(True)
+    return found
 
 
 class FlushMarker:

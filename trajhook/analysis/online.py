@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -264,13 +264,19 @@ class StageTracker:
         >>> rebuilt.steps == live.steps, len(read)  # records 41, 43, ... were thinned out unread
         (True, 45)
         """
-        found = []
+        return [event for found in self.replaying(steps, read) for event in found]
+
+    def replaying(self, steps: Sequence[int], read: Callable[[int], np.ndarray]) -> Iterator[list[tuple[int, str]]]:
+        """:meth:`replay` one kept record at a time: yields the events each confirms (usually none).
+
+        The Recorder's writer thread rebuilds a resumed tracker this way, a slice at a time between
+        the records it writes, so that training never waits on the rebuild.
+        """
         for i, step in enumerate(steps):
             if self._kept.due():
-                found += self.update(int(step), read(i))
+                yield self.update(int(step), read(i))
             else:
                 self._kept.skip()
-        return found
 
     def _thinned(self, kept: np.ndarray) -> None:
         """The buffer dropped every other record: keep the per-record state of the ones left."""
