@@ -8,6 +8,7 @@ probe objects, as after a restart from a checkpoint.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from fake_maze import GridProbe, policy
 
 from trajhook import Recorder, load
 from trajhook.analysis.online import StageTracker
+from trajhook.store import RECORDS
 
 TURN = 400
 EVERY = 10
@@ -131,3 +133,32 @@ def test_replay_reads_only_the_records_the_tracker_keeps():
     replayed = rebuilt.replay(np.arange(300) * 5, lambda i: read.append(i) or records[i])
     assert replayed == events and rebuilt.steps == live.steps and rebuilt.n_records == 300
     assert len(read) < 300 and set(live.steps) <= {5 * i for i in read}  # every kept record was read, few others
+
+
+class SlowTracker(StageTracker):
+    """A default tracker that takes 0.1 s a record: its rebuild spans many of the writer's slices."""
+
+    def update(self, step, record):
+        time.sleep(0.1)
+        return super().update(step, record)
+
+
+@pytest.mark.timeout(300)
+def test_new_records_are_committed_while_the_tracker_is_rebuilt(tmp_path, straight):
+    """The writer rebuilds between the records it writes: they do not wait for the rebuild, and the
+    records that came meanwhile are fed after it, in order, to the same end."""
+    path = tmp_path / "run.h5"
+    session(path, 0, 300)
+    probe = GridProbe()
+    probe.stage_tracker = SlowTracker("vectors")
+    model = Turning()
+    with Recorder(path, [probe], every_n_steps=EVERY, wandb=False) as rec:
+        for step in range(300, 400, EVERY):
+            rec.maybe_record(model.at(step), step)
+        rec.flush()  # returns once the ten records are committed
+        assert rec._writer.store.counts[RECORDS] == 40
+        assert rec._writer._rebuilding  # 30 stored records at 0.1 s each: the rebuild is still going
+        for step in range(400, END, EVERY):
+            rec.maybe_record(model.at(step), step)
+    assert stage_events(path) == straight["default"][0]
+    assert probe.stage_tracker.steps == straight["default"][1]

@@ -164,8 +164,9 @@ class Writer(threading.Thread):
     def _track_stages(self, step: int, arrays: dict) -> None:
         """Feed the opted-in probes' stage trackers; an event they confirm goes to the store and the sinks."""
         for probe, tracker in list(self.stage_trackers.items()):
-            if probe in self._rebuilding:  # fed once the rebuild has caught up
-                self._waiting[probe].append((step, arrays[probe]))
+            if probe in self._rebuilding:  # fed once the rebuild has caught up: a copy of the output it follows
+                followed = {k: np.array(v) for k, v in arrays[probe].items() if k == tracker.output}
+                self._waiting[probe].append((step, followed))
             else:
                 self._feed_tracker(probe, functools.partial(_update, tracker, step, arrays[probe]))
 
