@@ -207,6 +207,9 @@ def test_ppo_procgen_maze_resumes_after_sigterm_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(log[probe]["action_probs"], ref[probe]["action_probs"])
     np.testing.assert_array_equal(log.scalars["start_distance"].values, ref.scalars["start_distance"].values)
     np.testing.assert_array_equal(log.scalars["loss"].values, ref.scalars["loss"].values)
+    assert [(e.step, e.label) for e in log.events] == [(e.step, e.label) for e in ref.events]  # stage events too
+    assert len(ref.sessions) == 1 and len(log.sessions) == 2  # each session noted, the resumed one from its step
+    assert log.sessions[0]["first_step"] == 0 and log.sessions[1]["first_step"] >= stopped_at
 
 
 @pytest.mark.maze

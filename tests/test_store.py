@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from trajhook import Recorder, TensorProbe, TrajhookError, load
-from trajhook.store import chunk_shape
+from trajhook.store import FORMAT_VERSION, chunk_shape
 
 
 class Step(nn.Module):
@@ -289,12 +289,14 @@ def test_a_resume_keeps_earlier_events_that_were_added_after_later_ones(store_pa
         for step in range(0, 31):
             rec.maybe_record(Step(), step)
         rec.mark(25, "LR drop")
-        rec._writer.put_small("event", (12, "candidate stage boundary (PCA turn; confirmed at step 30)"))
-    assert [(e.step, e.label[:6]) for e in load(store_path).events] == [(25, "LR dro"), (12, "candid")]
+        rec._writer.put_small("event", (12, "candidate stage boundary (PCA turn; confirmed at step 19)"))
+        rec._writer.put_small("event", (14, "candidate stage boundary (PCA turn; confirmed at step 30)"))
+    assert [(e.step, e.label[:6]) for e in load(store_path).events] == [(25, "LR dro"), (12, "candid"), (14, "candid")]
     with pytest.warns(UserWarning, match=r"dropped 2 record\(s\) at step >= 20"):
         run(store_path, range(20, 31))  # resume at 20: the mark at 25 goes, the event at 12 stays
     events = load(store_path).events
-    assert [(e.step, e.label) for e in events] == [(12, "candidate stage boundary (PCA turn; confirmed at step 30)")]
+    # the event at 14 goes too: the record that confirmed it (step 30) was dropped
+    assert [(e.step, e.label) for e in events] == [(12, "candidate stage boundary (PCA turn; confirmed at step 19)")]
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -316,10 +318,11 @@ def test_older_formats_load_and_a_resume_rebuilds_them_with_checksums(tmp_path, 
     np.testing.assert_array_equal(log["maze"]["vectors"], written["maze"]["vectors"])
     with pytest.raises(TrajhookError, match=rf"has no checksums \(trajhook format {version}; they came with format 3"):
         load(path, verify=True)
-    with Recorder(path, [GridProbe()], every_n_steps=5, wandb=False) as rec:  # a resume rebuilds it as format 3
+    with Recorder(path, [GridProbe()], every_n_steps=5, wandb=False) as rec:  # a resume rebuilds it as the current
         rec.record(policy(), 20)
     log = load(path, verify=True)
-    assert log.attrs["trajhook_format"] == 3 and log["maze"].kind == "maze"
+    assert log.attrs["trajhook_format"] == FORMAT_VERSION and log["maze"].kind == "maze"
+    assert [s["first_step"] for s in log.sessions] == [0, 20]  # the rebuild kept the sessions
     assert log.steps.tolist() == [0, 5, 10, 20]
     np.testing.assert_array_equal(log["maze"]["vectors"][:3], written["maze"]["vectors"])
     with h5py.File(path, "r") as f:  # the checksums are those of the stored bytes (docs/FORMAT.md)

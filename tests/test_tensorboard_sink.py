@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -191,3 +193,52 @@ def test_a_real_maze_probe_gets_its_vector_field_panel_by_its_kind(tmp_path):
     pixels = [iio.imread(io.BytesIO(im.encoded_image_string)) for im in images]
     assert all(p.ndim == 3 and min(p.shape[:2]) > 200 and p.std() > 10 for p in pixels)
     assert not np.array_equal(pixels[0], pixels[1])
+
+
+class SlowWriter:
+    """A real ``SummaryWriter`` that takes 2 ms a scalar, as a slow or busy disk would: the sink's queue fills."""
+
+    def __new__(cls, logdir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        class Slow(SummaryWriter):
+            def add_scalar(self, *args, **kwargs):
+                time.sleep(0.002)
+                super().add_scalar(*args, **kwargs)
+
+        return Slow(str(logdir))
+
+
+@pytest.mark.timeout(300)
+def test_what_the_sink_drops_is_counted_and_said_once_at_close(tmp_path):
+    """A full queue drops records, scalars and events; the one warning's counts are what TensorBoard never got."""
+    writer = SlowWriter(tmp_path / "tb")
+    sink = TensorBoardSink(writer=writer, max_queue=2, image_every_s=3600)
+    torch.manual_seed(0)
+    model = Both()
+    steps = 300
+    recorder = Recorder(tmp_path / "run.h5", probes(), every_n_steps=1, wandb=False, tensorboard=sink)
+    with pytest.warns(UserWarning) as caught, recorder as rec:
+        for step in range(steps):
+            if step % 50 == 0:
+                rec.mark(step, f"mark {step}")
+            rec.maybe_record(model, step, loss=1.0 / (step + 1))
+    writer.close()
+    messages = [str(w.message) for w in caught if "TensorBoard missed" in str(w.message)]
+    assert len(messages) == 1, [str(w.message) for w in caught]
+    acc = read(tmp_path / "tb")
+    got = {
+        "records": len(acc.Scalars("trajhook/prompts/abc/target0_c")),  # one point per record it received
+        "scalar logs": len(acc.Scalars("trajhook/loss")),
+        "events": len(acc.Tensors("trajhook/event/text_summary")),
+    }
+    sent = {"records": steps, "scalar logs": steps, "events": steps // 50}
+    said = {kind: 0 for kind in sent}
+    for missed, of, kind in re.findall(r"(\d+) of (\d+) (records|scalar logs|events)", messages[0]):
+        assert int(of) == sent[kind], messages[0]
+        said[kind] = int(missed)
+    assert said == {kind: sent[kind] - got[kind] for kind in sent}, (messages[0], got)
+    assert said["records"] > 0 and said["scalar logs"] > 0  # the slow writer did make the queue drop
+    assert "(its queue was full)" in messages[0] and "the HDF5 store has every record, scalar and event" in messages[0]
+    log = load(tmp_path / "run.h5")
+    assert len(log.steps) == steps and len(log.scalars["loss"].steps) == steps and len(log.events) == steps // 50

@@ -19,6 +19,7 @@ subcommand, write ``_<name>_args`` and ``_<name>`` and add one line to :data:`CO
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -36,11 +37,12 @@ def describe(log: TrajectoryLog) -> str:
     ...     for step in range(11):
     ...         recorded = rec.maybe_record(torch.nn.Linear(2, 1), step, loss=0.5)
     ...     rec.mark(8, "LR drop")
-    >>> print(describe(load(path)).split("\\n", 1)[1])
+    >>> print(describe(load(path)).split("\\n", 1)[1])  # doctest: +ELLIPSIS
     3 records, steps 0..10
     probe lin: output(3, 1, 1) float32
     scalar loss: 11 values, steps 0..10
     event at step 8: LR drop
+    session 1 from step 0: ... torch threads ..., trajhook 0.1.0, torch ...
     """
     lines = [f"{log.path} (trajhook format {log.attrs['trajhook_format']}, created {log.attrs['created']})"]
     steps = log.steps
@@ -52,7 +54,31 @@ def describe(log: TrajectoryLog) -> str:
         span = f", steps {series.steps[0]}..{series.steps[-1]}" if len(series.steps) else ""
         lines.append(f"scalar {name}: {len(series.values)} values{span}")
     lines.extend(f"event at step {e.step}: {e.label}" for e in log.events)
+    lines.extend(session_line(i, session) for i, session in enumerate(getattr(log, "sessions", []), 1))
     return "\n".join(lines)
+
+
+def session_line(number: int, session: dict[str, Any]) -> str:
+    """One Recorder session of ``log.sessions`` in a line: where it started, where it ran, from which code.
+
+    >>> session_line(2, {"first_step": 3000, "started": "2026-12-02T10:00:00+00:00", "host": "vm", "torch_threads": 2,
+    ...     "versions": {"trajhook": "0.1.0", "torch": "2.13.0"}, "git": {"commit": "0123456789ab", "dirty": True},
+    ...     "argv": ["train.py", "--lr", "0.1"]}).split(", ")
+    ['session 2 from step 3000: 2026-12-02T10:00:00+00:00 on vm', 'torch threads 2', 'trajhook 0.1.0', \
+'torch 2.13.0', 'git 0123456789ab (dirty): train.py --lr 0.1']
+    """
+    start = "wrote nothing" if session.get("first_step") is None else f"from step {session['first_step']}"
+    if "unrecorded" in session:
+        return f"session {number} {start}: {session['unrecorded']}"
+    parts = [f"{session.get('started', '?')} on {session.get('host', '?')}"]
+    parts.append(f"torch threads {session.get('torch_threads', '?')}")
+    parts += [f"{name} {version}" for name, version in (session.get("versions") or {}).items()]
+    git = session.get("git")
+    if git:
+        dirty = {True: " (dirty)", False: "", None: " (dirty: unknown)"}[git.get("dirty")]
+        parts.append(f"git {git.get('commit', '?')}{dirty}")
+    command = " ".join(shlex.quote(a) for a in session.get("argv", []))
+    return f"session {number} {start}: {', '.join(parts)}" + (f": {command}" if command else "")
 
 
 # -- choosing probes ---------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from trajhook.probing import (
     start_copy_to_host,
 )
 from trajhook.schedule import Schedule, as_schedule
+from trajhook.session import session_info
 from trajhook.sinks.base import Sink, SinkSet
 from trajhook.sinks.resolve import resolve_sinks
 from trajhook.store import EVENT_LABEL_BYTES, SCALAR_NAME_BYTES, StoreWriter
@@ -200,13 +201,16 @@ class Recorder:
             metadata=self.metadata,
             overwrite=self.overwrite,
             kinds={p.name: p.kind for p in self.probes},
+            session=session_info(self.metadata),  # this session's row of /sessions (trajhook.session)
         )
         self._sinks.open(self.probes, self.metadata)
         self._writer = Writer(store, self._sinks, self.flush_every_s, self.max_queue, self.on_error)
         self._writer.setup_nonfinite = setup_nonfinite
         self._writer.nonfinite_warned |= warned
         trackers = {p.name: p.stage_tracker for p in self.probes if getattr(p, "stage_tracker", None) is not None}
-        self._writer.stage_trackers = trackers  # opted in per probe (trajhook.analysis.online)
+        # opted in per probe (trajhook.analysis.online); rebuilt by the writer from the store's records
+        # before this session's first write, so a resumed run tracks as if it had gone straight through
+        self._writer.stage_trackers = trackers
         self._writer.start()
         self._set_up = True
         _open_recorders.add(self)

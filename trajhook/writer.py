@@ -10,11 +10,14 @@ next call (``on_error="raise"``), or warned about once (``"warn"``).
 
 from __future__ import annotations
 
+import collections
 import errno
+import functools
 import queue
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -47,10 +50,15 @@ class Writer(threading.Thread):
         self.small: list[tuple[str, Any]] = []  # scalars and events: tiny, never block training
         self.small_lock = threading.Lock()
         self.drop_from_step: int | None = None
+        self.session_start: int | None = None  # this session's first step, until the writer has taken it
         self.error: BaseException | None = None
         self.nonfinite_warned: set[str] = set()
         self.setup_nonfinite: dict[str, dict[str, np.ndarray]] = {}  # e.g. NaN padding, by design
         self.stage_trackers: dict[str, Any] = {}  # probe name -> StageTracker (trajhook.analysis.online)
+        self._stage_events: set[tuple[int, str]] = set()  # (step, kind) of the stage events in the store
+        # probe name -> its tracker's rebuild (the stored records, then the records that came meanwhile)
+        self._rebuilding: dict[str, Iterator[list[tuple[int, str]]]] = {}
+        self._waiting: dict[str, collections.deque] = {}  # probe name -> (step, outputs) fed after the rebuild
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -58,8 +66,9 @@ class Writer(threading.Thread):
         while True:
             item = None
             try:
-                try:
-                    item = self.records.get(timeout=max(0.0, min(0.2, next_flush - time.monotonic())))
+                try:  # while a tracker is rebuilt, do not wait: go on with the rebuild
+                    timeout = max(0.0, min(0.2, next_flush - time.monotonic()))
+                    item = self.records.get(block=not self._rebuilding, timeout=timeout)
                 except queue.Empty:
                     item = None
                 self._drain_small()
@@ -68,11 +77,14 @@ class Writer(threading.Thread):
                     item.done.set()
                 elif item is not None:
                     self._write_record(*item)
+                if self._rebuilding:
+                    self._go_on_rebuilding(REBUILD_SLICE_S)
                 if time.monotonic() >= next_flush:
                     self.store.flush()
                     next_flush = time.monotonic() + self.flush_every_s
                 if self._stopping.is_set() and self.records.empty():
                     self._drain_small()
+                    self._go_on_rebuilding(None)  # at close: to the end
                     self.store.flush()
                     return
             except BaseException as err:
@@ -111,9 +123,13 @@ class Writer(threading.Thread):
         """Apply a pending resume drop, then write the scalars and events queued so far."""
         with self.small_lock:  # taken together, so a drop never falls after this session's own rows
             drop, self.drop_from_step = self.drop_from_step, None
+            start, self.session_start = self.session_start, None
             items, self.small = self.small, []
         if drop is not None:
-            warn_dropped(self.store.path, drop, self.store.drop_from(drop))
+            warn_dropped(self.store.path, drop, self.store.drop_from(drop, self._confirmed_from(drop)))
+        if start is not None:  # this session's first write: the rows before it are what it continues
+            self.store.start_session(start)
+            self._rebuild_trackers()
         for kind, payload in items:
             if kind == "scalars":
                 step, values = payload
@@ -148,15 +164,74 @@ class Writer(threading.Thread):
     def _track_stages(self, step: int, arrays: dict) -> None:
         """Feed the opted-in probes' stage trackers; an event they confirm goes to the store and the sinks."""
         for probe, tracker in list(self.stage_trackers.items()):
-            try:
-                found = tracker.update(step, arrays[probe][tracker.output])
-            except Exception as err:  # a tracker never stops the writer: the store stays complete
-                del self.stage_trackers[probe]
-                warnings.warn(f"Recorder: the stage tracker of {probe!r} failed and is off: {err!r}", stacklevel=1)
-                continue
-            for at_step, label in found:
+            if probe in self._rebuilding:  # fed once the rebuild has caught up: a copy of the output it follows
+                followed = {k: np.array(v) for k, v in arrays[probe].items() if k == tracker.output}
+                self._waiting[probe].append((step, followed))
+            else:
+                self._feed_tracker(probe, functools.partial(_update, tracker, step, arrays[probe]))
+
+    def _feed_tracker(self, probe: str, feed: Callable[[], list[tuple[int, str]]]) -> None:
+        """Run ``feed()`` (a tracker's update or replay) and write the events it confirms, each once.
+
+        An event already in the store (the same kind at the same step: a resumed session's tracker
+        finds again what the session before it found) is not written twice.
+        """
+        try:
+            found = feed()
+        except Exception as err:  # a tracker never stops the writer: the store stays complete
+            del self.stage_trackers[probe]
+            warnings.warn(f"Recorder: the stage tracker of {probe!r} failed and is off: {err!r}", stacklevel=1)
+            return
+        from trajhook.analysis.online import parse_label  # imported once a tracker has found something
+
+        for at_step, label in found:
+            key = (at_step, parse_label(label)[0])
+            if key not in self._stage_events:
+                self._stage_events.add(key)
                 self.store.add_event(at_step, label)
                 self.sinks.event(at_step, label)
+
+    def _rebuild_trackers(self) -> None:
+        """At a session's first write, start rebuilding every stage tracker from the committed records before it.
+
+        A resumed session's trackers then hold what they would had the run gone straight through
+        (within each tracker's thinning, which decides which stored records are read), so they
+        report the same events at the same steps. The rebuild runs on this thread a slice at a time
+        (:meth:`_go_on_rebuilding`), between the session's records, which wait for it.
+        """
+        if not self.stage_trackers or self.store.failed:
+            return
+        from trajhook.analysis.online import parse_label
+
+        self._stage_events = {
+            (step, kind[0]) for step, label in self.store.committed_events() if (kind := parse_label(label))
+        }
+        steps = self.store.committed_steps()
+        for probe, tracker in self.stage_trackers.items():
+            tracker.reset()  # a probe object reused by a new Recorder: start from the store, not from memory
+            read = functools.partial(self.store.committed_row, probe, tracker.output)
+            self._waiting[probe] = collections.deque()
+            self._rebuilding[probe] = _rebuild(tracker, steps, read, self._waiting[probe])
+
+    def _go_on_rebuilding(self, budget_s: float | None) -> None:
+        """Go on with the trackers' rebuilds for about ``budget_s`` seconds (None: to the end)."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        for probe, rebuilding in list(self._rebuilding.items()):
+            done: list[bool] = []
+            self._feed_tracker(probe, functools.partial(_advance, rebuilding, deadline, done))
+            if done or probe not in self.stage_trackers:  # caught up (or failed and off)
+                del self._rebuilding[probe], self._waiting[probe]
+
+    @staticmethod
+    def _confirmed_from(step: int) -> Callable[[int, str], bool]:
+        """Whether a stored event is a stage event confirmed at ``step`` or later (a resume drops it)."""
+        from trajhook.analysis.online import parse_label
+
+        def confirmed_later(at_step: int, label: str) -> bool:
+            parsed = parse_label(label)
+            return parsed is not None and parsed[1] >= step
+
+        return confirmed_later
 
     def put_small(self, kind: str, payload: Any) -> None:
         with self.small_lock:
@@ -191,9 +266,11 @@ class Writer(threading.Thread):
         self.raise_if_failed()  # a flush that failed never returns as if it had committed
 
     def drop_from(self, step: int) -> None:
-        """Before the next write, drop the rows an earlier, longer run left from ``step`` on (a resume)."""
-        if any(self.store.counts):
-            with self.small_lock:
+        """This session's first write is at ``step``: before it, drop the rows an earlier, longer run left from
+        ``step`` on (a resume), and rebuild the stage trackers from the rows before it."""
+        with self.small_lock:
+            self.session_start = int(step)
+            if any(self.store.counts):
                 self.drop_from_step = int(step)
 
     def finish(self) -> None:
@@ -213,6 +290,36 @@ class Writer(threading.Thread):
                 f"Recorder: writing {str(self.store.path)!r} failed: {type(err).__name__}: {err}. "
                 "Everything committed before is intact. HINT: check disk space and permissions."
             ) from err
+
+
+REBUILD_SLICE_S = 0.05
+"""The longest the writer rebuilds trackers before it looks at the queue again."""
+
+
+def _update(tracker: Any, step: int, outputs: dict[str, np.ndarray]) -> list[tuple[int, str]]:
+    return tracker.update(step, outputs[tracker.output])
+
+
+def _rebuild(
+    tracker: Any, steps: np.ndarray, read: Callable[[int], np.ndarray], waiting: collections.deque
+) -> Iterator[list[tuple[int, str]]]:
+    """A tracker's rebuild, one record at a time: the stored records, then those that came meanwhile."""
+    yield from tracker.replaying(steps, read)
+    while waiting:
+        yield _update(tracker, *waiting.popleft())
+
+
+def _advance(
+    rebuilding: Iterator[list[tuple[int, str]]], deadline: float | None, done: list[bool]
+) -> list[tuple[int, str]]:
+    """Run a rebuild until ``deadline`` (None: to its end); the events it found. Appends to ``done`` at the end."""
+    found = []
+    for events in rebuilding:
+        found += events
+        if deadline is not None and time.monotonic() >= deadline:
+            return found
+    done.append(True)
+    return found
 
 
 class FlushMarker:

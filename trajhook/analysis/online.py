@@ -61,7 +61,8 @@ training thread; a probe opts in with ``track_stages=True`` (or a configured ``S
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,19 @@ def event_label(kind: str, confirmed_at: int) -> str:
     'candidate stage boundary (PCA turn; confirmed at step 440)'
     """
     return f"candidate stage boundary ({kind}; confirmed at step {confirmed_at})"
+
+
+_LABEL = re.compile(r"candidate stage boundary \((.+?); confirmed at step (\d+)\)")
+
+
+def parse_label(label: str) -> tuple[str, int] | None:
+    """``(kind, confirmed_at)`` of a stage event's label (:func:`event_label`); None for any other label.
+
+    >>> parse_label(event_label(ICL_DROP, 700)), parse_label("fine-tuning starts")
+    (('ICL drop', 700), None)
+    """
+    match = _LABEL.fullmatch(label)
+    return None if match is None else (match[1], int(match[2]))
 
 
 class StageTracker:
@@ -167,9 +181,14 @@ class StageTracker:
         self.min_records = min_records
         self.min_lag = min_lag
         self.min_explained = float(min_explained)
-        self.explained = 0.0  # the variance share of the components, at the last record
         self.reshape = reshape
         self.max_records = max_records
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every record and event, keeping the parameters: the state of a new tracker."""
+        max_records = self.max_records
+        self.explained = 0.0  # the variance share of the components, at the last record
         self._kept = Thinned(max_records)  # the records the analysis runs on
         self._width: int | None = None
         self._gram = np.zeros((max_records, max_records))  # of the kept records, top-left size x size
@@ -228,6 +247,36 @@ class StageTracker:
         found = self._pca_turn() + (self._icl_drop() if self.icl is not None else [])
         self.events += found
         return found
+
+    def replay(self, steps: Sequence[int], read: Callable[[int], np.ndarray]) -> list[tuple[int, str]]:
+        """Feed stored records, in order, as :meth:`update` would; returns the events they confirm.
+
+        ``read(i)`` gives the record at ``steps[i]``; it is called only for the records the tracker
+        keeps (its thinning), so rebuilding a tracker from a long store reads at most a few times
+        ``max_records`` records. A tracker fed this way is in the state it would be in had it been
+        fed every record live (:meth:`reset` it first to rebuild from scratch).
+
+        >>> records = np.random.default_rng(0).normal(size=(50, 3))
+        >>> live, rebuilt = StageTracker(max_records=40), StageTracker(max_records=40)
+        >>> _ = [live.update(s, r) for s, r in enumerate(records)]
+        >>> read = []
+        >>> _ = rebuilt.replay(range(50), lambda i: read.append(i) or records[i])
+        >>> rebuilt.steps == live.steps, len(read)  # records 41, 43, ... were thinned out unread
+        (True, 45)
+        """
+        return [event for found in self.replaying(steps, read) for event in found]
+
+    def replaying(self, steps: Sequence[int], read: Callable[[int], np.ndarray]) -> Iterator[list[tuple[int, str]]]:
+        """:meth:`replay` one kept record at a time: yields the events each confirms (usually none).
+
+        The Recorder's writer thread rebuilds a resumed tracker this way, a slice at a time between
+        the records it writes, so that training never waits on the rebuild.
+        """
+        for i, step in enumerate(steps):
+            if self._kept.due():
+                yield self.update(int(step), read(i))
+            else:
+                self._kept.skip()
 
     def _thinned(self, kept: np.ndarray) -> None:
         """The buffer dropped every other record: keep the per-record state of the ones left."""

@@ -4,7 +4,8 @@ The writer thread hands each record, scalar and event to a bounded queue and ret
 the service's thread makes every call. A failed call is retried with exponential backoff; the
 sink gives up only after ``give_up_after`` items in a row failed, or when one call hangs for
 longer than ``call_timeout_s``. ``close`` waits at most ``close_timeout_s``. Whatever the
-service missed is said once, at close, with the number of records: the HDF5 store has them all.
+service missed (dropped on a full queue, failed, given up, left behind at close) is counted, by
+kind, and said once, at close: the HDF5 store has it all.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
 from trajhook.sinks.base import Sink
 from trajhook.sinks.panels import EVENT_KEY, Panels, Render, key_part, panels_for
+
+KINDS = {"record": "records", "scalars": "scalar logs", "event": "events"}
+"""What a sink is handed, each counted when sent and when missed (a scalar log: one step's scalars)."""
 
 
 def _check_positive(owner: str, name: str, value: Any, integer: bool = False) -> None:
@@ -80,12 +84,12 @@ class ServiceSink(Sink):
         self.give_up_after = max(1, int(give_up_after))
         self.pca_every_n_records = int(pca_every_n_records)
         self.panels: list[Panels] = []
-        self.records_sent = 0  # records handed to this sink
-        self.records_missed = 0  # of those, the ones the service did not get
+        self.sent = dict.fromkeys(KINDS, 0)  # items handed to this sink: records, scalar logs, events
+        self.missed = dict.fromkeys(KINDS, 0)  # of those, the ones the service did not get
         self._queue: queue.Queue = queue.Queue(maxsize=int(max_queue))
         self._thread: threading.Thread | None = None
         self._busy_since: float | None = None  # when the running call started (None: idle)
-        self._busy_with_record = False
+        self._busy_with: str | None = None  # the kind of item of the running call
         self._failures_in_row = 0
         self._stopped_because: str | None = None  # set once the sink gives up
         self._last_error: BaseException | None = None
@@ -163,18 +167,30 @@ class ServiceSink(Sink):
         self._thread.start()
         self._put(("open", list(probes), dict(metadata)))
 
+    @property
+    def records_sent(self) -> int:
+        return self.sent["record"]
+
+    @property
+    def records_missed(self) -> int:
+        return self.missed["record"]
+
     def record(self, step: int, outputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-        if self._thread is None:
-            return  # off (e.g. W&B "auto" with no active run): nothing was meant to be sent
-        self.records_sent += 1
-        if not self._put(("record", step, outputs)):
-            self._miss()
+        self._send(("record", step, outputs))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        self._put(("scalars", step, dict(values)))
+        self._send(("scalars", step, dict(values)))
 
     def event(self, step: int, label: str) -> None:
-        self._put(("event", step, label))
+        self._send(("event", step, label))
+
+    def _send(self, item: tuple) -> None:
+        """Queue a record, scalars or an event for the service; count it, and count it missed if dropped."""
+        if self._thread is None:
+            return  # off (e.g. W&B "auto" with no active run): nothing was meant to be sent
+        self.sent[item[0]] += 1
+        if not self._put(item):
+            self._miss(item[0])
 
     def close(self) -> None:
         """Let the service take what is queued, waiting at most ``close_timeout_s``; then say what it missed."""
@@ -185,9 +201,11 @@ class ServiceSink(Sink):
                 self._queue.put(("close",), timeout=max(0.0, deadline - time.monotonic()))
             self._thread.join(max(0.0, deadline - time.monotonic()))
             left_behind = self._thread.is_alive()
-            if left_behind:  # what still waits is lost, and the record in a hung call
-                self._miss(sum(item[0] == "record" for item in list(self._queue.queue)))
-                self._miss(self._busy_since is not None and self._busy_with_record)
+            if left_behind:  # what still waits is lost, and the item in a hung call
+                for item in list(self._queue.queue):
+                    self._miss(item[0])
+                if self._busy_since is not None:
+                    self._miss(self._busy_with)
         self._thread = None
         self._report(left_behind)
 
@@ -214,33 +232,34 @@ class ServiceSink(Sink):
                 if self._stopped_because is None:
                     step, items = self._closing_items()
                     if items:
-                        self._call(self._service_write, (step, items), is_record=False)
-                    self._call(self._service_finish, (), is_record=False)
+                        self._call(self._service_write, (step, items))
+                    self._call(self._service_finish, ())
                 return
             if self._stopped_because is not None:
-                self._miss(kind == "record")
+                self._miss(kind)
                 continue
             if kind == "open":
-                if not self._call(self._service_open, args, is_record=False):
+                if not self._call(self._service_open, args):
                     err = self._last_error
                     self._stopped_because = f"it could not start ({type(err).__name__}: {err})"
             elif kind == "record":
                 step, outputs = args
                 items = self._record_items(step, outputs)
-                if items and not self._call(self._service_write, (step, items), is_record=True):
+                if items and not self._call(self._service_write, (step, items), "record"):
                     self._last_record_complete = False  # its images go again at close
             elif kind == "scalars":
                 step, values = args
                 items = {f"trajhook/{key_part(k, 80) or '_'}": float(v) for k, v in values.items()}
-                self._call(self._service_write, (step, items), is_record=False)
+                self._call(self._service_write, (step, items), "scalars")
             else:
                 step, label = args
-                self._call(self._service_write, (step, {EVENT_KEY: label}), is_record=False)
+                self._call(self._service_write, (step, {EVENT_KEY: label}), "event")
 
-    def _call(self, method: Any, args: tuple, is_record: bool) -> bool:
-        """One item, retried with backoff; counts what is missed and gives up after repeated failures."""
+    def _call(self, method: Any, args: tuple, kind: str | None = None) -> bool:
+        """One item (a record, scalars or an event: ``kind``; None for opening and closing), retried with
+        backoff; counts what is missed and gives up after repeated failures."""
         for attempt in range(self.max_retries + 1):
-            self._busy_with_record = is_record
+            self._busy_with = kind
             self._busy_since = time.monotonic()
             try:
                 method(*args)
@@ -252,7 +271,7 @@ class ServiceSink(Sink):
                 self._busy_since = None
             if attempt < self.max_retries:
                 time.sleep(self.retry_backoff_s * 2**attempt)
-        self._miss(is_record)
+        self._miss(kind)
         self._failures_in_row += 1
         if self._failures_in_row >= self.give_up_after and self._stopped_because is None:
             err = self._last_error
@@ -262,23 +281,27 @@ class ServiceSink(Sink):
             )
         return False
 
-    def _miss(self, n: int = 1) -> None:
-        with self._count_lock:
-            self.records_missed += int(n)
+    def _miss(self, kind: str | None) -> None:
+        """Count one item of ``kind`` missed (opening, closing and None are not counted)."""
+        if kind in self.missed:
+            with self._count_lock:
+                self.missed[kind] += 1
 
     def _report(self, left_behind: bool) -> None:
         """The one warning: how many records the service missed, and why."""
         reasons = []
         if self._stopped_because is not None:
             reasons.append(f"stopped sending because {self._stopped_because}")
-        elif self._last_error is not None and self.records_missed:
+        elif self._last_error is not None and any(self.missed.values()):
             reasons.append(f"last error {type(self._last_error).__name__}: {self._last_error}")
         if left_behind:
             reasons.append(f"it did not finish within close_timeout_s={self.close_timeout_s:g} s and was left behind")
-        if self.records_missed or reasons:
+        if any(self.missed.values()) or reasons:
+            also = [f"{self.missed[k]} of {self.sent[k]} {KINDS[k]}" for k in ("scalars", "event") if self.missed[k]]
             warnings.warn(
-                f"{type(self).__name__}: {self.service} missed {self.records_missed} of {self.records_sent} records"
-                f" ({'; '.join(reasons) or 'its queue was full'}). Training went on and the HDF5 store has every "
-                "record.",
+                f"{type(self).__name__}: {self.service} missed {self.missed['record']} of {self.sent['record']} "
+                f"records ({'; '.join(reasons) or 'its queue was full'})"
+                + (f", and {' and '.join(also)}" if also else "")
+                + ". Training went on and the HDF5 store has every record, scalar and event.",
                 stacklevel=3,
             )

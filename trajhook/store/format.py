@@ -17,7 +17,8 @@ import numpy as np
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import OutputSpec
 
-FORMAT_VERSION = 3  # 2: each probe group records its kind (attr 'kind'); 3: a crc32 per row (/checksums)
+# 2: each probe group records its kind (attr 'kind'); 3: a crc32 per row (/checksums); 4: /sessions
+FORMAT_VERSION = 4
 SCALAR_NAME_BYTES = 128
 EVENT_LABEL_BYTES = 256
 # Indices into the `committed` dataset: four row counts, then the generation, bumped by every
@@ -27,6 +28,10 @@ TABLE_NAMES = {RECORDS: "records", SCALARS: "scalars", EVENTS: "events", SCALAR_
 """The appendable tables, by their index in ``committed``; ``/checksums/<name>`` holds their row checksums."""
 KINDS = ("maze", "prompts", "token_loss", "tensor", "custom")
 """The probe kinds a store records (attr ``kind`` of ``static/<probe>``)."""
+
+SESSION_BYTES = 16384
+"""The most bytes of one session's JSON (a row of ``/sessions/info``); longer values are shortened."""
+SESSION_CHUNK_ROWS = 8
 
 Schema = dict[str, dict[str, OutputSpec]]
 """probe name -> output name -> spec."""
@@ -139,3 +144,57 @@ def damaged_rows(columns: Sequence[np.ndarray], stored: np.ndarray) -> np.ndarra
         return np.zeros(0, np.int64)
     computed = np.stack([row_checksums(c[:n]) for c in columns], axis=1)
     return np.flatnonzero((computed != np.asarray(stored).reshape(n, -1)).any(axis=1))
+
+
+def session_row(info: Mapping[str, Any], limit: int = SESSION_BYTES) -> bytes:
+    """One session's facts as the JSON bytes of a ``/sessions/info`` row, at most ``limit`` bytes.
+
+    Too long (a command line of thousands of arguments, large metadata), the longest strings are
+    cut to make it fit, each ending in ``"..."``; the keys always stay.
+
+    >>> session_row({"argv": ["train.py", "--lr", "0.1"], "torch_threads": 2})
+    b'{"argv": ["train.py", "--lr", "0.1"], "torch_threads": 2}'
+    >>> row = session_row({"argv": ["train.py"] + ["x" * 1000] * 40, "host": "vm"}, limit=2000)
+    >>> len(row) <= 2000, json.loads(row)["host"], json.loads(row)["argv"][1][-3:]
+    (True, 'vm', '...')
+    """
+    text = _dump_json(dict(info), "Recorder session")
+    cap = max(len(text), 16)
+    while len(text.encode()) > limit and cap > 16:
+        cap //= 2
+        text = _dump_json(_shorten(json.loads(text), cap), "Recorder session")
+    if len(text.encode()) > limit:  # still too long: the bare facts only
+        text = _dump_json({k: v for k, v in info.items() if isinstance(v, int | float | bool | None)}, "session")
+    return text.encode()
+
+
+def _shorten(value: Any, cap: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= cap else value[: cap - 3] + "..."
+    if isinstance(value, list):
+        return [_shorten(v, cap) for v in value]
+    if isinstance(value, dict):
+        return {k: _shorten(v, cap) for k, v in value.items()}
+    return value
+
+
+def parse_sessions(info: Sequence[bytes], first_step: Sequence[int]) -> list[dict[str, Any]]:
+    """The sessions from the rows of ``/sessions/info`` and ``/sessions/first_step``.
+
+    Each is the session's dict plus ``first_step``: the step of its first write, or None for a
+    session that wrote nothing. A row a crash left unwritten (empty) is skipped.
+
+    >>> parse_sessions([b'{"host": "vm"}', b"", b'{"host": "gpu1"}'], [0, -1, -1])
+    [{'host': 'vm', 'first_step': 0}, {'host': 'gpu1', 'first_step': None}]
+    """
+    sessions = []
+    for row, step in zip(info, first_step, strict=True):
+        text = bytes(row).rstrip(b"\0")
+        try:
+            session = json.loads(text) if text else None
+        except ValueError:
+            session = None
+        if isinstance(session, dict):
+            session["first_step"] = int(step) if int(step) >= 0 else None
+            sessions.append(session)
+    return sessions

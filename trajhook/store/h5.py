@@ -18,7 +18,7 @@ import numpy as np
 
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import OutputSpec
-from trajhook.store.format import FORMAT_VERSION, Schema
+from trajhook.store.format import FORMAT_VERSION, Schema, parse_sessions
 from trajhook.store.lock import writer_alive
 
 # Large chunks: `load` reads uncompressed chunks straight into its arrays, near raw .npy speed at
@@ -220,6 +220,17 @@ def read_schema(file: h5py.File) -> Schema:
     return schema
 
 
+def read_sessions(file: h5py.File) -> list[dict[str, Any]]:
+    """The Recorder sessions a store lists (``/sessions``, format 4), oldest first; [] before format 4."""
+    if "sessions" not in file:
+        return []
+    info, first_step = file["sessions/info"], file["sessions/first_step"]
+    info.refresh()
+    first_step.refresh()
+    n = min(info.shape[0], first_step.shape[0])
+    return parse_sessions(info[:n], first_step[:n])
+
+
 def _open_swmr_writer(path: Path) -> h5py.File:
     """Open an existing store for writing, in SWMR mode from the first moment.
 
@@ -234,11 +245,14 @@ def _open_swmr_writer(path: Path) -> h5py.File:
     return h5py.File(fid)
 
 
-def _create_appendable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
+def _create_appendable(
+    group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any, chunk_rows: int | None = None
+) -> h5py.Dataset:
     dtype = np.dtype(dtype)
     maxshape = (None, *(None if s == 0 else s for s in shape))
     # names and labels: few rows, so small chunks
-    chunks = (_STRING_CHUNK_ROWS, *shape) if dtype.kind == "S" else chunk_shape(shape, dtype.itemsize)
+    rows = chunk_rows or (_STRING_CHUNK_ROWS if dtype.kind == "S" else None)
+    chunks = (rows, *shape) if rows else chunk_shape(shape, dtype.itemsize)
     return group.create_dataset(
         name, shape=(0, *shape), maxshape=maxshape, dtype=dtype, chunks=chunks, **dict(COMPRESSION)
     )

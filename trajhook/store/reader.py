@@ -38,6 +38,7 @@ from trajhook.store.h5 import (
     corrupt_error,
     members,
     open_for_reading,
+    read_sessions,
     rows_inside_file,
 )
 from trajhook.store.lock import writer_alive
@@ -259,8 +260,9 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
     ``log.steps`` and ``log.wall_time`` are (N,) arrays; ``log["maze"]["vectors"]`` is an
     (N, ...) :class:`LazyArray`, read when indexed, with ``log["maze"].metadata``;
     ``log.scalars["loss"]`` is a :class:`Series`; ``log.events`` a list of :class:`Event`;
-    ``log.metadata`` the Recorder's metadata. With ``verify=True``, ``log.damage`` is the
-    :class:`Damage` its checksums reveal.
+    ``log.metadata`` the first Recorder's metadata; ``log.sessions`` a dict per Recorder session, oldest
+    first (docs/FORMAT.md, "Sessions"). With ``verify=True``, ``log.damage`` is the :class:`Damage` its
+    checksums reveal.
 
     The log holds the store's file descriptor, not an HDF5 handle: each read opens the file for
     just that read (by its path, as an SWMR reader). So a log never stands in the way of a writer
@@ -417,6 +419,7 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
         self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in members(file.attrs)}
         self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
+        self.sessions: list[dict[str, Any]] = read_sessions(file)  # each Recorder session, oldest first
         self.steps, self.wall_time = rows(file["steps"], n), rows(file["wall_time"], n)
         # The records' checksums (small: 4 bytes per dataset and record) tell which rows survive a resume.
         self._record_columns: dict[str, int] = {}

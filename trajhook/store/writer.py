@@ -7,7 +7,7 @@ import datetime
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,14 @@ from trajhook.store.format import (
     SCALAR_NAME_BYTES,
     SCALAR_NAMES,
     SCALARS,
+    SESSION_BYTES,
+    SESSION_CHUNK_ROWS,
     TABLE_NAMES,
     Schema,
     _dump_json,
     row_checksums,
     schema_difference,
+    session_row,
     table_columns,
 )
 from trajhook.store.h5 import (
@@ -84,6 +87,9 @@ def create_store(
         events = file.create_group("events")
         _create_appendable(events, "step", (), np.int64)
         _create_appendable(events, "label", (), f"S{EVENT_LABEL_BYTES}")
+        sessions = file.create_group("sessions")  # one row per Recorder session, appended in SWMR mode
+        _create_appendable(sessions, "info", (), f"S{SESSION_BYTES}", chunk_rows=SESSION_CHUNK_ROWS)
+        _create_appendable(sessions, "first_step", (), np.int64, chunk_rows=SESSION_CHUNK_ROWS)
         checksums = file.create_group("checksums")
         for index, columns in table_columns({p: list(outs) for p, outs in schema.items()}).items():
             ds = _create_appendable(checksums, TABLE_NAMES[index], (len(columns),), np.uint32)
@@ -126,6 +132,34 @@ def tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Datase
             yield file["checksums"][name], counts[index]
 
 
+def add_session(file: h5py.File, row: bytes, first_step: int = -1) -> int:
+    """Append a session's row to ``/sessions`` (its first step: -1 until it writes); returns its index.
+
+    On a resumed store this runs in SWMR mode: appending to datasets that exist is what SWMR
+    allows, so the session is noted in the same crash-safe way as every row (a crash in between
+    leaves an empty row, which readers skip).
+    """
+    info = file["sessions/info"]
+    index = info.shape[0]
+    _append(file["sessions/first_step"], index, np.array([first_step], np.int64))
+    _append(info, index, np.array([row], f"S{SESSION_BYTES}"))
+    return index
+
+
+def _copy_sessions(old: h5py.File, new: h5py.File, counts: Sequence[int]) -> None:
+    """Copy ``/sessions`` into a rebuilt store; a store from before sessions (format < 4) gets one row
+    standing for the sessions that wrote it, at its first record's step."""
+    if "sessions" in old:
+        for key in ("info", "first_step"):
+            rows = old["sessions"][key]
+            n = min(rows.shape[0], old["sessions/info"].shape[0], old["sessions/first_step"].shape[0])
+            _append(new["sessions"][key], 0, rows[:n])
+    elif counts[RECORDS] or counts[SCALARS] or counts[EVENTS]:
+        first = int(old["steps"][0]) if counts[RECORDS] else -1
+        unrecorded = {"unrecorded": "the sessions before trajhook recorded sessions (format < 4)"}
+        add_session(new, session_row(unrecorded), first)
+
+
 def write_checksums(file: h5py.File, counts: Sequence[int]) -> None:
     """Compute ``/checksums/<table>`` from the committed rows (a rebuild of a store that had none)."""
     for index, name in TABLE_NAMES.items():
@@ -153,6 +187,7 @@ class StoreWriter:
         metadata: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         kinds: Mapping[str, str] | None = None,
+        session: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.schema = schema
@@ -165,11 +200,15 @@ class StoreWriter:
             if resuming:
                 self.file = self._resume(probe_metadata)
             else:  # built aside and renamed into place: a crash while creating leaves no half-made store
-                self._create_aside(probe_metadata, metadata or {})
+                self._create_aside(probe_metadata, metadata or {}, session)
                 self.file = _open_swmr_writer(self.path)
             committed = [int(c) for c in self.file["committed"][:]]
             self.counts, self.generation = committed[:GENERATION], committed[GENERATION]
             self._scalar_names = [n.decode() for n in self.file["scalars/names"][: self.counts[SCALAR_NAMES]]]
+            if resuming and session is not None:  # a new store has its first session's row already
+                self.session_index: int | None = add_session(self.file, session_row(session))
+            else:
+                self.session_index = None if session is None else 0
         except BaseException as err:
             if self.file is not None:
                 abandon(self.file)
@@ -218,12 +257,21 @@ class StoreWriter:
     ) -> h5py.File:
         return create_store(path, self.schema, probe_metadata, metadata, self.kinds)
 
-    def _create_aside(self, probe_metadata: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]) -> None:
-        """Create the store as ``<name>.new`` and rename it over ``path``; a failure leaves no new file."""
+    def _create_aside(
+        self,
+        probe_metadata: Mapping[str, Mapping[str, Any]],
+        metadata: Mapping[str, Any],
+        session: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Create the store as ``<name>.new`` (with the first session's row) and rename it over ``path``;
+        a failure leaves no new file."""
         tmp = self.path.with_name(self.path.name + ".new")
         try:
             file = self._create(tmp, probe_metadata, metadata)
-            try:  # the first flush's chunks: a disk too small for them fails now, not at the first record
+            try:
+                if session is not None:
+                    add_session(file, session_row(session))
+                # the first flush's chunks: a disk too small for them fails now, not at the first record
                 first = sum(chunk_layout(ds)[1] for ds, _ in self._tables(file, [0] * GENERATION))
                 SpaceReserve(tmp).ensure(file, first)
             finally:
@@ -257,8 +305,8 @@ class StoreWriter:
             file = _open_swmr_writer(self.path)
         except OSError:  # a writer that crashed leaves the file flagged open: rebuild it from its rows
             file = None
-        # also rebuilt: a store from before generations or checksums (format < 3), into the current format
-        if file is None or len(file["committed"]) <= GENERATION or "checksums" not in file:
+        # also rebuilt: a store from before generations, checksums or sessions (format < 4), into the current format
+        if file is None or len(file["committed"]) <= GENERATION or "checksums" not in file or "sessions" not in file:
             if file is not None:
                 file.close()
             self._rebuild(probe_metadata)
@@ -283,6 +331,7 @@ class StoreWriter:
                     _append(new[ds.name], 0, ds[:n])
                 if "checksums" not in old:
                     write_checksums(new, counts)
+                _copy_sessions(old, new, counts)
                 del new["static"]
                 old.copy(old["static"], new, "static")
                 for name, static in members(new["static"]):  # a format-1 store did not record kinds
@@ -300,10 +349,44 @@ class StoreWriter:
 
     _tables = staticmethod(tables)
 
+    # -- sessions -------------------------------------------------------------------------------
+
+    def start_session(self, step: int) -> None:
+        """Note this session's first step (its first write), in its ``/sessions`` row."""
+        if self.failed or self.session_index is None:
+            return
+        ds = self.file["sessions/first_step"]
+        ds[self.session_index] = int(step)
+        ds.flush()
+
+    # -- reading back what is committed (the writer's own handle: a resumed tracker's records) -------
+
+    def committed_steps(self) -> np.ndarray:
+        """The steps of the committed records, in order."""
+        self.flush()
+        return self.file["steps"][: self.counts[RECORDS]]
+
+    def committed_row(self, probe: str, output: str, index: int) -> np.ndarray:
+        """One committed record of one probe output (``index`` among the committed records)."""
+        if not 0 <= index < self.counts[RECORDS]:
+            raise IndexError(f"record {index} is not committed ({self.counts[RECORDS]} are)")
+        return self.file["probes"][probe][output][index]
+
+    def committed_events(self) -> list[tuple[int, str]]:
+        """The committed events ``(step, label)``, in the table's order."""
+        self.flush()
+        n = self.counts[EVENTS]
+        steps, labels = self.file["events/step"][:n], self.file["events/label"][:n]
+        return [(int(s), label.decode()) for s, label in zip(steps, labels, strict=True)]
+
     # -- writing --------------------------------------------------------------------------------
 
-    def drop_from(self, step: int) -> int:
-        """Forget committed rows with ``step`` or later in every table; returns records dropped."""
+    def drop_from(self, step: int, drop_event: Callable[[int, str], bool] | None = None) -> int:
+        """Forget committed rows with ``step`` or later in every table; returns records dropped.
+
+        ``drop_event(step, label)`` also drops earlier events it is true of (a live stage event
+        confirmed by a record that is dropped).
+        """
         if self.failed:
             return 0
         self.flush()
@@ -315,12 +398,12 @@ class StoreWriter:
                 if index == RECORDS:
                     dropped = self.counts[index] - int(later[0])
                 self.counts[index] = int(later[0])
-        self._drop_events_from(step)
+        self._drop_events_from(step, drop_event)
         self.generation += 1  # rows past the new counts will be overwritten: readers must notice
         self._commit()
         return dropped
 
-    def _drop_events_from(self, step: int) -> None:
+    def _drop_events_from(self, step: int, drop_event: Callable[[int, str], bool] | None = None) -> None:
         """Forget events at ``step`` or later, keeping earlier ones that come after them in the table.
 
         Events are not in step order: a live stage event is added at the (earlier) step where a turn
@@ -328,9 +411,12 @@ class StoreWriter:
         (rows past the count are free); the generation bump makes a concurrent reader read again.
         """
         steps = self.file["events/step"][: self.counts[EVENTS]]
-        kept = np.flatnonzero(steps < step)
+        labels = self.file["events/label"][: self.counts[EVENTS]]
+        keep = steps < step
+        if drop_event is not None:
+            keep &= np.array([not drop_event(int(s), b.decode()) for s, b in zip(steps, labels, strict=True)], bool)
+        kept = np.flatnonzero(keep)
         if len(kept) < len(steps) and len(kept) and kept[-1] >= len(kept):  # the kept rows are not a prefix
-            labels = self.file["events/label"][: self.counts[EVENTS]]
             crcs = self.file["checksums/events"][: self.counts[EVENTS]]
             self.file["events/step"][: len(kept)] = steps[kept]
             self.file["events/label"][: len(kept)] = labels[kept]
