@@ -27,7 +27,7 @@ from bench_core import cnn
 from timing import Figure, interleaved, machine, print_figures
 
 from trajhook import Recorder, TensorProbe
-from trajhook.probing import model_device, moved_to
+from trajhook.recording.probing import model_device, moved_to
 
 FIRST_RECORD = """
 import sys, tempfile, time

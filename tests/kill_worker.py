@@ -121,7 +121,7 @@ def session(job: dict) -> None:
 def serve() -> None:
     import torch  # imported once here; every forked session reuses it
 
-    from trajhook.recorder import probing
+    from trajhook.recording.recorder import probing
 
     with probing(torch.nn.Linear(1, 1)):  # imports what a probe run needs lazily (numpy.random), once
         pass

@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from trajhook import MazeProbe, Probe, Recorder, TensorProbe, TrajhookError, checks, load
+from trajhook import MazeProbe, Probe, Recorder, TensorProbe, TrajhookError, load
+from trajhook.recording import checks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -353,7 +354,7 @@ def _raise_sites(module) -> set[int]:
 
 
 def test_the_table_reaches_every_argument_check(tmp_path):
-    # every check in trajhook.checks (read from its source, not from this table) is raised by some case
+    # every check in trajhook.recording.checks (read from its source, not from this table) is raised by some case
     hit = set()
     for index, (action, _) in enumerate(CASES):
         case = Case(tmp_path / f"{index}" / "run.h5")
@@ -367,7 +368,7 @@ def test_the_table_reaches_every_argument_check(tmp_path):
             for rec in case.opened:
                 rec.close()
     missed = _raise_sites(checks) - hit
-    assert not missed, f"no case reaches the checks at trajhook/checks.py lines {sorted(missed)}"
+    assert not missed, f"no case reaches the checks at trajhook/recording/checks.py lines {sorted(missed)}"
 
 
 @pytest.mark.parametrize("every", [0, -5, 2.5, True])

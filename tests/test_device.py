@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from trajhook import Recorder, TensorProbe, TrajhookError, load
-from trajhook.probing import moved_to
+from trajhook.recording.probing import moved_to
 
 CPU, META = torch.device("cpu"), torch.device("meta")
 

@@ -185,7 +185,7 @@ def test_a_probe_that_breaks_its_declared_shape_later_raises(store_path):
 
 def test_import_trajhook_imports_no_framework():
     code = (
-        "import sys, trajhook, trajhook.store, trajhook.recorder;"
+        "import sys, trajhook, trajhook.store, trajhook.recording.recorder;"
         "bad = [m for m in ('pytorch_lightning', 'lightning', 'wandb', 'procgen', 'transformers',"
         " 'stable_baselines3', 'matplotlib') if m in sys.modules]; print(bad)"
     )

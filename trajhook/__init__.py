@@ -15,7 +15,7 @@ from trajhook.probes.maze import MazeProbe
 from trajhook.probes.prompts import PromptProbe
 from trajhook.probes.tensor import TensorProbe
 from trajhook.probes.token_loss import TokenLossProbe
-from trajhook.recorder import Recorder
+from trajhook.recording.recorder import Recorder
 from trajhook.schedule import log_spaced
 from trajhook.store import Event, ProbeLog, Series, TrajectoryLog, load
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from trajhook.checks import check_recorder_args, check_text, checked_step
 from trajhook.probes.base import Probe
-from trajhook.recorder import Recorder
+from trajhook.recording.checks import check_recorder_args, check_text, checked_step
+from trajhook.recording.recorder import Recorder
 from trajhook.schedule import Schedule
 from trajhook.store import EVENT_LABEL_BYTES
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from trajhook.recorder import Recorder
+from trajhook.recording.recorder import Recorder
 
 
 class Computed:

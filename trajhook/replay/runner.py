@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from trajhook import distributed
-from trajhook.checks import check_recorder_args
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
-from trajhook.probing import attempt_at_setup, attempt_at_step, model_device, probing, start_copy_to_host
+from trajhook.recording.checks import check_recorder_args
+from trajhook.recording.probing import attempt_at_setup, attempt_at_step, model_device, probing, start_copy_to_host
 from trajhook.replay.committer import Committer
 from trajhook.replay.model import build_model, load_into, load_object, model_header, prefix_for, tied_keys
 from trajhook.replay.sources import (

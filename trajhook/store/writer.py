@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from trajhook._version import __version__
 from trajhook.errors import TrajhookError
 from trajhook.store.format import (
     EVENT_LABEL_BYTES,
@@ -66,8 +67,6 @@ def create_store(
     file = h5py.File(path, "w", libver="latest", locking=False)
     try:
         file.attrs["trajhook_format"] = FORMAT_VERSION
-        from trajhook import __version__
-
         file.attrs["trajhook_version"] = __version__
         file.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         file.attrs["metadata"] = _dump_json(dict(metadata), "Recorder metadata")

@@ -2,8 +2,8 @@
 to a writer thread that owns the HDF5 store and the live sinks.
 
 This module is the facade; the pieces it composes live in their own modules:
-:mod:`trajhook.checks` (arguments), :mod:`trajhook.schedule` (cadence), :mod:`trajhook.probing`
-(the guard around a probe run, device copies), :mod:`trajhook.writer` (the writer thread) and
+:mod:`trajhook.recording.checks` (arguments), :mod:`trajhook.schedule` (cadence), :mod:`trajhook.recording.probing`
+(the guard around a probe run, device copies), :mod:`trajhook.recording.thread` (the writer thread) and
 :mod:`trajhook.sinks` (W&B, TensorBoard). The training thread only runs the probes' forward passes
 and starts the copies off the device; everything else happens on the writer thread.
 """
@@ -23,7 +23,9 @@ from typing import Any
 import torch
 
 from trajhook import distributed
-from trajhook.checks import (
+from trajhook.errors import TrajhookError
+from trajhook.probes.base import Probe
+from trajhook.recording.checks import (
     MAX_STEP,
     check_forward_context,
     check_on_error,
@@ -34,28 +36,24 @@ from trajhook.checks import (
     checked_scalar,
     checked_step,
 )
-from trajhook.errors import TrajhookError
-from trajhook.probes.base import Probe
-from trajhook.probing import (
-    _start_copy_to_host,
+from trajhook.recording.nan import NonfiniteWatch
+from trajhook.recording.probing import (
     attempt_at_setup,
     attempt_at_step,
     checked_at_setup,
     model_device,
     moved_to,
-    nonfinite_at_setup,
     probing,
     start_copy_to_host,
 )
+from trajhook.recording.session import session_info
+from trajhook.recording.thread import WriterThread
 from trajhook.schedule import Schedule, as_schedule
-from trajhook.session import session_info
 from trajhook.sinks.base import Sink, SinkSet
 from trajhook.sinks.resolve import resolve_sinks
 from trajhook.store import EVENT_LABEL_BYTES, SCALAR_NAME_BYTES, StoreWriter
-from trajhook.writer import Writer
 
 __all__ = ["MAX_STEP", "Recorder", "check_recorder_args", "model_device", "probing"]
-_ = _start_copy_to_host  # re-exported: the names other modules imported from here before the split
 
 _open_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
@@ -143,7 +141,8 @@ class Recorder:
         self.max_queue = max_queue
         self.forward_context = forward_context or contextlib.nullcontext
         self._sinks = SinkSet(resolve_sinks(wandb=wandb, tensorboard=tensorboard, sinks=sinks))
-        self._writer: Writer | None = None
+        self._writer: WriterThread | None = None
+        self._nonfinite = NonfiniteWatch()  # the NaN policy (trajhook.recording.nan)
         self._early: list[tuple[str, Any]] = []  # scalars and events logged before setup
         self._started = False
         self._closed = False
@@ -177,19 +176,10 @@ class Recorder:
         model = distributed.probe_target(model)
         self._writes = distributed.is_writer()
         records = self._probe(model, attempt_at_setup, checked_at_setup, setup=True)  # every rank: its share
-        setup_nonfinite, warned = {}, set()
         for probe in self.probes if records is not None else ():  # the writer's merged first records
             record = records[probe.name]
             self._setup_dtypes[probe.name] = {k: t.dtype for k, t in record.items()}
-            setup_nonfinite[probe.name], bad = nonfinite_at_setup(probe, record)
-            if bad and self._writes:
-                warned.add(probe.name)
-                warnings.warn(
-                    f"Recorder: probe {probe.name!r} produced NaN or inf in {bad} at setup, before training; stored "
-                    "as is (warned once per probe). HINT: check the model's weights and the probe's inputs; if NaN "
-                    "marks missing values by design, declare the output with nan_marks_missing=True.",
-                    stacklevel=2,
-                )
+            self._nonfinite.at_setup(probe, record, warn=self._writes)
         if not self._writes:  # this rank ran its share of the probes; rank zero writes
             self._set_up, self._early = True, []
             return
@@ -201,16 +191,19 @@ class Recorder:
             metadata=self.metadata,
             overwrite=self.overwrite,
             kinds={p.name: p.kind for p in self.probes},
-            session=session_info(self.metadata),  # this session's row of /sessions (trajhook.session)
+            session=session_info(self.metadata),  # this session's row of /sessions (trajhook.recording.session)
         )
         self._sinks.open(self.probes, self.metadata)
-        self._writer = Writer(store, self._sinks, self.flush_every_s, self.max_queue, self.on_error)
-        self._writer.setup_nonfinite = setup_nonfinite
-        self._writer.nonfinite_warned |= warned
         trackers = {p.name: p.stage_tracker for p in self.probes if getattr(p, "stage_tracker", None) is not None}
-        # opted in per probe (trajhook.analysis.online); rebuilt by the writer from the store's records
-        # before this session's first write, so a resumed run tracks as if it had gone straight through
-        self._writer.stage_trackers = trackers
+        self._writer = WriterThread(
+            store,
+            self._sinks,
+            self.flush_every_s,
+            self.max_queue,
+            self.on_error,
+            nonfinite=self._nonfinite,
+            stage_trackers=trackers,  # opted in per probe (trajhook.analysis.online)
+        )
         self._writer.start()
         self._set_up = True
         _open_recorders.add(self)

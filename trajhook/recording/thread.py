@@ -17,29 +17,34 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from trajhook.errors import TrajhookError
+from trajhook.recording.nan import NonfiniteWatch
 from trajhook.sinks.base import SinkSet
 from trajhook.store import StoreWriter, is_disk_full, warn_dropped
 
 
-def new_nonfinite(array: np.ndarray, at_setup: np.ndarray | None) -> bool:
-    """Whether ``array`` is NaN or inf anywhere the probe's setup run was finite."""
-    nonfinite = ~np.isfinite(array)
-    if at_setup is not None:
-        nonfinite &= ~at_setup
-    return bool(nonfinite.any())
+class WriterThread(threading.Thread):
+    """The one thread that writes the file and feeds the sinks; the training thread only queues.
 
-
-class Writer(threading.Thread):
-    """The one thread that writes the file and feeds the sinks; the training thread only queues."""
+    ``nonfinite`` is the Recorder's NaN policy (:mod:`trajhook.recording.nan`), already told what the setup run
+    found; ``stage_trackers`` maps probe names to their :class:`~trajhook.analysis.online.StageTracker`.
+    """
 
     def __init__(
-        self, store: StoreWriter, sinks: SinkSet, flush_every_s: float, max_queue: int, on_error: str = "raise"
+        self,
+        store: StoreWriter,
+        sinks: SinkSet,
+        flush_every_s: float,
+        max_queue: int,
+        on_error: str = "raise",
+        *,
+        nonfinite: NonfiniteWatch | None = None,
+        stage_trackers: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(name="trajhook-writer", daemon=True)
         self.store = store
@@ -52,9 +57,10 @@ class Writer(threading.Thread):
         self.drop_from_step: int | None = None
         self.session_start: int | None = None  # this session's first step, until the writer has taken it
         self.error: BaseException | None = None
-        self.nonfinite_warned: set[str] = set()
-        self.setup_nonfinite: dict[str, dict[str, np.ndarray]] = {}  # e.g. NaN padding, by design
-        self.stage_trackers: dict[str, Any] = {}  # probe name -> StageTracker (trajhook.analysis.online)
+        self.nonfinite = nonfinite or NonfiniteWatch()
+        # probe name -> StageTracker (trajhook.analysis.online): opted in per probe; rebuilt from the store's records
+        # before this session's first write, so a resumed run tracks as if it had gone straight through
+        self.stage_trackers: dict[str, Any] = dict(stage_trackers or {})
         self._stage_events: set[tuple[int, str]] = set()  # (step, kind) of the stage events in the store
         # probe name -> its tracker's rebuild (the stored records, then the records that came meanwhile)
         self._rebuilding: dict[str, Iterator[list[tuple[int, str]]]] = {}
@@ -146,17 +152,7 @@ class Writer(threading.Thread):
         if event is not None:
             event.synchronize()
         arrays = {p: {k: t.numpy() for k, t in outputs.items()} for p, outputs in host.items()}
-        for probe, outputs in arrays.items():
-            if probe not in self.nonfinite_warned:
-                expected = self.setup_nonfinite.get(probe, {})
-                bad = [k for k, a in outputs.items() if a.dtype.kind == "f" and new_nonfinite(a, expected.get(k))]
-                if bad:
-                    self.nonfinite_warned.add(probe)
-                    warnings.warn(
-                        f"Recorder: probe {probe!r} produced NaN or inf in {bad} at step {step}; stored as is "
-                        "(warned once per probe).",
-                        stacklevel=1,
-                    )
+        self.nonfinite.at_step(step, arrays)
         self.store.add_record(step, wall_time, arrays)
         self.sinks.record(step, arrays)
         self._track_stages(step, arrays)
@@ -323,7 +319,7 @@ def _advance(
 
 
 class FlushMarker:
-    """Queued by ``Writer.flush``: the writer commits everything before it, then sets ``done``."""
+    """Queued by ``WriterThread.flush``: the writer commits everything before it, then sets ``done``."""
 
     def __init__(self, done: threading.Event) -> None:
         self.done = done

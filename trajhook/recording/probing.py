@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from trajhook.checks import checked_record
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe
+from trajhook.recording.checks import checked_record
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -135,22 +135,3 @@ def checked_at_setup(probe: Probe, record: Any) -> dict[str, torch.Tensor]:
             "or setup."
         )
     return checked_record(probe, record, step=None)
-
-
-def nonfinite_at_setup(probe: Probe, record: Mapping[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Where the setup run's outputs are NaN or inf: the masks of outputs declared ``nan_marks_missing``
-    (expected there later too), and the names of the other outputs that have any (a warning).
-
-    >>> from trajhook import TensorProbe
-    >>> probe = TensorProbe("p", torch.ones(1, 2))
-    >>> probe.add_output("output", (1, 2))
-    >>> nonfinite_at_setup(probe, {"output": torch.tensor([[1.0, float("nan")]])})
-    ({}, ['output'])
-    """
-    nonfinite = {k: ~np.isfinite(t.detach().float().cpu().numpy()) for k, t in record.items() if t.is_floating_point()}
-    missing = {k for k, spec in probe.outputs.items() if spec.nan_marks_missing}
-    expected = {k: a for k, a in nonfinite.items() if k in missing}
-    return expected, [k for k, a in nonfinite.items() if k not in missing and a.any()]
-
-
-_start_copy_to_host = start_copy_to_host  # the name before the split
