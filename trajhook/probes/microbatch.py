@@ -23,9 +23,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
+
+from trajhook.errors import TrajhookError
+from trajhook.probes.base import Probe
+
+LogitsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], Any]
+"""``logits_fn(model, input_ids, attention_mask) -> logits``, for a model whose call does not return them."""
 
 LOGITS_BUDGET_BYTES = 128 * 2**20
 """The default micro-batch holds as many tokens as keep its logits, in float32, under this."""
@@ -191,3 +197,44 @@ def gather_logprobs(
     if not parts:
         return torch.zeros(0, device=logits.device)
     return torch.cat(parts)
+
+
+class MicroBatchedProbe(Probe):
+    """A probe whose work is the micro-batches it planned at setup (``self._micro_batches``), one forward each.
+
+    Declares the part protocol once: :meth:`split` gives one part per micro-batch, the same on every rank,
+    and :meth:`run` is every part merged; a subclass gives ``run_part`` (what one micro-batch contributes)
+    and ``merge``. :meth:`_logits` calls the model (or ``logits_fn``) and checks what came back.
+    """
+
+    logits_fn: LogitsFn | None = None
+    _takes: set[str]
+    _micro_batches: list[MicroBatch]
+
+    def _fail(self, problem: str, hint: str) -> NoReturn:
+        raise TrajhookError(f"{type(self).__name__} {self.name!r}: {problem}. HINT: {hint}")
+
+    def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """One forward per micro-batch; from each, gather the recorded numbers, then drop its logits."""
+        n = self.split(1)
+        return self.merge([self.run_part(model, i, n) for i in range(n)])
+
+    def split(self, ranks: int) -> int:
+        """One part per micro-batch (they are planned at setup, the same on every rank)."""
+        if not getattr(self, "_micro_batches", None):
+            self._fail("run() was called before setup()", "call probe.setup(model, device) first (the Recorder does).")
+        return len(self._micro_batches)
+
+    def _logits(self, model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
+        """The model's logits for ``batch``: ``(batch, sequence, vocab)``, else an error naming the probe."""
+        out = as_logits(call_model(model, batch, self._takes, self.logits_fn))
+        shape = tuple(batch.input_ids.shape)
+        if not isinstance(out, torch.Tensor) or out.ndim != 3 or tuple(out.shape[:2]) != shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            self._fail(
+                f"the model returned {got} for input_ids of shape {shape}, expected logits of shape "
+                "(batch, sequence, vocab)",
+                "the model must return logits (or an object with .logits); otherwise pass "
+                "logits_fn=lambda model, input_ids, attention_mask: ...",
+            )
+        return out

@@ -73,11 +73,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trajhook.errors import TrajhookError
-from trajhook.probes.base import Probe, check_name, stage_tracker
+from trajhook.probes.base import check_name, stage_tracker
 from trajhook.probes.microbatch import (
+    LogitsFn,
     MicroBatch,
-    as_logits,
-    call_model,
+    MicroBatchedProbe,
     default_max_tokens,
     forward_arguments,
     gather_logprobs,
@@ -87,10 +87,8 @@ from trajhook.probes.microbatch import (
 if TYPE_CHECKING:  # imported where it is used: import trajhook imports no analysis module
     from trajhook.analysis.online import StageTracker
 
-LogitsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], Any]
 
-
-class PromptProbe(Probe):
+class PromptProbe(MicroBatchedProbe):
     """Record token losses, target log-probs and top-k next tokens on fixed prompts.
 
     ``prompts`` is a dict name → text or a list of texts (named ``"0"``, ``"1"``, ...).
@@ -150,9 +148,6 @@ class PromptProbe(Probe):
         self.max_targets = max(len(t) for t in self.target_texts)
 
     # ----------------------------------------------------------------------------- input parsing
-    def _fail(self, problem: str, hint: str) -> None:
-        raise TrajhookError(f"PromptProbe {self.name!r}: {problem}. HINT: {hint}")
-
     def _named_prompts(self) -> list[tuple[str, str]]:
         return list(zip(self.prompt_names, self.prompt_texts, strict=True))
 
@@ -265,19 +260,6 @@ class PromptProbe(Probe):
         side = self.requested_padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
         return side if side in ("left", "right") else "right"
 
-    def _logits(self, model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
-        out = as_logits(call_model(model, batch, self._takes, self.logits_fn))
-        ids = batch.input_ids
-        if not isinstance(out, torch.Tensor) or out.ndim != 3 or tuple(out.shape[:2]) != tuple(ids.shape):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            self._fail(
-                f"the model returned {got} for input_ids of shape {tuple(ids.shape)}, "
-                "expected logits of shape (batch, sequence, vocab)",
-                "the model must return logits (or an object with .logits); otherwise pass "
-                "logits_fn=lambda model, input_ids, attention_mask: ...",
-            )
-        return out
-
     # ----------------------------------------------------------------------------- probe contract
     def _row_name(self, r: int) -> str:
         """Which prompt (and target) row ``r`` of setup's rows holds, for messages."""
@@ -357,17 +339,6 @@ class PromptProbe(Probe):
                 f"its StageTracker follows {self.stage_tracker.output!r}, not an output",
                 f"follow one of {sorted(self.outputs)}, e.g. StageTracker('token_loss').",
             )
-
-    def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """One forward per micro-batch; from each, gather the recorded numbers, then drop its logits."""
-        n = self.split(1)
-        return self.merge([self.run_part(model, i, n) for i in range(n)])
-
-    def split(self, ranks: int) -> int:
-        """One part per micro-batch (they are planned at setup, the same on every rank)."""
-        if not getattr(self, "_micro_batches", None):
-            self._fail("run() was called before setup()", "call probe.setup(model, device) first (the Recorder does).")
-        return len(self._micro_batches)
 
     def run_part(self, model: torch.nn.Module, part: int, parts: int) -> dict[str, torch.Tensor]:
         """The numbers micro-batch ``part`` contributes, in the order of its gather tables."""

@@ -32,17 +32,17 @@ MiB of float32 logits, at least one window), and only the log-prob of each next 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from trajhook.errors import TrajhookError
-from trajhook.probes.base import Probe, stage_tracker
+from trajhook.probes.base import stage_tracker
 from trajhook.probes.microbatch import (
-    as_logits,
-    call_model,
+    LogitsFn,
+    MicroBatchedProbe,
     default_max_tokens,
     forward_arguments,
     gather_logprobs,
@@ -53,10 +53,8 @@ from trajhook.probes.prompts import check_fits_model, check_ids, first_forward_v
 if TYPE_CHECKING:  # imported where it is used: import trajhook imports no analysis module
     from trajhook.analysis.online import StageTracker
 
-LogitsFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], Any]
 
-
-class TokenLossProbe(Probe):
+class TokenLossProbe(MicroBatchedProbe):
     """Record the loss of every token of a fixed stream, as one flat vector per record.
 
     Args:
@@ -109,9 +107,6 @@ class TokenLossProbe(Probe):
         self.tokenizer = tokenizer
         self.stage_tracker: StageTracker | None = stage_tracker(track_stages, f"TokenLossProbe {name!r}", icl=(500, 50))
 
-    def _fail(self, problem: str, hint: str) -> None:
-        raise TrajhookError(f"TokenLossProbe {self.name!r}: {problem}. HINT: {hint}")
-
     def _stream(self, text_or_ids: Any, tokenizer: Any) -> list[int]:
         if isinstance(text_or_ids, str):
             if tokenizer is None:
@@ -142,17 +137,6 @@ class TokenLossProbe(Probe):
     def _window_name(self, r: int) -> str:
         start = self._starts[r]
         return f"window {r} (tokens {start}..{start + len(self._rows[r]) - 1} of the stream)"
-
-    def _logits(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        out = as_logits(call_model(model, batch, self._takes, self.logits_fn))
-        shape = tuple(batch.input_ids.shape)
-        if not isinstance(out, torch.Tensor) or out.ndim != 3 or tuple(out.shape[:2]) != shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            self._fail(
-                f"the model returned {got} for input_ids of shape {shape}, expected logits (batch, sequence, vocab)",
-                "pass logits_fn=lambda model, input_ids, attention_mask: ... returning the logits.",
-            )
-        return out
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         """Cut the stream into windows, plan micro-batches on ``device``, declare ``token_loss``."""
@@ -207,17 +191,6 @@ class TokenLossProbe(Probe):
             if self.stage_tracker.reshape is None:
                 metadata = self.metadata
                 self.stage_tracker.reshape = lambda flat: per_window(flat, metadata)
-
-    def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """One forward per micro-batch of windows; keep each next token's loss."""
-        n = self.split(1)
-        return self.merge([self.run_part(model, i, n) for i in range(n)])
-
-    def split(self, ranks: int) -> int:
-        """One part per micro-batch of windows (planned at setup, the same on every rank)."""
-        if not getattr(self, "_micro_batches", None):
-            self._fail("run() was called before setup()", "call probe.setup(model, device) first (the Recorder does).")
-        return len(self._micro_batches)
 
     def run_part(self, model: torch.nn.Module, part: int, parts: int) -> torch.Tensor:
         """The losses of micro-batch ``part``'s tokens, in its gather table's order."""
