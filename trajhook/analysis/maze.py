@@ -120,3 +120,15 @@ def path_agreement(direction_probs: np.ndarray, on_path: np.ndarray, include_noo
     hits = np.take_along_axis(np.broadcast_to(on_path5, probs.shape), strongest[..., None], axis=-1)[..., 0]
     agreement = hits.mean(axis=-1)
     return float(agreement) if agreement.ndim == 0 else agreement
+
+
+def chance_agreement(on_path: np.ndarray) -> float:
+    """The agreement of a uniformly random move out of the four: the mean share of moves on a shortest path.
+
+    ``on_path`` ``(n, 4)`` from :func:`shortest_path_moves`; the line every agreement curve is drawn against.
+
+    >>> chance_agreement(np.array([[False, True, False, False], [True, True, False, False]]))
+    0.375
+    """
+    on_path = np.asarray(on_path, dtype=bool)
+    return float(on_path.sum(axis=1).mean() / 4) if len(on_path) else 0.0

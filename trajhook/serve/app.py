@@ -56,6 +56,7 @@ class Runs:
         self.names = payloads.run_names(self.paths)
         self.followers = [Follower(p, poll_s=poll_s) for p in self.paths]
         self._pca: tuple[Any, float, list] | None = None
+        self._bases: dict[str, payloads.Basis] = {}  # each PCA panel's basis, refitted by payloads.pca's policy
         self._pca_lock = threading.Lock()
 
     def snapshots(self) -> list:
@@ -65,10 +66,10 @@ class Runs:
         """The PCA panels, recomputed at most every :data:`PCA_EVERY_S` while records arrive."""
         with self._pca_lock:
             snaps = self.snapshots()
-            key = tuple((s.epoch, len(s.steps)) for s in snaps)
+            key = tuple((s.epoch, len(s.steps), s.run_status) for s in snaps)
             now = time.monotonic()
             if self._pca is None or (self._pca[0] != key and now - self._pca[1] >= PCA_EVERY_S):
-                self._pca = (key, now, payloads.pca(self.names, snaps))
+                self._pca = (key, now, payloads.pca(self.names, snaps, self._bases))
             return self._pca[2]
 
     def stop(self) -> None:
@@ -116,7 +117,7 @@ def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: fl
         return await asyncio.wrap_future(follower.submit(job))
 
     async def index(request: Request) -> Response:
-        title = "trajhook (live): " + ", ".join(runs.names)
+        title = "trajhook: " + ", ".join(runs.names)  # the page says "(live)" while a writer writes
         return HTMLResponse(page_html(token, title=title), headers={"Cache-Control": "no-store"})
 
     async def static_js(request: Request) -> Response:
