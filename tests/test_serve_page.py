@@ -9,7 +9,9 @@ and the PCA labels, which must not overlap each other, a line or a cursor (on th
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -400,3 +402,68 @@ def test_run_status_comes_from_the_hdf5_open_flag_and_the_lock(tmp_path):
     assert follower.snapshot().run_status == "finished"
     follower.stop()
     assert open_for_writing_flag(tmp_path / "missing.h5") is None
+
+
+@pytest.mark.timeout(180)
+def test_a_folder_of_runs_serves_every_store_under_it_adds_new_ones_and_keeps_to_the_folder(tmp_path):
+    import h5py
+
+    folder, outside = tmp_path / "runs", tmp_path / "outside"
+    (folder / "seed1").mkdir(parents=True)
+    outside.mkdir()
+    prompt_store(folder / "a.h5", seed=0, steps=6, every=2)
+    prompt_store(folder / "seed1" / "b.h5", seed=1, steps=6, every=3)
+    prompt_store(outside / "secret.h5", seed=2, steps=4, every=2)
+    (folder / "notes.h5").write_text("not hdf5")
+    h5py.File(folder / "other.h5", "w").close()
+    (folder / "link_out.h5").symlink_to(outside / "secret.h5")  # leads outside: not followed
+    (folder / "link_in.h5").symlink_to(folder / "a.h5")  # the same store again: one run
+    (folder / "outdir").symlink_to(outside, target_is_directory=True)  # a symlinked directory: not entered
+    server = Server(str(folder), "--port", "0")
+    driver = chromium(1400, 1400, loopback=True)
+    rows = "return Array.from(document.querySelectorAll('tr[data-run]')).map(r => r.querySelector('label').textContent.trim())"
+    try:
+        driver.get(server.local())
+        first = wait_until(lambda: (r := driver.execute_script(rows)) and len(r) >= 2 and r)
+        time.sleep(2.5)  # more scans: nothing else is added
+        settled = driver.execute_script(rows)
+        (folder / "seed2").mkdir()
+        writer = Writer(folder / "seed2" / "c.h5", "--steps", "0", "--interval", "0.3")
+        writer.wait_for(1)
+        created = min(writer.committed.values())
+        wait_until(lambda: len(driver.execute_script(rows)) == 3, timeout=20)
+        seen_after = time.time() - created
+        named = driver.execute_script(rows)
+        writer.kill()
+        by_index = [server.get(f"/api/curves?run={i}")[0] for i in range(4)]
+        state = json.loads(server.get("/api/state")[1])
+    finally:
+        driver.quit()
+        server.stop()
+    errors = server.process.stderr.read().splitlines()
+    assert first == settled == ["a", "seed1/b"]
+    assert named == ["a", "seed1/b", "seed2/c"] and seen_after < 5.0, seen_after  # the benchmark times it: <= 2 s
+    assert by_index == [200, 200, 200, 400]
+    counts = [len(load(folder / "a.h5").steps), len(load(folder / "seed1" / "b.h5").steps)]
+    assert [r["records"] for r in state["runs"][:2]] == counts
+    skipped = [line for line in errors if "skipped" in line]
+    assert len(skipped) == 2 and all(line.count("\n") == 0 for line in skipped), errors
+    assert any("notes.h5" in line for line in skipped) and any("other.h5" in line for line in skipped)
+    assert not any("secret" in line or "outside" in line for line in errors), errors
+    assert "secret" not in json.dumps(state)
+
+
+@pytest.mark.timeout(120)
+def test_show_accepts_a_folder(tmp_path):
+    from trajhook.serve.notebook import start_server, stop_all
+
+    prompt_store(tmp_path / "a.h5", seed=0, steps=4, every=2)
+    url = start_server([tmp_path])
+    try:
+        import urllib.request
+
+        with urllib.request.urlopen(url + "api/state", timeout=30) as response:
+            state = json.load(response)
+    finally:
+        stop_all()
+    assert [r["name"] for r in state["runs"]] == ["a"] and state["runs"][0]["run_status"] == "finished"

@@ -31,7 +31,7 @@ def snapshot(paths: Sequence[str | os.PathLike], max_frames: int = 120, progress
 
     if not paths:
         raise TrajhookError("report: no runs given. HINT: trajhook report RUN.h5 [MORE.h5 ...] -o report.html.")
-    check_stores(paths)
+    check_stores(paths, folders=False)
     names = payloads.run_names(paths)
     followers = [Follower(p, start=False) for p in paths]
     try:
