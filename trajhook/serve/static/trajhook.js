@@ -811,7 +811,9 @@
       label.textContent = "step " + fmtStep(step) + "  (" + fmtStep(app.index + 1) + "/" + fmtStep(app.axis.length) + ")";
       followLabel.textContent = progress();
       document.body.dataset.index = String(app.index);
-      allPanels().forEach(function (panel) { if (panel.root.style.display !== "none") panel.draw(step); });
+      allPanels().forEach(function (panel) { // a hidden panel draws nothing, and counts as drawn
+        if (panel.root.style.display !== "none") panel.draw(step); else panel.root.dataset.step = String(step);
+      });
     }
 
     function ago(seconds) {
