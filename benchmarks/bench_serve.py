@@ -181,7 +181,7 @@ def many_stores(args: argparse.Namespace, runs: Path, chromium) -> None:
     try:
         began = time.perf_counter()
         driver.get(url)
-        while not driver.execute_script(ALL_DRAWN, args.runs + 3):  # every field, the curves, the PCA
+        while not driver.execute_script(ALL_DRAWN, args.runs + 5):  # 20 fields, 3 curve panels, 2 PCA panels
             if time.perf_counter() - began > 120:
                 break
             time.sleep(0.02)

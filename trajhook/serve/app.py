@@ -72,6 +72,8 @@ class Runs:
         self._pca: tuple[Any, float, list] | None = None
         self._bases: dict[str, payloads.Basis] = {}  # each PCA panel's basis, refitted by payloads.pca's policy
         self._pca_lock = threading.Lock()
+        self._turns: threading.Thread | None = None
+        threading.Thread(target=self._warm_up, name="trajhook-warm-up", daemon=True).start()
 
     def discover(self) -> None:
         """Add the stores that appeared in the folders (at most once every :data:`SCAN_EVERY_S`)."""
@@ -103,8 +105,35 @@ class Runs:
             key = tuple((s.epoch, len(s.steps), s.run_status) for s in snaps)
             now = time.monotonic()
             if self._pca is None or (self._pca[0] != key and now - self._pca[1] >= PCA_EVERY_S):
-                self._pca = (key, now, payloads.pca(names, snaps, self._bases))
+                self._pca = (key, now, payloads.pca(names, snaps, self._bases, defer_turns=True))
+                wanted = self._bases.get("turns wanted")
+                if wanted and (self._turns is None or not self._turns.is_alive()):
+                    self._turns = threading.Thread(target=self._find_turns, name="trajhook-turns", daemon=True)
+                    self._turns.start()
             return self._pca[2]
+
+    def _warm_up(self, timeout: float = 10.0) -> None:
+        """Fit the PCA panels once the stores are read, before a page asks: a page opened later paints at once."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+            f.snapshot().status == "waiting" and f.path.exists() for f in self.followers
+        ):
+            time.sleep(0.1)
+        with contextlib.suppress(Exception):  # a store mid-rebuild: the first request fits instead
+            self.pca()
+
+    def _find_turns(self) -> None:
+        """Find the finished runs' offline turning points that :meth:`pca` left out, then let it redo the panels."""
+        while True:
+            with self._pca_lock:
+                wanted = self._bases.get("turns wanted", {})
+                if not wanted:
+                    self._pca = None  # the next request draws them
+                    return
+                cached, (steps, data) = wanted.popitem()
+            turn = payloads.offline_turn(steps, data)
+            with self._pca_lock:
+                self._bases["offline turns"][cached] = turn
 
     def stop(self) -> None:
         for follower in self.followers:

@@ -270,6 +270,7 @@ class Follower:
     # -- the reader thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        self.refresh()  # read the store at once, not a tick later: the server's PCA warm-up waits for it
         while not self._stop.is_set():
             try:
                 item = self._jobs.get(timeout=self.poll_s)

@@ -185,6 +185,27 @@ if importlib.util.find_spec("trajhook.analysis.field") is not None:  # the maze'
 
 
 MIN_PCA_RECORDS = 8  # records (all runs of a panel together) before a PCA basis is fitted
+MAX_FIT_RECORDS = 1024  # a basis is fitted on at most this many records, evenly spaced in each run
+TURN_RECORDS = 512  # a finished run's offline turning point is found on at most this many evenly spaced records
+
+
+def fit_rows(rows: Sequence[np.ndarray], limit: int = MAX_FIT_RECORDS) -> list[np.ndarray]:
+    """Each run's rows, thinned evenly (first and last kept) so that all runs together hold at most about ``limit``.
+
+    Two components fitted on 1,024 evenly spaced records of 20,000 span the same plane for a trajectory that
+    moves slowly, at a twentieth of the SVD's memory (20 stores x 1,000 maze records: an SVD of 20,000 x 674
+    took 10 s and 400 MB on the 2-core machine, one of 1,024 x 674 0.5 s).
+
+    >>> [len(r) for r in fit_rows([np.zeros((30, 2)), np.zeros((10, 2))], limit=20)]
+    [15, 5]
+    """
+    total = sum(len(r) for r in rows)
+    if total <= limit:
+        return list(rows)
+    return [
+        r[np.unique(np.linspace(0, len(r) - 1, max(2, round(limit * len(r) / total))).round().astype(int))]
+        for r in rows
+    ]
 
 
 @dataclass
@@ -216,23 +237,42 @@ def _aligned(fit: Any, old: Basis | None) -> Any:
     return dataclasses.replace(fit, coords=coords, components=fit.components * signs[:, None])
 
 
-def pca(names: Sequence[str], snaps: Sequence[Snapshot], bases: dict[str, Basis] | None = None) -> list[dict[str, Any]]:
+def offline_turn(steps: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """The record index of a finished run's sharpest turn: :func:`~trajhook.analysis.field.field_trajectory` on
+    its own records (at most :data:`TURN_RECORDS`, evenly spaced), as ``trajhook pca`` finds it."""
+    from trajhook.analysis.field import field_trajectory
+
+    pick = np.unique(np.linspace(0, len(data) - 1, min(len(data), TURN_RECORDS)).round().astype(int))
+    try:
+        return pick[field_trajectory(steps[pick], data[pick], n_turns=1).turns]
+    except Exception:  # nothing finite to fit: no turn to show
+        return np.zeros(0, np.int64)
+
+
+def pca(
+    names: Sequence[str], snaps: Sequence[Snapshot], bases: dict[str, Any] | None = None, defer_turns: bool = False
+) -> list[dict[str, Any]]:
     """Every run's trajectory in ONE PCA basis per probe, with the store's events (and the ICL score for token losses).
 
     ``bases`` holds each panel's :class:`Basis` between calls (the live server keeps it; the report
-    passes none and fits once on every record). Between refits, new records are projected onto the
-    kept basis, so the trajectory drawn so far never moves. Stage marks are the store's events (the
-    live tracker's among them), placed at their records. A run that finished (closed cleanly) also gets
-    its offline turning point: :func:`~trajhook.analysis.field.field_trajectory` on its own records,
-    as ``trajhook pca`` finds it.
+    passes none and fits once on every record). With ``defer_turns``, offline turning points not yet
+    found are left out (the entry says ``turns_pending``) and listed in ``bases["turns wanted"]`` for the
+    caller to find (:func:`offline_turn`) into ``bases["offline turns"]``: the live server does that on
+    another thread, so that 20 finished runs do not hold back the first paint.
+
+    Between refits, new records are projected onto the kept basis, so the trajectory drawn so far never
+    moves. Stage marks are the store's events (the live tracker's among them), placed at their records.
+    A run that finished (closed cleanly) also gets its offline turning point (:func:`offline_turn`).
 
     Rows come from each follower's thinned sample (at most a few thousand records a run, always the
-    newest): the trajectory of a long run is drawn from evenly spaced records.
+    newest): the trajectory of a long run is drawn from evenly spaced records; the basis is fitted on
+    at most :data:`MAX_FIT_RECORDS` of them (:func:`fit_rows`).
     """
-    from trajhook.analysis.field import field_trajectory
     from trajhook.analysis.trajectory import trajectory_pca
 
     bases = {} if bases is None else bases
+    offline = bases.setdefault("offline turns", {})
+    wanted = bases.setdefault("turns wanted", {})
     panels = []
     for dataset, kinds, title in PCA_SOURCES:
         probes = sorted(
@@ -249,7 +289,7 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot], bases: dict[str, Basis]
             shapes = {s.samples[key][1].shape[1:] for _, s in members}
             if len(shapes) != 1 or sum(len(s.samples[key][0]) for _, s in members) < 2:
                 continue
-            rows = [s.samples[key][1].astype(np.float64) for _, s in members]
+            rows = [s.samples[key][1] for _, s in members]  # float32; each run is cast when it is projected
             records = sum(len(s.steps) for _, s in members)
             member_key = (tuple((i, s.epoch) for i, s in members), next(iter(shapes)))
             settled = all(s.run_status != "writing" for _, s in members)
@@ -265,13 +305,11 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot], bases: dict[str, Basis]
                 continue
             if refit:
                 try:
-                    fit = _aligned(trajectory_pca(rows, n_components=2), old)
+                    fit = _aligned(trajectory_pca(fit_rows(rows), n_components=2), old)
                 except Exception:  # every column NaN somewhere: nothing to draw yet
                     continue
                 bases[key] = old = Basis(fit, records, member_key, settled)
-                coords_of = list(fit.coords)
-            else:
-                coords_of = [old.fit.transform(r) for r in rows]
+            coords_of = [old.fit.transform(r) for r in rows]
             fit = old.fit
             entry: dict[str, Any] = {
                 "key": f"{dataset}:{probe}",
@@ -291,11 +329,13 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot], bases: dict[str, Basis]
                 steps = snap.steps[np.minimum(index, len(snap.steps) - 1)]
                 turns: list[dict[str, Any]] = []
                 if snap.run_status == "finished" and len(data) >= 5:
-                    try:
-                        offline = field_trajectory(steps, data, n_turns=1)
-                        turns = [{"step": int(steps[t]), "xy": _floats(coords[t])} for t in offline.turns]
-                    except Exception:  # nothing finite to fit: no turn to show
-                        turns = []
+                    cached = f"turn:{key}:{i}:{snap.epoch}:{len(data)}"  # a finished run's turn: found once
+                    if cached not in offline and defer_turns:
+                        wanted[cached] = (steps, data)
+                        entry["turns_pending"] = True
+                    elif cached not in offline:
+                        offline[cached] = offline_turn(steps, data)
+                    turns = [{"step": int(steps[t]), "xy": _floats(coords[t])} for t in offline.get(cached, ())]
                 events = []
                 for step, label in snap.events:
                     at = int(np.searchsorted(steps, step, side="right")) - 1

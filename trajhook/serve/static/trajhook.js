@@ -881,6 +881,8 @@
     async function refreshPca() {
       app.pcaData = await source.pca().catch(function () { return []; });
       updatePca();
+      // finished runs' offline turning points still being found on the server: ask again at the next PCA turn
+      if (app.pcaData.some(function (entry) { return entry.turns_pending; })) pcaDirty = true;
     }
 
     function visibleAxis() {
@@ -958,9 +960,8 @@
         if (app.following || step === null) show(app.axis.length - 1);
         else show(Math.max(0, atOrBefore(app.axis, step)));
       } else followLabel.textContent = progress();
-      if (jobs.length) { // not awaited: a slow PCA must not hold back the next poll
-        Promise.all(jobs).then(function () { show(app.index); }); // panels these make draw the step too
-      }
+      // not awaited: a slow PCA must not hold back the next poll, nor the curves; panels these make draw the step too
+      jobs.forEach(function (job) { job.then(function () { show(app.index); }); });
     }
 
     function userMove(i) {
