@@ -830,28 +830,41 @@
       return source.live ? words : "snapshot; the run was " + (r.run_status === "writing" ? "writing" : words);
     }
 
-    function runsTable(state) {
-      const rows = state.runs.map(function (r, i) {
-        const metadata = app.runs[i] && app.runs[i].metadata;
+    // The runs table: one row per run, made once and updated in place (a checkbox or an open "metadata" survives
+    // every poll). The row carries data-run and data-run-status.
+    function updateRuns(state) {
+      const node = document.getElementById("runs");
+      let table = node.querySelector("table.runs");
+      if (!table) {
+        node.innerHTML = '<table class="runs"><tr>' + ["run (shown)", "records", "steps", "progress", "probes", "events",
+          "created", "status", "metadata"].map(function (h) { return "<th>" + h + "</th>"; }).join("") + "</tr></table>";
+        table = node.querySelector("table.runs");
+      }
+      state.runs.forEach(function (r, i) {
+        let row = table.querySelector('tr[data-run="' + i + '"]');
+        if (!row) {
+          row = document.createElement("tr");
+          row.dataset.run = String(i);
+          row.innerHTML = '<td><label><input type="checkbox" class="trajhook-run-toggle" data-run="' + i + '" checked> ' +
+            '<span class="swatch" style="background:' + runColour(i) + '"></span><span class="name"></span></label></td>' +
+            "<td></td><td></td><td></td><td></td><td></td><td></td><td class=\"trajhook-status\"></td>" +
+            "<td><details><summary>metadata</summary><pre></pre></details></td>";
+          table.appendChild(row);
+        }
         const pace = (r.records_per_min !== null && r.records_per_min !== undefined ? fmt(r.records_per_min) + " records/min" : "") +
           (source.live && r.newest_age_s !== null && r.newest_age_s !== undefined ? (r.records_per_min ? ", " : "") + "newest " + ago(r.newest_age_s) : "");
-        const cells = [fmtStep(r.records || 0),
-          r.records ? fmtStep(r.first_step) + " .. " + fmtStep(r.last_step) : "", pace,
+        const texts = [fmtStep(r.records || 0), r.records ? fmtStep(r.first_step) + " .. " + fmtStep(r.last_step) : "", pace,
           r.probes.map(function (p) { return p.name + " (" + p.kind + ")"; }).join(", "), String(r.events.length), r.created];
-        const toggle = '<label><input type="checkbox" class="trajhook-run-toggle" data-run="' + i + '"' + (app.hidden.has(i) ? "" : " checked") +
-          '> <span class="swatch" style="background:' + runColour(i) + '"></span>' + escapeHtml(r.name) + "</label>";
-        return '<tr data-run="' + i + '" data-run-status="' + escapeHtml(r.run_status || r.status) + '"><td>' + toggle + "</td>" +
-          cells.map(function (c) { return "<td>" + escapeHtml(c) + "</td>"; }).join("") +
-          '<td class="trajhook-status ' + escapeHtml(r.status) + " " + escapeHtml(r.run_status || "") + '">' + escapeHtml(statusText(r)) + "</td>" +
-          "<td><details><summary>metadata</summary><pre>" + escapeHtml(JSON.stringify(metadata || {}, null, 1)) +
-          "</pre></details></td></tr>";
+        const cells = row.children;
+        row.querySelector(".name").textContent = r.name;
+        texts.forEach(function (text, k) { if (cells[k + 1].textContent !== text) cells[k + 1].textContent = text; });
+        row.dataset.runStatus = r.run_status || r.status;
+        const status = cells[7];
+        status.className = "trajhook-status " + r.status + " " + (r.run_status || "");
+        if (status.textContent !== statusText(r)) status.textContent = statusText(r);
+        const metadata = JSON.stringify((app.runs[i] && app.runs[i].metadata) || {}, null, 1), pre = row.querySelector("pre");
+        if (pre.textContent !== metadata) pre.textContent = metadata;
       });
-      const head = ["run (shown)", "records", "steps", "progress", "probes", "events", "created", "status", "metadata"]
-        .map(function (h) { return "<th>" + h + "</th>"; }).join("");
-      return '<table class="runs"><tr>' + head + "</tr>" + rows.join("") + "</table>";
-    }
-    function escapeHtml(text) {
-      return String(text).replace(/[&<>"']/g, function (c) { return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]; });
     }
 
     function updateCurves() {
@@ -934,9 +947,7 @@
           }
         });
       });
-      const table = runsTable(state);
-      const runsNode = document.getElementById("runs");
-      if (runsNode.dataset.html !== table) { runsNode.innerHTML = table; runsNode.dataset.html = table; }
+      updateRuns(state);
       const names = state.runs.map(function (r) { return r.name; }).join(", ");
       const title = "trajhook" + (source.live ? (anyWriting() ? " (live)" : "") : " report") + ": " + names;
       document.getElementById("title").textContent = title;
