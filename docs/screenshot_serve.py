@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--fallback", type=Path, default=None, help="shown in place of the first STORE missing")
     parser.add_argument("--out", type=Path, default=Path("docs/images/serve_live.png"), help="the PNG")
     parser.add_argument("--width", type=int, default=1500, help="the PNG's width in pixels (the page's viewport)")
-    parser.add_argument("--height", type=int, default=1850, help="the PNG's height in pixels")
+    parser.add_argument("--height", type=int, default=1950, help="the PNG's height in pixels")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the page to draw")
     args = parser.parse_args(argv)
 

@@ -204,7 +204,8 @@ document.querySelectorAll('.trajhook-panel[data-key]').forEach(function (root) {
     .map(e => { const r = e.getBoundingClientRect();
                 return {x: r.left - canvas.left, y: r.top - canvas.top, w: r.width, h: r.height,
                         text: e.textContent}; });
-  out.push({key: root.dataset.key, labels: labels, lines: root.trajhookPolylines, cursors: root.trajhookCursors,
+  out.push({key: root.dataset.key, labels: labels, lines: root.trajhookPolylines.concat(root.trajhookLeaders),
+            cursors: root.trajhookCursors,
             missing: root.querySelector('.unplaced').textContent});
 });
 return out;

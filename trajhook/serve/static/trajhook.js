@@ -439,25 +439,48 @@
       const n = Math.max(1, Math.ceil(Math.hypot(bx - ax, by - ay)));
       for (let k = 0; k <= n; k++) { const x = ax + (bx - ax) * k / n, y = ay + (by - ay) * k / n; mark(x - pad, y - pad, x + pad, y + pad); }
     }
-    return { mark: mark, free: free, segment: segment };
+    function freeLine(ax, ay, bx, by) {
+      const n = Math.max(1, Math.ceil(Math.hypot(bx - ax, by - ay)));
+      for (let k = 0; k <= n; k++) { const x = ax + (bx - ax) * k / n, y = ay + (by - ay) * k / n; if (!free(x - 1, y - 1, x + 1, y + 1)) return false; }
+      return true;
+    }
+    return { mark: mark, free: free, segment: segment, freeLine: freeLine };
   }
 
   // Candidate spots around an anchor, nearest first: right, left, above, below, then the diagonals.
-  const SPOTS = [];
-  [8, 16, 26, 38].forEach(function (d) {
+  const SPOTS = [], NEAR = 38;  // beyond NEAR pixels a label gets a leader line to its mark
+  [8, 16, 26, 32, 38, 46, 56, 68, 80, 110, 150].forEach(function (d) {
     [[1, 0], [-1, 0], [0, -1], [0, 1], [1, -1], [-1, -1], [1, 1], [-1, 1]].forEach(function (v) { SPOTS.push([d, v[0], v[1]]); });
   });
-  function place(occ, bounds, ax, ay, w, h, extra) { // a free rect {x, y, w, h} near (ax, ay), or null
+  function place(occ, bounds, ax, ay, w, h, extra, near) { // a free rect {x, y, w, h} near (ax, ay), or null
     for (let k = 0; k < SPOTS.length; k++) {
       const d = SPOTS[k][0], vx = SPOTS[k][1], vy = SPOTS[k][2];
+      if (near && d > NEAR) break;
       const x = vx > 0 ? ax + d : vx < 0 ? ax - d - w : ax - w / 2;
       const y = vy > 0 ? ay + d : vy < 0 ? ay - d - h : ay - h / 2;
       if (x < bounds.left || y < bounds.top || x + w > bounds.left + bounds.width || y + h > bounds.top + bounds.height) continue;
       if (!occ.free(x - 1, y - 1, x + w + 1, y + h + 1)) continue;
       if (extra && extra.some(function (o) { return x < o.x + o.w + 1 && o.x < x + w + 1 && y < o.y + o.h + 1 && o.y < y + h + 1; })) continue;
-      return { x: x, y: y, w: w, h: h };
+      const rect = { x: x, y: y, w: w, h: h, d: d };
+      if (d > NEAR) { // the leader, from the mark's edge to the label's nearest point, must not cross a marked cell either
+        const end = nearestPoint(rect, ax, ay), len = Math.hypot(end[0] - ax, end[1] - ay);
+        const sx = ax + (end[0] - ax) * 17 / len, sy = ay + (end[1] - ay) * 17 / len;  // past the mark (11 px) and its cell
+        if (!occ.freeLine(sx, sy, end[0], end[1])) continue;
+        if (extra && extra.some(function (o) { return crosses(o, sx, sy, end[0], end[1]); })) continue;
+        rect.leader = [sx, sy, end[0], end[1]];
+      }
+      return rect;
     }
     return null;
+  }
+  function nearestPoint(r, x, y) { return [Math.max(r.x, Math.min(x, r.x + r.w)), Math.max(r.y, Math.min(y, r.y + r.h))]; }
+  function crosses(o, ax, ay, bx, by) { // whether the segment passes through the rect (sampled every pixel)
+    const n = Math.max(1, Math.ceil(Math.hypot(bx - ax, by - ay)));
+    for (let k = 0; k <= n; k++) {
+      const x = ax + (bx - ax) * k / n, y = ay + (by - ay) * k / n;
+      if (x > o.x - 1 && x < o.x + o.w + 1 && y > o.y - 1 && y < o.y + o.h + 1) return true;
+    }
+    return false;
   }
 
   // The curves: one small panel per scalar (data-scalar), one per maze probe's shortest-path agreement (chance
@@ -465,7 +488,7 @@
   // the zoom: drag across a panel, double-click to reset), the EMA smoothing and the log y switch.
   function CurvePanel(app, spec) {
     const box = panelBox(app.sections.curves, spec.title, spec.note || "");
-    const width = 470, height = 230, b = plotBox(58, 22, width - 74, height - 58);
+    const width = 440, height = 220, b = plotBox(58, 22, width - 74, height - 58);
     const base = canvas(box.body, width, height), overlay = canvas(box.body, width, height);
     const self = { root: box.root, kind: "curves", spec: spec, series: [], wanted: null, xr: [0, 1] };
     box.root.classList.add("curve-panel");
@@ -629,6 +652,7 @@
     box.root.appendChild(readout);
     const self = { root: box.root, kind: "pca", data: null, wanted: null };
     let X = null, Y = null, occ = null, labels = [], shown = [];
+    const room = plotBox(b.left, 2, b.width, b.top + b.height - 2);  // labels go in the plot or the empty margin above it
 
     self.update = function (entry) {
       self.data = entry;
@@ -649,6 +673,7 @@
       const ratio = entry.explained.concat([0, 0]);
       drawAxes(ctx, b, xr, yr, "PC1 (" + Math.round(100 * (ratio[0] || 0)) + "% of variance)", "PC2 (" + Math.round(100 * (ratio[1] || 0)) + "%)");
       occ = Occupancy(width, height);
+      occ.mark(b.left - 1, b.top, b.left + b.width + 1, b.top + 1);  // the frame's top edge: labels above it stay clear
       const lines = [], wanted = [];
       shown.forEach(function (r) {
         const colour = runColour(r.run);
@@ -694,14 +719,22 @@
         layer.appendChild(span);
         return { w: w, span: span };
       });
-      const missing = [];
+      const missing = [], leaders = [];
       labels.forEach(function (l) {
         l.size = [l.span.offsetWidth, l.span.offsetHeight];
-        l.home = place(occ, b, l.w.x, l.w.y, l.size[0], l.size[1], null);
-        if (l.home) occ.mark(l.home.x, l.home.y, l.home.x + l.home.w, l.home.y + l.home.h);
-        else { l.span.remove(); missing.push(l.w.text); }
+        l.home = place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], null);
+        if (!l.home) { l.span.remove(); missing.push(l.w.text); return; }
+        occ.mark(l.home.x, l.home.y, l.home.x + l.home.w, l.home.y + l.home.h);
+        if (l.home.leader) { // drawn with the lines, and kept clear of the labels placed after it
+          const p = l.home.leader;
+          ctx.strokeStyle = l.w.colour; ctx.lineWidth = 1; ctx.setLineDash([2, 2]);
+          ctx.beginPath(); ctx.moveTo(p[0], p[1]); ctx.lineTo(p[2], p[3]); ctx.stroke(); ctx.setLineDash([]);
+          occ.segment(p[0], p[1], p[2], p[3], 1.5);
+          leaders.push([[p[0], p[1]], [p[2], p[3]]]);
+        }
       });
       labels = labels.filter(function (l) { return l.home; });
+      box.root.trajhookLeaders = leaders;
       unplaced.textContent = missing.length ? "Not labelled in the picture (no free room): " + missing.join("; ") : "";
       if (self.wanted !== null) self.draw(self.wanted);
     };
@@ -736,11 +769,11 @@
       const hits = function (rect) { return cursors.some(function (o) { return rect.x < o.x + o.w && o.x < rect.x + rect.w && rect.y < o.y + o.h && o.y < rect.y + rect.h; }); };
       labels.forEach(function (l) { put(l, hits(l.home) ? undefined : l.home); });
       labels.forEach(function (l) {
-        if (l.at) return;
+        if (l.at || l.home.leader) return;  // a label with a leader stays by it: hidden while the cursor is over it
         const taken = cursors.concat(labels.filter(function (o) { return o.at; }).map(function (o) { return o.at; }));
         const homes = labels.filter(function (o) { return o !== l; }).map(function (o) { return o.home; });
-        put(l, place(occ, b, l.w.x, l.w.y, l.size[0], l.size[1], taken.concat(homes)) ||
-          place(occ, b, l.w.x, l.w.y, l.size[0], l.size[1], taken) || null);
+        put(l, place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], taken.concat(homes), true) ||
+          place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], taken, true) || null);
       });
       box.root.trajhookCursors = cursors;
       readout.textContent = out.join("   |   ");
