@@ -137,7 +137,7 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     ), state["END"]["note"]
     assert state["END"]["title"] == "trajhook report: maze_lm, lm_only"
     # the panels in the served page's order: fields, curves (loss, agreement, targets), PCA
-    assert state["END"]["order"] == [
+    assert state["END"]["order"] == served_order(stores) == [
         "0/maze", "loss", "maze", "targets", "token_loss:prompts", "vectors:maze",
     ]  # fmt: skip
     assert [json.loads(text) for text in state["END"]["metadata"]] == [log.metadata for log in logs]
@@ -167,6 +167,25 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     early = min(50, logs[0]["prompts"]["token_loss"].shape[-1] // 4)
     score = icl_score(logs[1]["prompts"]["token_loss"][-1], late=500, early=early)
     assert f"lm_only: step 60, ICL score {score:.3f}" in state["END"]["icl"]
+
+
+def served_order(stores) -> list[str]:
+    """The panels of ``trajhook serve`` on the same stores, in page order, once every panel has drawn."""
+    from test_serve import Server, page, wait_until
+
+    server = Server(str(stores / "maze_lm.h5"), str(stores / "lm_only.h5"), "--port", "0")
+    driver = chromium(loopback=True)
+    try:
+        driver.get(server.local())
+        wait_until(lambda: (s := page(driver))["step"] and len(s["panels"]) >= 6 and set(s["panels"]) == {s["step"]})
+        return driver.execute_script(
+            "return Array.from(document.querySelectorAll('.trajhook-panel')).filter(e => e.style.display !== 'none')"
+            ".map(e => e.dataset.scalar || e.dataset.agreement || e.dataset.curves || e.dataset.key"
+            " || e.dataset.run + '/' + e.dataset.probe)"
+        )
+    finally:
+        driver.quit()
+        server.stop()
 
 
 def test_big_stores_are_thinned_evenly_keeping_first_last_and_events():

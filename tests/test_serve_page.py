@@ -157,11 +157,18 @@ def test_every_scalar_is_drawn_with_smoothing_log_y_a_shared_zoom_and_the_agreem
                 "return t.style.display === 'block' && t.textContent"
             )
         )
+        formats = driver.execute_script(
+            "const f = window.trajhook.format;"
+            "return [f.step(1400832), f.label(1400832.5), f.tick(50000), f.tick(1.4e6), f.tick(0.25), f.tick(-2),"
+            " f.tick(0.0005)]"
+        )
         console = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
         server.stop()
     assert console == []
+    # one number format: thousands separators in labels, compact SI on the axes (the functions every panel calls)
+    assert formats == ["1,400,832", "1,401,000", "50k", "1.4M", "0.25", "-2", "500\u00b5"]
     # every scalar, and no empty target panel for a run without targets
     assert scalars == ["entropy", "episodic_return", "loss"] and "targets" not in curves
     assert colour_bars == 1

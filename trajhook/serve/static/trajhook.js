@@ -1056,7 +1056,8 @@
       if (source.live) setTimeout(loop, POLL_MS);
     }
     document.addEventListener("visibilitychange", function () { if (!document.hidden && source.live) poll().catch(function () {}); });
-    window.trajhook = { app: app, show: userMove, decodeFrame: decodeFrame, zoom: app.zoom, setHidden: app.setHidden };
+    window.trajhook = { app: app, show: userMove, decodeFrame: decodeFrame, zoom: app.zoom, setHidden: app.setHidden,
+      format: { step: fmtStep, label: fmt, tick: fmtTick } };
     loop().then(function () { document.body.dataset.ready = "1"; });
   }
 
