@@ -8,9 +8,12 @@ and a prompts-only run on other steps. A third store is written live by a writer
 - a slider move until every panel has drawn the new step (random steps, mostly uncached frames): p50, p95;
 - a new record visible in the page (the slider's ``data-head-step``) after its commit: p50, p95;
 - the server's resident memory after all that, and over stores a tenth as long (it must not grow with records);
-- the writer's ``Recorder.flush()`` time with and without a server and a page attached, interleaved rounds.
+- the writer's ``Recorder.flush()`` time with and without a server and a page attached, interleaved rounds;
+- a folder of 20 stores x 1,000 records (maze + prompts) served as ``trajhook serve FOLDER``: first paint, the
+  server's memory, and one more store written into the folder: seconds from its first commit to its row on the page.
 
-Run: ``python benchmarks/bench_serve.py [--records 10000] [--moves 100] [--live 40] [--rounds 3] [--folder DIR]``.
+Run: ``python benchmarks/bench_serve.py [--records 10000] [--moves 100] [--live 40] [--rounds 3] [--folder DIR]
+[--runs 20] [--run-records 1000]``.
 """
 
 from __future__ import annotations
@@ -146,12 +149,72 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--live", type=int, default=40, help="records the live writer commits")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the flush comparison")
     parser.add_argument("--folder", default=None, help="keep the stores here, and reuse them if they are there")
+    parser.add_argument("--runs", type=int, default=20, help="stores in the served folder")
+    parser.add_argument("--run-records", type=int, default=1000, help="records of each store in the folder")
+    parser.add_argument("--only-folder", action="store_true", help="measure the folder only")
     args = parser.parse_args(argv)
     from browser import chromium
 
     print(machine())
     folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="trajhook-bench-serve-"))
     folder.mkdir(parents=True, exist_ok=True)
+    if not args.only_folder:
+        two_stores(args, folder, chromium)
+    many_stores(args, folder / "many", chromium)
+
+
+def many_stores(args: argparse.Namespace, runs: Path, chromium) -> None:
+    """A folder of ``args.runs`` stores: first paint, the server's memory, and a new store's arrival."""
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "new").mkdir(exist_ok=True)
+    (runs / "new" / "late.h5").unlink(missing_ok=True)
+    began = time.perf_counter()
+    for k in range(args.runs):
+        path = runs / f"seed{k:02d}.h5"
+        if not (path.exists() and len(load(path).steps) == args.run_records):
+            write_store(path, args.run_records, 10, maze=True, start=k, overwrite=True)
+    print(f"folder: {args.runs} stores x {args.run_records:,} records, ready in {time.perf_counter() - began:.0f} s")
+    server, url = start_server([runs])
+    time.sleep(2)
+    rss_start = rss_mb(server.pid)
+    driver = chromium(1500, 1800, loopback=True)
+    try:
+        began = time.perf_counter()
+        driver.get(url)
+        while not driver.execute_script(ALL_DRAWN, args.runs + 5):  # 20 fields, 3 curve panels, 2 PCA panels
+            if time.perf_counter() - began > 120:
+                break
+            time.sleep(0.02)
+        first_draw = time.perf_counter() - began
+        panels = driver.execute_script("return document.querySelectorAll('.trajhook-panel').length")
+        rss_painted = rss_mb(server.pid)
+        rows = "return document.querySelectorAll('tr[data-run]').length"
+        timings = []
+        import threading
+
+        writer = threading.Thread(
+            target=lambda: timings.extend(
+                write_store(runs / "new" / "late.h5", 12, 1, maze=True, start=0, interval=0.25, overwrite=True)
+            )
+        )
+        writer.start()
+        while driver.execute_script(rows) < args.runs + 1 and writer.is_alive():
+            time.sleep(0.02)
+        seen = time.time()
+        writer.join()
+        arrival = seen - timings[0][1] if timings else float("nan")
+        rss_end = rss_mb(server.pid)
+    finally:
+        driver.quit()
+        stop(server)
+    print(f"folder of {args.runs} x {args.run_records:,}: every panel drawn {first_draw:.2f} s after the request "
+          f"({panels} panels); server memory {rss_start:.0f} MB at start, {rss_painted:.0f} MB after first paint, "
+          f"{rss_end:.0f} MB with one more store; a new store's row on the page {arrival:.2f} s after its first "
+          "commit")  # fmt: skip
+
+
+def two_stores(args: argparse.Namespace, folder: Path, chromium) -> None:
+    """Two 10,000-record stores and a live writer: first paint, slider moves, new records, memory, flush."""
     for old in [folder / "live.h5", *folder.glob("flush-*.h5")]:
         old.unlink(missing_ok=True)
     began = time.perf_counter()

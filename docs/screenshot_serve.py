@@ -78,7 +78,8 @@ def existing_stores(stores: list[Path], fallback: Path | None) -> list[Path]:
 
 
 def expected_panels(server: Server, timeout: float) -> int:
-    """One panel per maze probe, one for the curves, one per PCA entry: what the page draws once complete.
+    """One panel per maze probe, one per curve (each scalar, each maze probe's agreement, the targets if any), one per
+    PCA entry: what the page draws once complete.
 
     Asked once the server has read every store (each has records, the counts unchanged between two polls).
     """
@@ -92,8 +93,12 @@ def expected_panels(server: Server, timeout: float) -> int:
             sys.exit(f"screenshot_serve: the server had not read every store after {timeout:.0f} s: {records}")
         last = records
         time.sleep(0.5)
-    mazes = sum(p["kind"] == "maze" for run in state["runs"] for p in run["probes"])
-    return mazes + 1 + len(server.get("/api/pca"))
+    mazes = sum(len(run["mazes"]) for run in state["runs"])
+    curves = [server.get(f"/api/curves?run={i}") for i in range(len(state["runs"]))]
+    scalars = {name for c in curves for name in c["scalars"]}
+    agreement = {a["probe"] for c in curves for a in c["agreement"]}
+    targets = any(c["targets"] for c in curves)
+    return mazes + len(scalars) + len(agreement) + targets + len(server.get("/api/pca"))
 
 
 def wait_until_drawn(driver: Any, panels: int, timeout: float, settle: float = 2.0) -> dict:
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--fallback", type=Path, default=None, help="shown in place of the first STORE missing")
     parser.add_argument("--out", type=Path, default=Path("docs/images/serve_live.png"), help="the PNG")
     parser.add_argument("--width", type=int, default=1500, help="the PNG's width in pixels (the page's viewport)")
-    parser.add_argument("--height", type=int, default=1257, help="the PNG's height in pixels")
+    parser.add_argument("--height", type=int, default=1950, help="the PNG's height in pixels")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the page to draw")
     args = parser.parse_args(argv)
 

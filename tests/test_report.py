@@ -84,6 +84,11 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
                 " step: m.dataset.step, probs: Array.from(m.trajhookFrame.probs).map(v => v / 255),"
                 " cursor: JSON.parse(p.dataset.cursor), icl: p.querySelector('.icl').textContent,"
                 " version: document.getElementById('version').textContent,"
+                " note: document.getElementById('snapshot-note').textContent, title: document.title,"
+                " order: Array.from(document.querySelectorAll('.trajhook-panel'))"
+                "   .filter(e => e.style.display !== 'none')"
+                "   .map(e => e.dataset.scalar || e.dataset.agreement || e.dataset.curves || e.dataset.key"
+                "        || e.dataset.run + '/' + e.dataset.probe),"
                 " metadata: Array.from(document.querySelectorAll('#runs details pre')).map(e => e.textContent)}"
             )
         index = "return +document.body.dataset.index"
@@ -122,8 +127,19 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     leaving = [u for u in urls if not u.startswith(("file:", "data:", "blob:", "about:"))]
     assert leaving == [], leaving
 
-    # the page states the trajhook version and each run's metadata
-    assert state["END"]["version"].startswith(f"trajhook {trajhook.__version__}, snapshot made ")
+    # the page states the trajhook version, that it is a snapshot of which stores at what time, and each run's metadata
+    assert state["END"]["version"] == f"trajhook {trajhook.__version__}"
+    paths = f"{stores / 'maze_lm.h5'}, {stores / 'lm_only.h5'}"
+    assert re.fullmatch(
+        rf"A snapshot of 2 stores \({re.escape(paths)}\) made at \d{{4}}-\d\d-\d\d \d\d:\d\d UTC: it shows the "
+        "records written by then and does not follow new ones.",
+        state["END"]["note"],
+    ), state["END"]["note"]
+    assert state["END"]["title"] == "trajhook report: maze_lm, lm_only"
+    # the panels in the served page's order: fields, curves (loss, agreement, targets), PCA
+    assert state["END"]["order"] == served_order(stores) == [
+        "0/maze", "loss", "maze", "targets", "token_loss:prompts", "vectors:maze",
+    ]  # fmt: skip
     assert [json.loads(text) for text in state["END"]["metadata"]] == [log.metadata for log in logs]
     # the slider spans the union of both runs' steps; first and last step shown
     assert state["HOME"]["index"] == 0 and state["END"]["index"] == len(steps) - 1
@@ -150,7 +166,26 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
     # and the ICL score beside it
     early = min(50, logs[0]["prompts"]["token_loss"].shape[-1] // 4)
     score = icl_score(logs[1]["prompts"]["token_loss"][-1], late=500, early=early)
-    assert f"lm_only: ICL score {score:.3f}" in state["END"]["icl"]
+    assert f"lm_only: step 60, ICL score {score:.3f}" in state["END"]["icl"]
+
+
+def served_order(stores) -> list[str]:
+    """The panels of ``trajhook serve`` on the same stores, in page order, once every panel has drawn."""
+    from test_serve import Server, page, wait_until
+
+    server = Server(str(stores / "maze_lm.h5"), str(stores / "lm_only.h5"), "--port", "0")
+    driver = chromium(loopback=True)
+    try:
+        driver.get(server.local())
+        wait_until(lambda: (s := page(driver))["step"] and len(s["panels"]) >= 6 and set(s["panels"]) == {s["step"]})
+        return driver.execute_script(
+            "return Array.from(document.querySelectorAll('.trajhook-panel')).filter(e => e.style.display !== 'none')"
+            ".map(e => e.dataset.scalar || e.dataset.agreement || e.dataset.curves || e.dataset.key"
+            " || e.dataset.run + '/' + e.dataset.probe)"
+        )
+    finally:
+        driver.quit()
+        server.stop()
 
 
 def test_big_stores_are_thinned_evenly_keeping_first_last_and_events():

@@ -166,10 +166,10 @@ def test_the_page_follows_a_writer_scrubs_every_panel_and_shows_the_stores_value
         press(driver, "END")
         head = int(page(driver)["head"])
         wait_until(lambda: int(page(driver)["step"]) > head + 1)
-        # the writer dies: the page keeps the last committed state and says there is no writer
+        # the writer dies: the page keeps the last committed state and says the writer is gone
         writer.kill()
         last = max(writer.committed)
-        wait_until(lambda: "no writer" in " ".join(page(driver)["status"]) and page(driver)["head"] == str(last))
+        wait_until(lambda: "writer gone" in " ".join(page(driver)["status"]) and page(driver)["head"] == str(last))
         # the go-to box: step 5 (once the PCA basis is refitted on every record: the page asks every 5 s)
         time.sleep(5.5)
         press(driver, "END")
@@ -219,7 +219,7 @@ def test_the_page_follows_a_writer_scrubs_every_panel_and_shows_the_stores_value
     assert frame["step"] == "5"
     np.testing.assert_allclose(np.array(frame["vectors"]).reshape(-1, 2), log["maze"]["vectors"][i], rtol=0, atol=1e-6)
     cells = log["maze"].metadata["cells"]
-    assert f"cell (row {cells[10][0]}, col {cells[10][1]})  step 5" in hover
+    assert f"cell (row {cells[10][0]} from the bottom, col {cells[10][1]} from the left)  step 5" in hover
     shown = [float(v) for v in re.findall(r"^\S+  ([0-9.]+)$", hover, re.M)]
     np.testing.assert_allclose(shown, log["maze"]["direction_probs"][i, 10], atol=1 / 510 + 5e-4)
     # the PCA cursor: the record at step 5 in one basis fitted on every record, computed here independently
@@ -228,7 +228,7 @@ def test_the_page_follows_a_writer_scrubs_every_panel_and_shows_the_stores_value
     loss = log["prompts"]["token_loss"]
     expected = trajectory_pca(loss, n_components=2).coords[i]
     np.testing.assert_allclose(np.abs(np.array(cursor, dtype=float).ravel()), np.abs(expected), atol=1e-3)
-    assert f"live: ICL score {icl_score(loss[i], late=500, early=loss.shape[-1] // 4):.3f}" in icl
+    assert f"live: step 5, ICL score {icl_score(loss[i], late=500, early=loss.shape[-1] // 4):.3f}" in icl
 
 
 def raw_ok(status: int, body: bytes) -> bool:

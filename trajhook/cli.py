@@ -298,7 +298,11 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", help="one or more stores, followed while they are written")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        help="stores, followed while they are written; a folder: every store under it, and new ones as they appear",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; any other host needs a token")
     parser.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
     parser.add_argument("--wait", action="store_true", help="follow stores that do not exist yet")

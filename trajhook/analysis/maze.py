@@ -174,3 +174,15 @@ def way_overlap(grid: np.ndarray, cells: np.ndarray, cheese: tuple[int, int]) ->
     cells = cells[~((cells[:, 0] == corner[0]) & (cells[:, 1] == corner[1]))]
     shared = shortest_path_moves(grid, tuple(cheese), cells) & shortest_path_moves(grid, corner, cells)
     return float(shared.any(axis=1).mean())
+
+
+def chance_agreement(on_path: np.ndarray) -> float:
+    """The agreement of a uniformly random move out of the four: the mean share of moves on a shortest path.
+
+    ``on_path`` ``(n, 4)`` from :func:`shortest_path_moves`; the line every agreement curve is drawn against.
+
+    >>> chance_agreement(np.array([[False, True, False, False], [True, True, False, False]]))
+    0.375
+    """
+    on_path = np.asarray(on_path, dtype=bool)
+    return float(on_path.sum(axis=1).mean() / 4) if len(on_path) else 0.0

@@ -31,7 +31,7 @@ def snapshot(paths: Sequence[str | os.PathLike], max_frames: int = 120, progress
 
     if not paths:
         raise TrajhookError("report: no runs given. HINT: trajhook report RUN.h5 [MORE.h5 ...] -o report.html.")
-    check_stores(paths)
+    check_stores(paths, folders=False)
     names = payloads.run_names(paths)
     followers = [Follower(p, start=False) for p in paths]
     try:
@@ -60,8 +60,9 @@ def snapshot(paths: Sequence[str | os.PathLike], max_frames: int = 120, progress
                     blob = follower.frame(probe, step)
                     data["frames"][f"{run}/{probe}/{step}"] = base64.b64encode(blob).decode()
         data["state"]["made"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        data["state"]["stores"] = [str(p) for p in paths]  # the header names them: a snapshot of which stores
         for entry in data["state"]["runs"]:
-            entry["status"], entry["message"] = "live", ""  # a snapshot: no writer to speak of
+            entry["status"], entry["message"] = "live", ""  # its run_status says how the run stood then
         return data
     finally:
         for follower in followers:

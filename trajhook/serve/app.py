@@ -26,6 +26,7 @@ from trajhook.serve.follow import POLL_S, Follower
 
 STATIC = Path(__file__).parent / "static"
 PCA_EVERY_S = 4.0
+SCAN_EVERY_S = 1.0  # a folder's new stores show within this and one poll of the page
 
 
 def page_html(
@@ -49,14 +50,49 @@ def page_html(
 
 
 class Runs:
-    """The followed stores and the PCA cache shared by every request."""
+    """The followed stores and the PCA cache shared by every request.
+
+    A path that is a directory is a :class:`~trajhook.serve.folder.Folder`: its stores are added as runs
+    when :meth:`discover` finds them (the page's polls call it, at most every :data:`SCAN_EVERY_S`).
+    Runs are only ever appended, so a run's index never changes.
+    """
 
     def __init__(self, paths: Sequence[str | Path], poll_s: float = POLL_S) -> None:
-        self.paths = [Path(p) for p in paths]
+        from trajhook.serve.folder import Folder
+
+        self.poll_s = poll_s
+        given = [Path(p) for p in paths]
+        self.folders = [Folder(p) for p in given if p.is_dir()]
+        self.paths = [p for p in given if not p.is_dir()]
         self.names = payloads.run_names(self.paths)
         self.followers = [Follower(p, poll_s=poll_s) for p in self.paths]
+        self._scanned = -1e9
+        self._scan_lock = threading.Lock()
+        self.discover()
         self._pca: tuple[Any, float, list] | None = None
+        self._bases: dict[str, payloads.Basis] = {}  # each PCA panel's basis, refitted by payloads.pca's policy
         self._pca_lock = threading.Lock()
+        self._turns: threading.Thread | None = None
+        threading.Thread(target=self._warm_up, name="trajhook-warm-up", daemon=True).start()
+
+    def discover(self) -> None:
+        """Add the stores that appeared in the folders (at most once every :data:`SCAN_EVERY_S`)."""
+        if not self.folders or not self._scan_lock.acquire(blocking=False):
+            return
+        try:
+            if time.monotonic() - self._scanned < SCAN_EVERY_S:
+                return
+            self._scanned = time.monotonic()
+            for folder in self.folders:
+                for path in folder.scan():
+                    name = folder.name(path)
+                    while name in self.names:
+                        name += "'"
+                    self.names.append(name)  # names first: a request may index them by the followers' count
+                    self.paths.append(path)
+                    self.followers.append(Follower(path, poll_s=self.poll_s))
+        finally:
+            self._scan_lock.release()
 
     def snapshots(self) -> list:
         return [f.snapshot() for f in self.followers]
@@ -65,11 +101,39 @@ class Runs:
         """The PCA panels, recomputed at most every :data:`PCA_EVERY_S` while records arrive."""
         with self._pca_lock:
             snaps = self.snapshots()
-            key = tuple((s.epoch, len(s.steps)) for s in snaps)
+            names = self.names[: len(snaps)]
+            key = tuple((s.epoch, len(s.steps), s.run_status) for s in snaps)
             now = time.monotonic()
             if self._pca is None or (self._pca[0] != key and now - self._pca[1] >= PCA_EVERY_S):
-                self._pca = (key, now, payloads.pca(self.names, snaps))
+                self._pca = (key, now, payloads.pca(names, snaps, self._bases, defer_turns=True))
+                wanted = self._bases.get("turns wanted")
+                if wanted and (self._turns is None or not self._turns.is_alive()):
+                    self._turns = threading.Thread(target=self._find_turns, name="trajhook-turns", daemon=True)
+                    self._turns.start()
             return self._pca[2]
+
+    def _warm_up(self, timeout: float = 10.0) -> None:
+        """Fit the PCA panels once the stores are read, before a page asks: a page opened later paints at once."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+            f.snapshot().status == "waiting" and f.path.exists() for f in self.followers
+        ):
+            time.sleep(0.1)
+        with contextlib.suppress(Exception):  # a store mid-rebuild: the first request fits instead
+            self.pca()
+
+    def _find_turns(self) -> None:
+        """Find the finished runs' offline turning points that :meth:`pca` left out, then let it redo the panels."""
+        while True:
+            with self._pca_lock:
+                wanted = self._bases.get("turns wanted", {})
+                if not wanted:
+                    self._pca = None  # the next request draws them
+                    return
+                cached, (steps, data) = wanted.popitem()
+            turn = payloads.offline_turn(steps, data)
+            with self._pca_lock:
+                self._bases["offline turns"][cached] = turn
 
     def stop(self) -> None:
         for follower in self.followers:
@@ -116,7 +180,8 @@ def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: fl
         return await asyncio.wrap_future(follower.submit(job))
 
     async def index(request: Request) -> Response:
-        title = "trajhook (live): " + ", ".join(runs.names)
+        shown = [*(str(f.root) for f in runs.folders), *runs.names][:8]
+        title = "trajhook: " + ", ".join(shown)  # the page says "(live)" while a writer writes
         return HTMLResponse(page_html(token, title=title), headers={"Cache-Control": "no-store"})
 
     async def static_js(request: Request) -> Response:
@@ -130,9 +195,13 @@ def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: fl
                 have.append((int(epoch), int(count)))
             except ValueError:
                 have.append((-1, 0))
+        if runs.folders:
+            await asyncio.to_thread(runs.discover)
+        followers = list(runs.followers)
         # a fresh read of each store before answering: a new record shows at the next poll
-        await asyncio.gather(*(on_reader(f, f.refresh) for f in runs.followers))
-        return JSONResponse(payloads.state(runs.names, runs.snapshots(), have))
+        await asyncio.gather(*(on_reader(f, f.refresh) for f in followers))
+        snaps = [f.snapshot() for f in followers]
+        return JSONResponse(payloads.state(runs.names[: len(snaps)], snaps, have))
 
     async def api_maze(request: Request) -> Response:
         data = payloads.maze(run_of(request).snapshot(), request.query_params.get("probe", ""))

@@ -3,10 +3,10 @@
 The thread owns the file's h5py handle: every read of that file (a refresh, a frame) runs on it,
 because h5py serialises calls behind one global lock and multi-threaded reads of one file crashed
 (NOTES.md, "A live view"). It keeps only what is small per record: the step index, the wall time,
-the scalars, each prompt probe's target log-probs, and a thinned sample
-(at most :data:`MAX_SAMPLES` rows, by stride doubling, plus the newest) of each output a PCA panel
-draws. Maze frames are read from
-the file when asked for, through a small LRU cache.
+the scalars, each prompt probe's target log-probs, each maze probe's shortest-path agreement
+(:func:`~trajhook.analysis.maze.path_agreement`, computed here from the probe's grid as rows arrive),
+and a thinned sample (at most :data:`MAX_SAMPLES` rows, by stride doubling, plus the newest) of each
+output a PCA panel draws. Maze frames are read from the file when asked for, through a small LRU cache.
 
 What it handles:
 
@@ -14,6 +14,11 @@ What it handles:
 - a store rebuilt by ``overwrite=True`` or by a resume's compaction: a new inode, read afresh;
 - a resume that drops rows: the ``committed`` generation changes, read afresh;
 - a writer killed mid-run: the last committed state stays (``writer`` becomes ``False``);
+- which of three states the run is in (``run_status``): ``"writing"`` (a live writer holds the store's
+  lock), ``"finished"`` (no writer, and the file was closed cleanly) or ``"writer-gone"`` (no writer,
+  and the file is still flagged open for writing: the writer died without closing it). HDF5 sets that
+  flag in the superblock when a writer opens the file and clears it at a clean close
+  (:func:`open_for_writing_flag`); the store needs no mark of its own;
 - a store deleted under it: ``status`` ``"deleted"``, the last state stays.
 
 Every reset bumps ``epoch``: the page then fetches the step index from the start.
@@ -38,6 +43,23 @@ import numpy as np
 MAX_SAMPLES = 2048
 FRAME_CACHE = 512
 POLL_S = 1.0  # the page polls every 0.5 s, and each poll reads first: this tick is for pages that do not
+
+
+def open_for_writing_flag(path: str | os.PathLike) -> bool | None:
+    """Whether the HDF5 file at ``path`` is flagged open by a writer (superblock v2/v3 file-consistency
+    flags: bit 0 write access, bit 2 SWMR write); None if the superblock is not at offset 0 or is older.
+
+    HDF5 sets the flags when a writer opens the file and clears them when it closes it: a writer that
+    was killed leaves them set, which is how a finished run is told from one whose writer is gone.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
+        return None
+    return bool(head[11] & 0b101)
 
 
 class Growing:
@@ -128,15 +150,18 @@ class Snapshot:
 
     status: str  # "waiting" | "live" | "deleted" | "error"
     message: str
+    run_status: str  # "waiting" | "writing" | "finished" | "writer-gone" | "deleted" | "error"
     epoch: int
     writer: bool
     steps: np.ndarray
+    wall: np.ndarray  # each record's wall time (unix seconds)
     probes: dict[str, dict[str, Any]]
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]
     events: list[tuple[int, str]]
     targets: dict[str, np.ndarray]
     samples: dict[str, tuple[np.ndarray, np.ndarray]]  # "probe/dataset" -> (record indices, rows)
     attrs: dict[str, Any]
+    agreement: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)  # maze probe -> (per record, chance)
 
 
 class Follower:
@@ -156,6 +181,8 @@ class Follower:
         self._inode: tuple[int, int] | None = None
         self._epoch = 0
         self._status, self._message, self._writer = "waiting", "waiting for the file to appear", False
+        self._flagged_open = False
+        self._on_path: dict[str, tuple[np.ndarray, float]] = {}
         self._frames: collections.OrderedDict = collections.OrderedDict()
         self._reset()
         self._thread: threading.Thread | None = None
@@ -170,16 +197,26 @@ class Follower:
             return Snapshot(
                 self._status,
                 self._message,
+                self._run_status(),
                 self._epoch,
                 self._writer,
                 self._steps.array,
+                self._wall.array,
                 self._probes,
                 {k: (s.array, v.array) for k, (s, v) in self._scalars.items()},
                 list(self._events),
                 {k: g.array for k, g in self._targets.items()},
                 {k: s.arrays() for k, s in self._samples.items()},
                 dict(self._attrs),
+                {k: (g.array, self._on_path[k][1]) for k, g in self._agreement.items()},
             )
+
+    def _run_status(self) -> str:
+        if self._status != "live":
+            return self._status
+        if self._writer:
+            return "writing"
+        return "writer-gone" if self._flagged_open else "finished"
 
     def call(self, job: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``job()`` on the reader thread (or here, without one) and return its result."""
@@ -233,6 +270,7 @@ class Follower:
     # -- the reader thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        self.refresh()  # read the store at once, not a tick later: the server's PCA warm-up waits for it
         while not self._stop.is_set():
             try:
                 item = self._jobs.get(timeout=self.poll_s)
@@ -300,7 +338,16 @@ class Follower:
             if not kind or kind == "custom":  # format 1, or a custom probe with a maze's or prompts' outputs
                 kind = guess_kind(list(outputs), meta)
             probes[name] = {"kind": str(kind), "metadata": meta, "outputs": outputs}
+        on_path = {}
+        for name, info in probes.items():  # the maze probes' shortest-path moves, for their agreement
+            meta = info["metadata"]
+            if info["kind"] == "maze" and "direction_probs" in info["outputs"] and meta.get("cheese") is not None:
+                from trajhook.analysis.maze import chance_agreement, shortest_path_moves
+
+                moves = shortest_path_moves(np.asarray(meta["grid"]), tuple(meta["cheese"]), np.asarray(meta["cells"]))
+                on_path[name] = (moves, chance_agreement(moves))
         with self._lock:
+            self._on_path = on_path
             self._attrs = attrs
             self._probes = probes
 
@@ -311,6 +358,8 @@ class Follower:
             self._generation: int | None = None
             self._counts = [0, 0, 0, 0]
             self._steps = Growing(np.int64)
+            self._wall = Growing(np.float64)
+            self._agreement: dict[str, Growing] = {}
             self._scalar_names: list[str] = []
             self._scalars: dict[str, tuple[Growing, Growing]] = {}
             self._events: list[tuple[int, str]] = []
@@ -332,11 +381,16 @@ class Follower:
         if self._generation is not None and (generation != self._generation or counts[RECORDS] < self._counts[RECORDS]):
             self._reset()  # a resume dropped rows: they may have been rewritten
         writer = writer_alive(self.path)
+        flagged = open_for_writing_flag(self.path)
+        if flagged is None:  # no superblock flags to read: a lock file left behind says a writer died
+            from trajhook.lock import lock_path
+
+            flagged = lock_path(self.path).exists()
         old = self._counts
         if counts[:4] == old and self._generation is not None:
             with self._lock:
-                self._status, self._writer = "live", writer
-                self._message = "" if writer else "no writer: showing the last committed state"
+                self._status, self._writer, self._flagged_open = "live", writer, flagged
+                self._message = ""
             return
 
         def rows(name: str, start: int, stop: int) -> np.ndarray:
@@ -346,6 +400,16 @@ class Follower:
 
         n0, n1 = old[RECORDS], counts[RECORDS]
         new_steps = rows("steps", n0, n1)
+        new_wall = rows("wall_time", n0, n1)
+        new_agreement = {}
+        for name, (moves, _) in self._on_path.items():
+            from trajhook.analysis.maze import path_agreement
+
+            ds = file[f"probes/{name}/direction_probs"]
+            ds.refresh()
+            # blocks of 256 records (1.7 MB for 337 cells): larger blocks left ~16 MB in the heap after a catch-up
+            parts = [np.atleast_1d(path_agreement(ds[a : min(a + 256, n1)], moves)) for a in range(n0, n1, 256)]
+            new_agreement[name] = np.concatenate(parts) if parts else np.zeros(0)
         new_targets = {}
         new_samples = {}
         from trajhook.serve.payloads import PCA_SOURCES
@@ -377,6 +441,9 @@ class Follower:
             return  # a resume rewrote rows meanwhile: read again next tick
         with self._lock:
             self._steps.extend(new_steps)
+            self._wall.extend(new_wall)
+            for name, shares in new_agreement.items():
+                self._agreement.setdefault(name, Growing(np.float32)).extend(shares)
             for name, lp in new_targets.items():
                 self._targets.setdefault(name, Growing(np.float32, lp.shape[1:])).extend(lp)
             for name, (index, sample_rows, stride) in new_samples.items():
@@ -390,8 +457,8 @@ class Follower:
             self._events = events
             self._counts = counts[:4]
             self._generation = generation
-            self._status, self._writer = "live", writer
-            self._message = "" if writer else "no writer: showing the last committed state"
+            self._status, self._writer, self._flagged_open = "live", writer, flagged
+            self._message = ""
 
     def _close(self) -> None:
         if self._file is not None:

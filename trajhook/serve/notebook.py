@@ -49,9 +49,10 @@ def start_server(paths: Sequence[str | os.PathLike], timeout: float = 60.0) -> s
 
 
 def show(paths: str | os.PathLike | Sequence[str | os.PathLike], height: int = 900) -> Any:
-    """Display the live page of one or more stores in the notebook; returns the IFrame shown.
+    """Display the live page of one or more stores (or a folder of runs) in the notebook; returns the IFrame shown.
 
-    The stores may not exist yet: the page waits for them.
+    The stores may not exist yet: the page waits for them. A folder serves every store under it, and
+    each new one within two seconds.
     """
     from trajhook.extras import require
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ def state(names: Sequence[str], snaps: Sequence[Snapshot], have: Sequence[tuple[
     ``have`` holds the page's ``(epoch, count)`` per run: an unchanged epoch gets only the steps from
     ``count`` on (``steps_from``); a new epoch (the file was rebuilt or rows dropped) all of them.
     """
+    import time
+
+    now = time.time()
     runs = []
     head = None
     for i, (name, snap) in enumerate(zip(names, snaps, strict=True)):
@@ -65,7 +69,10 @@ def state(names: Sequence[str], snaps: Sequence[Snapshot], have: Sequence[tuple[
             {
                 "name": name,
                 "status": snap.status,
+                "run_status": snap.run_status,
                 "message": snap.message,
+                "newest_age_s": round(now - float(snap.wall[-1]), 1) if len(snap.wall) else None,
+                "records_per_min": records_per_minute(snap.wall),
                 "writer": snap.writer,
                 "epoch": snap.epoch,
                 "records": len(steps),
@@ -84,6 +91,23 @@ def state(names: Sequence[str], snaps: Sequence[Snapshot], have: Sequence[tuple[
     from trajhook import __version__
 
     return {"head_step": head, "version": __version__, "runs": runs}
+
+
+def records_per_minute(wall: np.ndarray, window_s: float = 600.0) -> float | None:
+    """Records a minute over the last ``window_s`` seconds of wall time (or the whole run, if shorter).
+
+    >>> records_per_minute(np.arange(0.0, 121.0, 2.0))  # one record every 2 s
+    30.0
+    >>> records_per_minute(np.array([5.0])) is None
+    True
+    """
+    wall = np.asarray(wall, dtype=np.float64)
+    if len(wall) < 2:
+        return None
+    first = int(np.searchsorted(wall, wall[-1] - window_s))
+    first = min(first, len(wall) - 2)
+    span = float(wall[-1] - wall[first])
+    return round(60.0 * (len(wall) - 1 - first) / span, 1) if span > 0 else None
 
 
 def _metadata(snap: Snapshot) -> Any:
@@ -119,13 +143,20 @@ def maze(snap: Snapshot, probe: str) -> dict[str, Any] | None:
 
 
 def curves(snap: Snapshot) -> dict[str, Any]:
-    """The loss and every target's log-prob, bucketed for an overview (events and the last point kept)."""
+    """Every scalar, each maze probe's shortest-path agreement (with chance) and every target's log-prob,
+    bucketed for an overview (events and the last point kept)."""
     events = [s for s, _ in snap.events]
-    out: dict[str, Any] = {"epoch": snap.epoch, "loss": None, "targets": []}
-    if "loss" in snap.scalars:
-        steps, values = snap.scalars["loss"]
+
+    def bucketed(steps: np.ndarray, values: np.ndarray) -> dict[str, list]:
         pick = bucket_minmax(steps, values, events)
-        out["loss"] = {"steps": steps[pick].tolist(), "values": _floats(values[pick])}
+        return {"steps": steps[pick].tolist(), "values": _floats(values[pick])}
+
+    out: dict[str, Any] = {"epoch": snap.epoch, "scalars": {}, "agreement": [], "targets": []}
+    for name, (steps, values) in snap.scalars.items():
+        out["scalars"][name] = bucketed(steps, values)
+    for probe, (values, chance) in snap.agreement.items():
+        curve = bucketed(snap.steps[: len(values)], values)
+        out["agreement"].append({"probe": probe, "chance": round(chance, 5), **curve})
     for probe, lp in snap.targets.items():
         meta = snap.probes[probe]["metadata"]
         steps = snap.steps[: len(lp)]
@@ -133,15 +164,7 @@ def curves(snap: Snapshot) -> dict[str, Any]:
         texts = meta.get("target_texts") or [[f"target {j}" for j in range(lp.shape[2])] for _ in prompts]
         for i, (prompt, labels) in enumerate(zip(prompts, texts, strict=False)):
             for j, text in enumerate(labels[: lp.shape[2]]):
-                values = lp[:, i, j]
-                pick = bucket_minmax(steps, values, events)
-                out["targets"].append(
-                    {
-                        "label": f"{probe}/{prompt}: {text!r}",
-                        "steps": steps[pick].tolist(),
-                        "values": _floats(values[pick]),
-                    }
-                )
+                out["targets"].append({"label": f"{probe}/{prompt}: {text!r}", **bucketed(steps, lp[:, i, j])})
     return out
 
 
@@ -161,14 +184,95 @@ if importlib.util.find_spec("trajhook.analysis.field") is not None:  # the maze'
     PCA_SOURCES.append(("vectors", ("maze",), "vector-field PCA trajectory (one basis for all runs)"))
 
 
-def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]:
-    """Every run's trajectory in ONE PCA basis per probe, with event markers (and the ICL score for token losses).
+MIN_PCA_RECORDS = 8  # records (all runs of a panel together) before a PCA basis is fitted
+MAX_FIT_RECORDS = 1024  # a basis is fitted on at most this many records, evenly spaced in each run
+TURN_RECORDS = 512  # a finished run's offline turning point is found on at most this many evenly spaced records
+
+
+def fit_rows(rows: Sequence[np.ndarray], limit: int = MAX_FIT_RECORDS) -> list[np.ndarray]:
+    """Each run's rows, thinned evenly (first and last kept) so that all runs together hold at most about ``limit``.
+
+    Two components fitted on 1,024 evenly spaced records of 20,000 span the same plane for a trajectory that
+    moves slowly, at a twentieth of the SVD's memory (20 stores x 1,000 maze records: an SVD of 20,000 x 674
+    took 10 s and 400 MB on the 2-core machine, one of 1,024 x 674 0.5 s).
+
+    >>> [len(r) for r in fit_rows([np.zeros((30, 2)), np.zeros((10, 2))], limit=20)]
+    [15, 5]
+    """
+    total = sum(len(r) for r in rows)
+    if total <= limit:
+        return list(rows)
+    return [
+        r[np.unique(np.linspace(0, len(r) - 1, max(2, round(limit * len(r) / total))).round().astype(int))]
+        for r in rows
+    ]
+
+
+@dataclass
+class Basis:
+    """One PCA panel's fitted basis, kept between polls so that the trajectory holds still.
+
+    The refit policy (:func:`pca`): fitted once the runs have :data:`MIN_PCA_RECORDS` records, refitted
+    only when their record count has doubled since, when a run's file was rebuilt (a new epoch), and
+    once more when no run of the panel is writing any more (the final basis: every record of the
+    finished runs, as ``trajhook pca`` fits it). A refit keeps each component's sign.
+    """
+
+    fit: Any  # trajhook.analysis.trajectory.TrajectoryPCA
+    records: int
+    members: tuple
+    settled: bool
+
+
+def _aligned(fit: Any, old: Basis | None) -> Any:
+    """``fit`` with each component's sign flipped to agree with ``old``'s (a refit must not mirror the picture)."""
+    import dataclasses
+
+    if old is None or old.fit.components.shape != fit.components.shape:
+        return fit
+    if not np.array_equal(old.fit.kept_columns, fit.kept_columns):
+        return fit
+    signs = np.where(np.sum(old.fit.components * fit.components, axis=1) < 0, -1.0, 1.0)
+    coords = [c * signs for c in fit.coords] if isinstance(fit.coords, list) else fit.coords * signs
+    return dataclasses.replace(fit, coords=coords, components=fit.components * signs[:, None])
+
+
+def offline_turn(steps: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """The record index of a finished run's sharpest turn: :func:`~trajhook.analysis.field.field_trajectory` on
+    its own records (at most :data:`TURN_RECORDS`, evenly spaced), as ``trajhook pca`` finds it."""
+    from trajhook.analysis.field import field_trajectory
+
+    pick = np.unique(np.linspace(0, len(data) - 1, min(len(data), TURN_RECORDS)).round().astype(int))
+    try:
+        return pick[field_trajectory(steps[pick], data[pick], n_turns=1).turns]
+    except Exception:  # nothing finite to fit: no turn to show
+        return np.zeros(0, np.int64)
+
+
+def pca(
+    names: Sequence[str], snaps: Sequence[Snapshot], bases: dict[str, Any] | None = None, defer_turns: bool = False
+) -> list[dict[str, Any]]:
+    """Every run's trajectory in ONE PCA basis per probe, with the store's events (and the ICL score for token losses).
+
+    ``bases`` holds each panel's :class:`Basis` between calls (the live server keeps it; the report
+    passes none and fits once on every record). With ``defer_turns``, offline turning points not yet
+    found are left out (the entry says ``turns_pending``) and listed in ``bases["turns wanted"]`` for the
+    caller to find (:func:`offline_turn`) into ``bases["offline turns"]``: the live server does that on
+    another thread, so that 20 finished runs do not hold back the first paint.
+
+    Between refits, new records are projected onto the kept basis, so the trajectory drawn so far never
+    moves. Stage marks are the store's events (the live tracker's among them), placed at their records.
+    A run that finished (closed cleanly) also gets its offline turning point (:func:`offline_turn`).
 
     Rows come from each follower's thinned sample (at most a few thousand records a run, always the
-    newest): the trajectory of a long run is drawn from evenly spaced records.
+    newest): the trajectory of a long run is drawn from evenly spaced records; the basis is fitted on
+    at most :data:`MAX_FIT_RECORDS` of them (:func:`fit_rows`).
     """
-    from trajhook.analysis.trajectory import trajectory_pca, turning_points
+    from trajhook.analysis.trajectory import trajectory_pca
 
+    bases = {} if bases is None else bases
+    offline = bases.setdefault("offline turns", {})
+    wanted = bases.setdefault("turns wanted", {})
     panels = []
     for dataset, kinds, title in PCA_SOURCES:
         probes = sorted(
@@ -185,26 +289,53 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]
             shapes = {s.samples[key][1].shape[1:] for _, s in members}
             if len(shapes) != 1 or sum(len(s.samples[key][0]) for _, s in members) < 2:
                 continue
-            rows = [s.samples[key][1].astype(np.float64) for _, s in members]
-            try:
-                fit = trajectory_pca(rows, n_components=2)
-            except Exception:  # every column NaN somewhere: nothing to draw yet
+            rows = [s.samples[key][1] for _, s in members]  # float32; each run is cast when it is projected
+            records = sum(len(s.steps) for _, s in members)
+            member_key = (tuple((i, s.epoch) for i, s in members), next(iter(shapes)))
+            settled = all(s.run_status != "writing" for _, s in members)
+            old = bases.get(key)
+            refit = (
+                old is None
+                or old.members != member_key
+                or records >= 2 * old.records
+                or records < old.records
+                or (settled and not old.settled)
+            )
+            if refit and not settled and sum(len(r) for r in rows) < MIN_PCA_RECORDS:
                 continue
+            if refit:
+                try:
+                    fit = _aligned(trajectory_pca(fit_rows(rows), n_components=2), old)
+                except Exception:  # every column NaN somewhere: nothing to draw yet
+                    continue
+                bases[key] = old = Basis(fit, records, member_key, settled)
+            coords_of = [old.fit.transform(r) for r in rows]
+            fit = old.fit
             entry: dict[str, Any] = {
                 "key": f"{dataset}:{probe}",
                 "title": f"{probe}: {title}",
                 "probe": probe,
                 "explained": _floats(fit.explained_variance_ratio, 4),
+                "basis_records": old.records,
+                "basis_final": old.settled,
                 "icl_tokens": [ICL_LATE, min(ICL_EARLY, next(iter(shapes))[-1] // 4)]
                 if dataset == "token_loss"
                 else None,
                 "runs": [],
             }
-            for (i, snap), coords, data in zip(members, fit.coords, rows, strict=True):
+            for (i, snap), coords, data in zip(members, coords_of, rows, strict=True):
                 coords = coords if coords.shape[1] == 2 else np.pad(coords, ((0, 0), (0, 1)))
                 index = snap.samples[key][0]
                 steps = snap.steps[np.minimum(index, len(snap.steps) - 1)]
-                turns = turning_points(coords, n=1) if len(coords) >= 5 else np.zeros(0, int)
+                turns: list[dict[str, Any]] = []
+                if snap.run_status == "finished" and len(data) >= 5:
+                    cached = f"turn:{key}:{i}:{snap.epoch}:{len(data)}"  # a finished run's turn: found once
+                    if cached not in offline and defer_turns:
+                        wanted[cached] = (steps, data)
+                        entry["turns_pending"] = True
+                    elif cached not in offline:
+                        offline[cached] = offline_turn(steps, data)
+                    turns = [{"step": int(steps[t]), "xy": _floats(coords[t])} for t in offline.get(cached, ())]
                 events = []
                 for step, label in snap.events:
                     at = int(np.searchsorted(steps, step, side="right")) - 1
@@ -214,12 +345,13 @@ def pca(names: Sequence[str], snaps: Sequence[Snapshot]) -> list[dict[str, Any]]
                     {
                         "run": i,
                         "name": names[i],
+                        "run_status": snap.run_status,
                         "steps": steps.tolist(),
                         "x": _floats(coords[:, 0]),
                         "y": _floats(coords[:, 1]),
                         "icl": _floats(_icl(data) if dataset == "token_loss" else np.full(len(data), np.nan), 4),
                         "events": events,
-                        "turns": [{"step": int(steps[t]), "xy": _floats(coords[t])} for t in turns],
+                        "turns": turns,
                     }
                 )
             panels.append(entry)

@@ -16,12 +16,15 @@ from trajhook.errors import TrajhookError
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def check_stores(paths: Sequence[str | os.PathLike], wait: bool = False) -> None:
-    """Fail with a one-line TrajhookError on a missing file (unless ``wait``) or a file that is no store."""
+def check_stores(paths: Sequence[str | os.PathLike], wait: bool = False, folders: bool = True) -> None:
+    """Fail with a one-line TrajhookError on a missing file (unless ``wait``) or a file that is no store.
+
+    With ``folders``, a directory is a folder of runs (:mod:`trajhook.serve.folder`), checked as it is scanned.
+    """
     from trajhook.store import open_for_reading
 
     if not paths:
-        raise TrajhookError("serve: no stores given. HINT: trajhook serve RUN.h5 [MORE.h5 ...].")
+        raise TrajhookError("serve: no stores given. HINT: trajhook serve RUN.h5 [MORE.h5 ...], or a FOLDER of runs.")
     for path in paths:
         path = Path(path)
         if not path.exists():
@@ -32,6 +35,8 @@ def check_stores(paths: Sequence[str | os.PathLike], wait: bool = False) -> None
                 "that the run has not created yet."
             )
         if path.is_dir():
+            if folders:
+                continue
             raise TrajhookError(f"serve: {str(path)!r} is a directory. HINT: pass the .h5 store inside it.")
         open_for_reading(path).close()  # a TrajhookError naming the file if it is not a store
 

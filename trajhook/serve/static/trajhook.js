@@ -3,7 +3,9 @@
 //
 // The automation contract (docs/SERVE.md): the page's one input[type=range] is the step slider; it carries
 // data-step (the step shown) and data-head-step (the newest step recorded in any store shown); each panel's root
-// has class "trajhook-panel" and data-step, set once it has drawn that step.
+// has class "trajhook-panel" and data-step, set once it has drawn that step; each scalar's curve panel carries
+// data-scalar, each run's row data-run-status (writing, finished, writer-gone), and a panel whose run ended before
+// the slider's step data-ended-at.
 (function () {
   "use strict";
 
@@ -11,6 +13,10 @@
   const ARROW_STOPS = [[0xfd, 0xae, 0x6b], [0xe6, 0x55, 0x0d], [0x7f, 0x27, 0x04]]; // plots/maze.py ARROW_CMAP
   const WALL = "#3b3b3b", FREE = "#f4f1e8";
   const POLL_MS = 500, CURVES_EVERY_MS = 1000, PCA_EVERY_MS = 5000, FRAME_CACHE = 1024;
+  const STATUS_WORDS = {
+    writing: "\u25cf writing", finished: "finished (closed cleanly)",
+    "writer-gone": "writer gone (no clean close): showing the last committed state",
+  };
 
   // -- where the data comes from -----------------------------------------------------------------------------------
 
@@ -100,11 +106,75 @@
     return ticks;
   }
 
+  // One number format: labels with thousands separators, axis ticks in compact SI (50k, 1.4M).
+  function fmtStep(value) { return Math.round(value).toLocaleString("en-US"); }
+
   function fmt(value) {
     if (value === null || value === undefined || !isFinite(value)) return "n/a";
     const a = Math.abs(value);
-    if (a !== 0 && (a >= 1e5 || a < 1e-3)) return value.toExponential(2);
-    return (+value.toPrecision(4)).toLocaleString("en-US");
+    if (a !== 0 && a < 1e-3) return value.toExponential(2);
+    return value.toLocaleString("en-US", { maximumSignificantDigits: 4 });
+  }
+
+  function fmtTick(value) {
+    if (!isFinite(value)) return "";
+    if (value === 0) return "0";
+    const a = Math.abs(value), short = function (x) { return String(+x.toPrecision(3)); };
+    const big = [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]], small = [[1e-3, "m"], [1e-6, "\u00b5"], [1e-9, "n"]];
+    for (let k = 0; k < big.length; k++) if (a >= big[k][0]) return short(value / big[k][0]) + big[k][1];
+    if (a >= 0.01) return short(value);
+    for (let k = 0; k < small.length; k++) if (a >= small[k][0]) return short(value / small[k][0]) + small[k][1];
+    return value.toExponential(1);
+  }
+
+  function runColour(run) { return PALETTE[run % PALETTE.length]; }
+
+  // A panel whose run has no record at the step: greyed, with "ended at step X" (and data-ended-at) after its
+  // last record, "starts at step X" before its first.
+  function markEnded(root, note, run, step) {
+    const n = run.steps.length, last = n ? run.steps[n - 1] : null, first = n ? run.steps[0] : null;
+    if (n && step > last) {
+      root.classList.add("ended");
+      root.dataset.endedAt = String(last);
+      note.textContent = run.name + " ended at step " + fmtStep(last) + ": showing its last record";
+    } else if (n && step < first) {
+      root.classList.add("ended");
+      delete root.dataset.endedAt;
+      note.textContent = run.name + " starts at step " + fmtStep(first) + ": showing its first record";
+    } else {
+      root.classList.remove("ended");
+      delete root.dataset.endedAt;
+      note.textContent = "";
+    }
+  }
+
+  // The field's colour bar: arrow colour against strength |arrow| (0..1; under the glyph's minimum, a dot).
+  function colourBar() {
+    const wrap = document.createElement("div");
+    wrap.className = "colour-bar";
+    const c = document.createElement("canvas");
+    c.width = 260; c.height = 30;
+    const ctx = c.getContext("2d");
+    for (let x = 0; x < 240; x++) { ctx.fillStyle = arrowColour(x / 239); ctx.fillRect(10 + x, 2, 1, 12); }
+    ctx.strokeStyle = "#888"; ctx.strokeRect(10.5, 2.5, 239, 11);
+    ctx.fillStyle = "#333"; ctx.font = "10px system-ui, sans-serif"; ctx.textAlign = "center";
+    [0, 0.25, 0.5, 0.75, 1].forEach(function (t) { ctx.fillText(fmtTick(t), 10 + 239 * t, 26); });
+    wrap.appendChild(c);
+    const label = document.createElement("span");
+    label.textContent = "strength |arrow|";
+    wrap.appendChild(label);
+    return wrap;
+  }
+
+  // Debiased exponential moving average (as TensorBoard's smoothing): weight in [0, 1), nulls stay gaps.
+  function ema(values, weight) {
+    if (!(weight > 0)) return values;
+    let s = 0, k = 0;
+    return values.map(function (v) {
+      if (v === null || !isFinite(v)) return null;
+      s = weight * s + (1 - weight) * v; k += 1;
+      return s / (1 - Math.pow(weight, k));
+    });
   }
 
   function arrowColour(strength) {
@@ -161,12 +231,19 @@
 
   // A maze probe's vector field: the level drawn once, the arrows of the record at or before the step.
   function MazePanel(app, run, probe) {
-    const box = panelBox(app.panels, app.runs[run].name + " / " + probe + ": vector field",
+    const box = panelBox(app.sections.mazes, app.runs[run].name + " / " + probe + ": vector field",
       "Arrows: the policy's mean move (P_right - P_left, P_up - P_down); length = strength (at least 0.6 cell), " +
-      "colour = strength (light: weak, dark: strong); a dot: no direction. Hover a cell for its five direction probabilities.");
+      "colour = strength (bar below); a dot: no direction. Rows count from the bottom, as drawn. " +
+      "Hover a cell for its five direction probabilities.");
     const self = { root: box.root, run: run, probe: probe, kind: "maze", cache: new Map(), wanted: null, epoch: null };
     box.root.dataset.run = String(run);
     box.root.dataset.probe = probe;
+    box.root.style.borderColor = runColour(run);
+    box.root.classList.add("run-framed");
+    const ended = document.createElement("div");
+    ended.className = "ended-note";
+    box.root.insertBefore(ended, box.body);
+    box.root.appendChild(colourBar());
     const tip = document.createElement("div");
     tip.className = "trajhook-hover";
     box.body.appendChild(tip);
@@ -235,7 +312,8 @@
     }
 
     function hoverText(i) {
-      const cell = level.cells[i], lines = ["cell (row " + cell[0] + ", col " + cell[1] + ")  step " + frame.step];
+      const cell = level.cells[i];
+      const lines = ["cell (row " + cell[0] + " from the bottom, col " + cell[1] + " from the left)  step " + fmtStep(frame.step)];
       if (frame.probs) {
         level.directions.forEach(function (name, k) {
           if (k < frame.dirs) lines.push(name + "  " + (frame.probs[frame.dirs * i + k] / 255).toFixed(3));
@@ -263,6 +341,7 @@
       self.wanted = step;
       await self.ready;
       const r = app.runs[run], at = atOrBefore(r.steps, step), record = r.steps[Math.max(0, at)];
+      markEnded(box.root, ended, r, step);
       if (record === undefined || !level) { box.root.dataset.step = String(step); return; }
       const key = r.epoch + ":" + record;
       let decoded = self.cache.get(key);
@@ -293,21 +372,22 @@
     return m ? m[1] + "?" : label;
   }
 
-  function drawAxes(ctx, box, xr, yr, xlabel, ylabel, title) {
+  // Axes with compact SI ticks; ``logy``: the y values are log10, the ticks say the value.
+  function drawAxes(ctx, box, xr, yr, xlabel, ylabel, title, logy) {
     ctx.strokeStyle = "#999";
     ctx.lineWidth = 1;
     ctx.strokeRect(box.left, box.top, box.width, box.height);
     ctx.fillStyle = "#333";
     ctx.font = "11px system-ui, sans-serif";
     ctx.textAlign = "center";
-    niceTicks(xr[0], xr[1], 6).forEach(function (t) {
+    niceTicks(xr[0], xr[1], 5).forEach(function (t) {
       const x = box.left + (t - xr[0]) / (xr[1] - xr[0] || 1) * box.width;
-      ctx.fillText(fmt(t), x, box.top + box.height + 13);
+      ctx.fillText(fmtTick(t), x, box.top + box.height + 13);
     });
     ctx.textAlign = "right";
     niceTicks(yr[0], yr[1], 4).forEach(function (t) {
       const y = box.top + box.height - (t - yr[0]) / (yr[1] - yr[0] || 1) * box.height;
-      ctx.fillText(fmt(t), box.left - 4, y + 4);
+      ctx.fillText(fmtTick(logy ? Math.pow(10, t) : t), box.left - 4, y + 4);
       ctx.strokeStyle = "#eee";
       ctx.beginPath(); ctx.moveTo(box.left + 1, y); ctx.lineTo(box.left + box.width - 1, y); ctx.stroke();
     });
@@ -340,177 +420,363 @@
     ctx.stroke();
   }
 
-  // The loss and every target log-prob over steps (bucketed min/max overviews), events dashed, a cursor at the step.
-  function CurvesPanel(app) {
-    const box = panelBox(app.panels, "Loss and target log-probabilities",
-      "Dashed lines: events. Red line: the slider's step. Long runs: min and max per bucket of a fixed step grid.");
-    box.root.id = "curves";
-    const width = 760, rowHeight = 210;
-    const self = { root: box.root, kind: "curves", data: [], wanted: null };
-    let base = null, overlay = null, rows = [], xr = [0, 1];
-    const legend = document.createElement("div");
-    legend.className = "legend";
-    box.root.appendChild(legend);
+  // Where labels may go: a grid of 4-pixel cells marked where a line, a mark or a placed label is.
+  function Occupancy(width, height) {
+    const cell = 4, cols = Math.ceil(width / cell) + 1, rows = Math.ceil(height / cell) + 1;
+    const grid = new Uint8Array(cols * rows);
+    function mark(x0, y0, x1, y1) {
+      const c0 = Math.max(0, Math.floor(x0 / cell)), c1 = Math.min(cols - 1, Math.floor(x1 / cell));
+      const r0 = Math.max(0, Math.floor(y0 / cell)), r1 = Math.min(rows - 1, Math.floor(y1 / cell));
+      for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) grid[r * cols + c] = 1;
+    }
+    function free(x0, y0, x1, y1) {
+      const c0 = Math.max(0, Math.floor(x0 / cell)), c1 = Math.min(cols - 1, Math.floor(x1 / cell));
+      const r0 = Math.max(0, Math.floor(y0 / cell)), r1 = Math.min(rows - 1, Math.floor(y1 / cell));
+      for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) if (grid[r * cols + c]) return false;
+      return true;
+    }
+    function segment(ax, ay, bx, by, pad) { // every pixel along the segment, padded by the line's half-width
+      const n = Math.max(1, Math.ceil(Math.hypot(bx - ax, by - ay)));
+      for (let k = 0; k <= n; k++) { const x = ax + (bx - ax) * k / n, y = ay + (by - ay) * k / n; mark(x - pad, y - pad, x + pad, y + pad); }
+    }
+    function freeLine(ax, ay, bx, by) {
+      const n = Math.max(1, Math.ceil(Math.hypot(bx - ax, by - ay)));
+      for (let k = 0; k <= n; k++) { const x = ax + (bx - ax) * k / n, y = ay + (by - ay) * k / n; if (!free(x - 1, y - 1, x + 1, y + 1)) return false; }
+      return true;
+    }
+    return { mark: mark, free: free, segment: segment, freeLine: freeLine };
+  }
 
-    self.update = function (data) {
-      self.data = data;
-      const hasLoss = data.some(function (d) { return d && d.loss; });
-      const hasTargets = data.some(function (d) { return d && d.targets.length; });
-      rows = [];
-      if (hasLoss) rows.push("loss");
-      if (hasTargets) rows.push("targets");
-      box.root.style.display = rows.length ? "" : "none";
-      const height = Math.max(1, rows.length) * rowHeight + 20;
-      if (!base || base.height !== height) {
-        box.body.innerHTML = "";
-        base = canvas(box.body, width, height);
-        overlay = canvas(box.body, width, height);
+  // Candidate spots around an anchor, nearest first: right, left, above, below, then the diagonals.
+  const SPOTS = [], NEAR = 38;  // beyond NEAR pixels a label gets a leader line to its mark
+  [8, 16, 26, 32, 38, 46, 56, 68, 80, 110, 150].forEach(function (d) {
+    [[1, 0], [-1, 0], [0, -1], [0, 1], [1, -1], [-1, -1], [1, 1], [-1, 1]].forEach(function (v) { SPOTS.push([d, v[0], v[1]]); });
+  });
+  function place(occ, bounds, ax, ay, w, h, extra, near) { // a free rect {x, y, w, h} near (ax, ay), or null
+    for (let k = 0; k < SPOTS.length; k++) {
+      const d = SPOTS[k][0], vx = SPOTS[k][1], vy = SPOTS[k][2];
+      if (near && d > NEAR) break;
+      const x = vx > 0 ? ax + d : vx < 0 ? ax - d - w : ax - w / 2;
+      const y = vy > 0 ? ay + d : vy < 0 ? ay - d - h : ay - h / 2;
+      if (x < bounds.left || y < bounds.top || x + w > bounds.left + bounds.width || y + h > bounds.top + bounds.height) continue;
+      if (!occ.free(x - 1, y - 1, x + w + 1, y + h + 1)) continue;
+      if (extra && extra.some(function (o) { return x < o.x + o.w + 1 && o.x < x + w + 1 && y < o.y + o.h + 1 && o.y < y + h + 1; })) continue;
+      const rect = { x: x, y: y, w: w, h: h, d: d };
+      if (d > NEAR) { // the leader, from the mark's edge to the label's nearest point, must not cross a marked cell either
+        const end = nearestPoint(rect, ax, ay), len = Math.hypot(end[0] - ax, end[1] - ay);
+        const sx = ax + (end[0] - ax) * 17 / len, sy = ay + (end[1] - ay) * 17 / len;  // past the mark (11 px) and its cell
+        if (!occ.freeLine(sx, sy, end[0], end[1])) continue;
+        if (extra && extra.some(function (o) { return crosses(o, sx, sy, end[0], end[1]); })) continue;
+        rect.leader = [sx, sy, end[0], end[1]];
       }
+      return rect;
+    }
+    return null;
+  }
+  function nearestPoint(r, x, y) { return [Math.max(r.x, Math.min(x, r.x + r.w)), Math.max(r.y, Math.min(y, r.y + r.h))]; }
+  function crosses(o, ax, ay, bx, by) { // whether the segment passes through the rect (sampled every pixel)
+    const n = Math.max(1, Math.ceil(Math.hypot(bx - ax, by - ay)));
+    for (let k = 0; k <= n; k++) {
+      const x = ax + (bx - ax) * k / n, y = ay + (by - ay) * k / n;
+      if (x > o.x - 1 && x < o.x + o.w + 1 && y > o.y - 1 && y < o.y + o.h + 1) return true;
+    }
+    return false;
+  }
+
+  // The curves: one small panel per scalar (data-scalar), one per maze probe's shortest-path agreement (chance
+  // dashed), one for the target log-probs. Every panel shares the x-axis (the union of the shown runs' steps, or
+  // the zoom: drag across a panel, double-click to reset), the EMA smoothing and the log y switch.
+  function CurvePanel(app, spec) {
+    const box = panelBox(app.sections.curves, spec.title, spec.note || "");
+    const width = 440, height = 220, b = plotBox(58, 22, width - 74, height - 58);
+    const base = canvas(box.body, width, height), overlay = canvas(box.body, width, height);
+    const self = { root: box.root, kind: "curves", spec: spec, series: [], wanted: null, xr: [0, 1] };
+    box.root.classList.add("curve-panel");
+    if (spec.kind === "scalar") box.root.dataset.scalar = spec.name;
+    if (spec.kind === "agreement") box.root.dataset.agreement = spec.name;
+    if (spec.kind === "targets") box.root.dataset.curves = "targets";
+    let X = null, Y = null, drag = null;
+
+    function seriesOf() {
+      const out = [];
+      const shown = app.runs.map(function (_, i) { return i; }).filter(function (i) { return !app.hidden.has(i) && app.curveData[i]; });
+      const several = shown.length > 1;
+      shown.forEach(function (run) {
+        const d = app.curveData[run], name = app.runs[run].name, prefix = several ? name + ": " : "";
+        if (spec.kind === "scalar" && d.scalars && d.scalars[spec.name]) {
+          out.push({ run: run, label: prefix + spec.name, s: d.scalars[spec.name], colour: runColour(run), dash: [], cursor: true });
+        }
+        if (spec.kind === "agreement") (d.agreement || []).forEach(function (a) {
+          if (a.probe !== spec.name) return;
+          out.push({ run: run, label: prefix + "agreement", s: a, colour: runColour(run), dash: [], cursor: true });
+          out.push({ run: run, label: prefix + "chance " + fmt(a.chance), chance: a.chance, colour: runColour(run), dash: [5, 4] });
+        });
+        if (spec.kind === "targets") (d.targets || []).forEach(function (t, j) {
+          out.push({ run: run, label: prefix + t.label, s: t, colour: several ? runColour(run) : PALETTE[j % PALETTE.length],
+            dash: several ? [[], [2, 2], [6, 3]][j % 3] : [] });
+        });
+      });
+      return out;
+    }
+
+    self.update = function () {
+      const view = app.view, logy = view.logy && spec.kind !== "targets";
+      self.series = seriesOf();
+      self.xr = view.zoom || app.fullRange();
+      const xr = self.xr;
+      const drawn = self.series.map(function (x) {
+        if (x.chance !== undefined) return x;
+        let values = spec.kind === "targets" ? x.s.values : ema(x.s.values, view.ema);
+        if (logy) values = values.map(function (v) { return v !== null && v > 0 ? Math.log10(v) : null; });
+        return Object.assign({}, x, { steps: x.s.steps, values: values });
+      });
+      const inView = [];
+      drawn.forEach(function (x) {
+        if (x.chance !== undefined) { inView.push(logy ? (x.chance > 0 ? Math.log10(x.chance) : null) : x.chance); return; }
+        x.steps.forEach(function (t, i) { if (t >= xr[0] && t <= xr[1]) inView.push(x.values[i]); });
+      });
+      const yr = range([inView]);
+      X = function (x) { return b.left + (x - xr[0]) / (xr[1] - xr[0] || 1) * b.width; };
+      Y = function (y) { return b.top + b.height - (y - yr[0]) / (yr[1] - yr[0] || 1) * b.height; };
       const ctx = base.getContext("2d");
       ctx.clearRect(0, 0, width, height);
-      xr = app.axis.length ? [app.axis[0], Math.max(app.axis[app.axis.length - 1], app.axis[0] + 1)] : [0, 1];
-      const several = app.runs.length > 1, items = [];
-      rows.forEach(function (row, k) {
-        const b = plotBox(70, 22 + k * rowHeight, width - 90, rowHeight - 60);
-        const series = [];
-        data.forEach(function (d, run) {
-          if (!d) return;
-          const prefix = several ? app.runs[run].name + ": " : "";
-          if (row === "loss" && d.loss) series.push({ label: prefix + "loss", s: d.loss, colour: PALETTE[run % PALETTE.length], dash: [] });
-          if (row === "targets") d.targets.forEach(function (t, j) {
-            series.push({ label: prefix + t.label, s: t, colour: PALETTE[j % PALETTE.length], dash: [[], [2, 2], [6, 3]][run % 3] });
-          });
-        });
-        const yr = range(series.map(function (x) { return x.s.values; }));
-        drawAxes(ctx, b, xr, yr, k === rows.length - 1 ? "step" : "", row === "loss" ? "loss" : "log p", row === "loss" ? "training loss" : "target log-probability, log p(target | prompt)");
-        const X = function (x) { return b.left + (x - xr[0]) / (xr[1] - xr[0]) * b.width; };
-        const Y = function (y) { return b.top + b.height - (y - yr[0]) / (yr[1] - yr[0]) * b.height; };
-        ctx.save();
-        ctx.beginPath(); ctx.rect(b.left, b.top, b.width, b.height); ctx.clip();
-        series.forEach(function (x) {
-          ctx.strokeStyle = x.colour; ctx.lineWidth = 1.3; ctx.setLineDash(x.dash);
-          polyline(ctx, x.s.steps, x.s.values, X, Y);
-          items.push(x);
-        });
-        ctx.setLineDash([4, 3]); ctx.strokeStyle = "#666"; ctx.fillStyle = "#555"; ctx.font = "10px system-ui, sans-serif";
-        const rowEnds = [-Infinity, -Infinity, -Infinity, -Infinity];  // labels stack in rows, never overlapping
-        app.runs.forEach(function (r) {
-          r.events.forEach(function (e) {
-            ctx.beginPath(); ctx.moveTo(X(e.step), b.top); ctx.lineTo(X(e.step), b.top + b.height); ctx.stroke();
-            if (k !== 0) return;
-            const text = shortEventLabel(e.label), x = X(e.step) + 3, width = ctx.measureText(text).width;
-            const row = rowEnds.findIndex(function (end) { return x > end + 4; });
-            if (row < 0) return;  // no room: the dashed line stays, the full label is in the PCA panel and the store
-            ctx.textAlign = "left"; ctx.fillText(text, x, b.top + 11 + 12 * row);
-            rowEnds[row] = x + width;
-          });
-        });
-        ctx.restore();
-        ctx.setLineDash([]);
-        (self.boxes = self.boxes || [])[k] = b;
+      drawAxes(ctx, b, xr, yr, "step", logy ? "log10" : "", "", logy);
+      ctx.save();
+      ctx.beginPath(); ctx.rect(b.left, b.top, b.width, b.height); ctx.clip();
+      drawn.forEach(function (x) {
+        ctx.strokeStyle = x.colour; ctx.lineWidth = 1.3; ctx.setLineDash(x.dash);
+        if (x.chance !== undefined) {
+          const y = Y(logy ? Math.log10(x.chance) : x.chance);
+          ctx.beginPath(); ctx.moveTo(b.left, y); ctx.lineTo(b.left + b.width, y); ctx.stroke();
+        } else polyline(ctx, x.steps, x.values, X, Y);
       });
+      ctx.setLineDash([4, 3]); ctx.strokeStyle = "#888"; ctx.lineWidth = 1;
+      app.runs.forEach(function (r, i) {
+        if (app.hidden.has(i)) return;
+        r.events.forEach(function (e) { ctx.beginPath(); ctx.moveTo(X(e.step), b.top); ctx.lineTo(X(e.step), b.top + b.height); ctx.stroke(); });
+      });
+      ctx.restore();
+      ctx.setLineDash([]);
+      self.drawn = drawn;
+      box.root.dataset.xRange = JSON.stringify(xr);
+      box.root.dataset.logY = logy ? "1" : "0";
+      box.root.dataset.ema = String(view.ema);
       legend.innerHTML = "";
-      items.forEach(function (x) {
+      self.series.forEach(function (x) {
         const span = document.createElement("span");
         span.style.color = x.colour;
-        span.textContent = "\u2014 " + x.label;
+        span.textContent = (x.dash.length ? "- - " : "\u2014 ") + x.label;
         legend.appendChild(span);
       });
       if (self.wanted !== null) self.draw(self.wanted);
     };
+    const legend = document.createElement("div");
+    legend.className = "legend";
+    box.root.appendChild(legend);
 
     self.draw = function (step) {
       self.wanted = step;
-      if (overlay) {
-        const ctx = overlay.getContext("2d");
-        ctx.clearRect(0, 0, overlay.width, overlay.height);
-        ctx.strokeStyle = "#d62728"; ctx.lineWidth = 2;
-        (self.boxes || []).slice(0, rows.length).forEach(function (b) {
-          const x = b.left + (step - xr[0]) / (xr[1] - xr[0]) * b.width;
-          ctx.beginPath(); ctx.moveTo(x, b.top); ctx.lineTo(x, b.top + b.height); ctx.stroke();
+      const ctx = overlay.getContext("2d");
+      ctx.clearRect(0, 0, width, height);
+      if (X && step >= self.xr[0] && step <= self.xr[1]) {
+        ctx.strokeStyle = "#555"; ctx.lineWidth = 1;
+        ctx.beginPath(); ctx.moveTo(X(step), b.top); ctx.lineTo(X(step), b.top + b.height); ctx.stroke();
+        (self.drawn || []).forEach(function (x) {  // each run's value at the step, a dot in its colour
+          if (!x.cursor) return;
+          const r = app.runs[x.run], last = r.steps[r.steps.length - 1];
+          const at = atOrBefore(x.steps, step);
+          if (at < 0 || step > last || x.values[at] === null) return;
+          ctx.fillStyle = x.colour; ctx.strokeStyle = "#fff"; ctx.lineWidth = 1.5;
+          ctx.beginPath(); ctx.arc(X(step), Y(x.values[at]), 4.5, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
         });
+      }
+      if (drag) {
+        ctx.fillStyle = "rgba(31,119,180,0.15)";
+        ctx.fillRect(Math.min(drag.x0, drag.x1), b.top, Math.abs(drag.x1 - drag.x0), b.height);
       }
       box.root.dataset.step = String(step);
     };
+
+    function stepAt(event) {
+      const rect = overlay.getBoundingClientRect(), x = event.clientX - rect.left;
+      return { x: x, step: self.xr[0] + (x - b.left) / b.width * (self.xr[1] - self.xr[0]) };
+    }
+    overlay.addEventListener("mousedown", function (e) { const p = stepAt(e); drag = { x0: p.x, x1: p.x, s0: p.step, s1: p.step }; });
+    overlay.addEventListener("mousemove", function (e) { if (drag) { const p = stepAt(e); drag.x1 = p.x; drag.s1 = p.step; self.draw(self.wanted); } });
+    window.addEventListener("mouseup", function () {
+      if (!drag) return;
+      const d = drag; drag = null;
+      if (Math.abs(d.x1 - d.x0) > 5) app.zoom(Math.min(d.s0, d.s1), Math.max(d.s0, d.s1)); else self.draw(self.wanted);
+    });
+    overlay.addEventListener("dblclick", function () { app.zoom(null); });
     return self;
   }
 
-  // Every run's trajectory in one PCA basis: lines, event marks, and each run's record at the step (a red dot).
+  // The curve panels the data asks for, in a fixed order: scalars ("loss" first, then by name), agreement per maze
+  // probe, target log-probs (only if a run has targets).
+  function curveSpecs(data) {
+    const scalars = new Set(), mazes = new Set();
+    let targets = false;
+    data.forEach(function (d) {
+      if (!d) return;
+      Object.keys(d.scalars || {}).forEach(function (n) { scalars.add(n); });
+      (d.agreement || []).forEach(function (a) { mazes.add(a.probe); });
+      if ((d.targets || []).length) targets = true;
+    });
+    const names = Array.from(scalars).sort(function (a, b) { return (a !== "loss") - (b !== "loss") || (a < b ? -1 : a > b ? 1 : 0); });
+    const specs = names.map(function (n) { return { id: "scalar:" + n, kind: "scalar", name: n, title: n }; });
+    Array.from(mazes).sort().forEach(function (p) {
+      specs.push({ id: "agreement:" + p, kind: "agreement", name: p, title: p + ": shortest-path agreement",
+        note: "The share of cells whose strongest move starts a shortest path to the cheese; dashed: chance (a random move)." });
+    });
+    if (targets) specs.push({ id: "targets", kind: "targets", name: "targets", title: "target log-probabilities, log p(target | prompt)" });
+    return specs;
+  }
+
+  // Every run's trajectory in one PCA basis (kept between refits, see docs/SERVE.md): lines, the store's events
+  // (x), a finished run's offline turning point (open circle), each run's record at the step (a dot in its colour).
+  // Labels are elements placed where no other label, line, mark or cursor is (or listed under the plot).
   function PcaPanel(app, key) {
-    const box = panelBox(app.panels, "", "");
+    const box = panelBox(app.sections.pcas, "", "");
     box.root.dataset.key = key;
     const width = 620, height = 460, b = plotBox(70, 20, width - 90, height - 70);
     const base = canvas(box.body, width, height), overlay = canvas(box.body, width, height);
+    const layer = document.createElement("div");
+    layer.className = "pca-labels";
+    box.body.appendChild(layer);
+    const unplaced = document.createElement("div");
+    unplaced.className = "note unplaced";
+    box.root.appendChild(unplaced);
     const readout = document.createElement("div");
     readout.className = "readout icl";
     box.root.appendChild(readout);
     const self = { root: box.root, kind: "pca", data: null, wanted: null };
-    let X = null, Y = null;
+    let X = null, Y = null, occ = null, labels = [], shown = [];
+    const room = plotBox(b.left, 2, b.width, b.top + b.height - 2);  // labels go in the plot or the empty margin above it
 
     self.update = function (entry) {
       self.data = entry;
+      shown = entry.runs.filter(function (r) { return !app.hidden.has(r.run); });
       box.root.querySelector("h2").textContent = entry.title;
       readout.className = entry.icl_tokens ? "readout icl" : "readout";
-      box.root.querySelector(".note").textContent = "x: events (the record at or before them); open red circle: the sharpest turn (a candidate stage " +
-        "boundary). Red dots: each run's " +
-        "record at the step. " + (entry.icl_tokens ? "ICL score = loss at token " +
-        entry.icl_tokens[0] + " (or the prompt's last) - loss at token " + entry.icl_tokens[1] +
-        ", averaged over prompts; negative: later tokens are easier (in-context learning)." : "");
-      const xr = range(entry.runs.map(function (r) { return r.x; })), yr = range(entry.runs.map(function (r) { return r.y; }));
+      box.root.querySelector(".note").textContent = "x: the store's events (at the record at or before them); open circle: " +
+        "a finished run's offline turning point (the sharpest turn of its own trajectory, a candidate stage boundary). " +
+        "Dots: each run's record at the step. Basis fitted on " + fmtStep(entry.basis_records || 0) + " records" +
+        (entry.basis_final ? " (final: no run is writing)" : "; refitted when the record count doubles and once the runs stop") + ". " +
+        (entry.icl_tokens ? "ICL score = loss at token " + entry.icl_tokens[0] + " (or the prompt's last) - loss at token " +
+        entry.icl_tokens[1] + ", averaged over prompts; negative: later tokens are easier (in-context learning)." : "");
+      const xr = range(shown.map(function (r) { return r.x; })), yr = range(shown.map(function (r) { return r.y; }));
       X = function (x) { return b.left + (x - xr[0]) / (xr[1] - xr[0]) * b.width; };
       Y = function (y) { return b.top + b.height - (y - yr[0]) / (yr[1] - yr[0]) * b.height; };
       const ctx = base.getContext("2d");
       ctx.clearRect(0, 0, width, height);
       const ratio = entry.explained.concat([0, 0]);
       drawAxes(ctx, b, xr, yr, "PC1 (" + Math.round(100 * (ratio[0] || 0)) + "% of variance)", "PC2 (" + Math.round(100 * (ratio[1] || 0)) + "%)");
-      entry.runs.forEach(function (r) {
-        ctx.strokeStyle = PALETTE[r.run % PALETTE.length]; ctx.lineWidth = 1.2;
+      occ = Occupancy(width, height);
+      occ.mark(b.left - 1, b.top, b.left + b.width + 1, b.top + 1);  // the frame's top edge: labels above it stay clear
+      const lines = [], wanted = [];
+      shown.forEach(function (r) {
+        const colour = runColour(r.run);
+        ctx.strokeStyle = colour; ctx.lineWidth = 1.2;
         polyline(ctx, r.x, r.y, X, Y);
-        ctx.fillStyle = "#000"; ctx.font = "10px system-ui, sans-serif"; ctx.textAlign = "center";
+        const pts = [];
+        for (let i = 0; i < r.x.length; i++) if (r.x[i] !== null && r.y[i] !== null) pts.push([X(r.x[i]), Y(r.y[i])]); else pts.push(null);
+        for (let i = 1; i < pts.length; i++) if (pts[i] && pts[i - 1]) occ.segment(pts[i - 1][0], pts[i - 1][1], pts[i][0], pts[i][1], 1.5);
+        if (pts.length === 1 && pts[0]) occ.mark(pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2);
+        lines.push(pts);
         (r.turns || []).forEach(function (t) {
           if (t.xy[0] === null) return;
-          ctx.strokeStyle = "#d62728"; ctx.lineWidth = 2;
-          ctx.beginPath(); ctx.arc(X(t.xy[0]), Y(t.xy[1]), 9, 0, 2 * Math.PI); ctx.stroke();
-          ctx.fillStyle = "#d62728"; ctx.fillText("turn @ " + t.step, X(t.xy[0]), Y(t.xy[1]) + 20);
+          const x = X(t.xy[0]), y = Y(t.xy[1]);
+          ctx.strokeStyle = colour; ctx.lineWidth = 2;
+          ctx.beginPath(); ctx.arc(x, y, 9, 0, 2 * Math.PI); ctx.stroke();
+          occ.mark(x - 11, y - 11, x + 11, y + 11);
+          wanted.push({ x: x, y: y, colour: colour, text: (shown.length > 1 ? r.name + ": " : "") + "offline turn @ " + fmtStep(t.step) + " (finished run)" });
         });
-        ctx.fillStyle = "#000";
         r.events.forEach(function (e) {
           if (e.xy[0] === null) return;
           const x = X(e.xy[0]), y = Y(e.xy[1]);
           ctx.strokeStyle = "#000"; ctx.lineWidth = 2;
           ctx.beginPath(); ctx.moveTo(x - 5, y - 5); ctx.lineTo(x + 5, y + 5); ctx.moveTo(x - 5, y + 5); ctx.lineTo(x + 5, y - 5); ctx.stroke();
-          const text = (entry.runs.length > 1 ? r.name + ": " : "") + shortEventLabel(e.label) + " (" + e.step + ")";
-          const right = x > b.left + b.width / 2;  // the text runs towards the middle, never off the plot
-          ctx.textAlign = right ? "right" : "left";
-          ctx.fillText(text, right ? x - 8 : x + 8, y - 8);
+          occ.mark(x - 6, y - 6, x + 6, y + 6);
+          wanted.push({ x: x, y: y, colour: "#000", text: (shown.length > 1 ? r.name + ": " : "") + shortEventLabel(e.label) + " @ " + fmtStep(e.step) });
         });
       });
-      const legend = entry.runs.map(function (r) { return r.name; });
       ctx.textAlign = "left"; ctx.font = "11px system-ui, sans-serif";
-      legend.forEach(function (name, i) {
-        ctx.fillStyle = PALETTE[entry.runs[i].run % PALETTE.length];
-        ctx.fillText("\u2014 " + name, b.left + 6, b.top + 14 + 13 * i);
+      shown.forEach(function (r, i) {
+        const text = "\u2014 " + r.name;
+        ctx.fillStyle = runColour(r.run);
+        ctx.fillText(text, b.left + 6, b.top + 14 + 13 * i);
+        occ.mark(b.left + 4, b.top + 3 + 13 * i, b.left + 8 + ctx.measureText(text).width, b.top + 17 + 13 * i);
       });
+      box.root.trajhookPolylines = lines;
+      // the labels: measured as drawn, then placed one by one where nothing is
+      layer.innerHTML = "";
+      labels = wanted.map(function (w) {
+        const span = document.createElement("span");
+        span.className = "pca-label";
+        span.textContent = w.text;
+        span.style.color = w.colour;
+        layer.appendChild(span);
+        return { w: w, span: span };
+      });
+      const missing = [], leaders = [];
+      labels.forEach(function (l) {
+        l.size = [l.span.offsetWidth, l.span.offsetHeight];
+        l.home = place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], null);
+        if (!l.home) { l.span.remove(); missing.push(l.w.text); return; }
+        occ.mark(l.home.x, l.home.y, l.home.x + l.home.w, l.home.y + l.home.h);
+        if (l.home.leader) { // drawn with the lines, and kept clear of the labels placed after it
+          const p = l.home.leader;
+          ctx.strokeStyle = l.w.colour; ctx.lineWidth = 1; ctx.setLineDash([2, 2]);
+          ctx.beginPath(); ctx.moveTo(p[0], p[1]); ctx.lineTo(p[2], p[3]); ctx.stroke(); ctx.setLineDash([]);
+          occ.segment(p[0], p[1], p[2], p[3], 1.5);
+          leaders.push([[p[0], p[1]], [p[2], p[3]]]);
+        }
+      });
+      labels = labels.filter(function (l) { return l.home; });
+      box.root.trajhookLeaders = leaders;
+      unplaced.textContent = missing.length ? "Not labelled in the picture (no free room): " + missing.join("; ") : "";
       if (self.wanted !== null) self.draw(self.wanted);
     };
+
+    function put(l, rect) {
+      l.at = rect;
+      l.span.style.visibility = rect ? "visible" : "hidden";
+      if (rect) { l.span.style.left = rect.x + "px"; l.span.style.top = rect.y + "px"; }
+    }
 
     self.draw = function (step) {
       self.wanted = step;
       if (!self.data) return;
       const ctx = overlay.getContext("2d");
       ctx.clearRect(0, 0, width, height);
-      const xs = [], ys = [], lines = [];
-      self.data.runs.forEach(function (r) {
+      const xs = [], ys = [], out = [], cursors = [];
+      shown.forEach(function (r) {
         const at = Math.max(0, atOrBefore(r.steps, step));
         xs.push([r.x[at]]); ys.push([r.y[at]]);
         const score = r.icl[at];
-        if (self.data.icl_tokens) lines.push(r.name + ": ICL score " + (score === null || score === undefined ? "n/a" : score.toFixed(3)));
-        else lines.push(r.name + ": step " + r.steps[at]);
+        const text = r.name + ": step " + fmtStep(r.steps[at]);
+        out.push(self.data.icl_tokens ? text + ", ICL score " + (score === null || score === undefined ? "n/a" : score.toFixed(3)) : text);
         if (r.x[at] === null) return;
-        ctx.fillStyle = "#d62728"; ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
-        ctx.beginPath(); ctx.arc(X(r.x[at]), Y(r.y[at]), 7, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
+        const x = X(r.x[at]), y = Y(r.y[at]);
+        ctx.fillStyle = runColour(r.run); ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
+        ctx.beginPath(); ctx.arc(x, y, 7, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
+        ctx.strokeStyle = "#000"; ctx.lineWidth = 1;
+        ctx.beginPath(); ctx.arc(x, y, 8.5, 0, 2 * Math.PI); ctx.stroke();
+        cursors.push({ x: x - 10, y: y - 10, w: 20, h: 20 });
       });
-      readout.textContent = lines.join("   |   ");
+      // a label under a cursor moves to the nearest free spot (back home once the cursor has passed), else hides
+      const hits = function (rect) { return cursors.some(function (o) { return rect.x < o.x + o.w && o.x < rect.x + rect.w && rect.y < o.y + o.h && o.y < rect.y + rect.h; }); };
+      labels.forEach(function (l) { put(l, hits(l.home) ? undefined : l.home); });
+      labels.forEach(function (l) {
+        if (l.at || l.home.leader) return;  // a label with a leader stays by it: hidden while the cursor is over it
+        const taken = cursors.concat(labels.filter(function (o) { return o.at; }).map(function (o) { return o.at; }));
+        const homes = labels.filter(function (o) { return o !== l; }).map(function (o) { return o.home; });
+        put(l, place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], taken.concat(homes), true) ||
+          place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], taken, true) || null);
+      });
+      box.root.trajhookCursors = cursors;
+      readout.textContent = out.join("   |   ");
       box.root.dataset.cursor = JSON.stringify([xs, ys]);
       box.root.dataset.step = String(step);
     };
@@ -527,16 +793,45 @@
     const followLabel = document.getElementById("follow-label");
     const gotoBox = document.getElementById("goto");
     const play = document.getElementById("play");
+    const emaBox = document.getElementById("ema"), logBox = document.getElementById("logy"), zoomReset = document.getElementById("zoom-reset");
+    const panels = document.getElementById("panels");
+    const sections = {};
+    ["mazes", "curves", "pcas"].forEach(function (name) { // a fixed order: served page and report alike
+      const div = document.createElement("div");
+      div.className = "section";
+      div.id = "section-" + name;
+      panels.appendChild(div);
+      sections[name] = div;
+    });
     const app = {
-      source: source, runs: [], axis: [], panels: document.getElementById("panels"),
-      mazes: new Map(), curves: null, pcas: new Map(), index: 0, following: true, head: null,
+      source: source, runs: [], axis: [], panels: panels, sections: sections, hidden: new Set(),
+      mazes: new Map(), curvePanels: new Map(), curveData: [], pcas: new Map(), pcaData: [], index: 0,
+      following: true, head: null, state: null, view: { zoom: null, ema: 0, logy: false },
     };
     let curvesAt = -1e9, pcaAt = -1e9, lastCounts = "", timer = null, curvesDirty = false, pcaDirty = false;
 
+    app.fullRange = function () {
+      return app.axis.length ? [app.axis[0], Math.max(app.axis[app.axis.length - 1], app.axis[0] + 1)] : [0, 1];
+    };
+    app.zoom = function (lo, hi) {
+      app.view.zoom = lo === null || lo === undefined ? null : [lo, Math.max(hi, lo + 1)];
+      zoomReset.style.display = app.view.zoom ? "" : "none";
+      app.curvePanels.forEach(function (p) { p.update(); });
+    };
+
     function allPanels() {
-      const list = Array.from(app.mazes.values());
-      if (app.curves) list.push(app.curves);
-      return list.concat(Array.from(app.pcas.values()));
+      return Array.from(app.mazes.values()).concat(Array.from(app.curvePanels.values()), Array.from(app.pcas.values()));
+    }
+
+    function anyWriting() { return app.state ? app.state.runs.some(function (r) { return r.run_status === "writing"; }) : false; }
+
+    function progress() {
+      if (!app.axis.length) return "";
+      const newer = app.axis.length - 1 - app.index;
+      followLabel.dataset.newer = String(newer);
+      if (!app.following && newer > 0) return fmtStep(newer) + " newer record" + (newer === 1 ? "" : "s") + ", End to follow";
+      if (!source.live) return "";
+      return anyWriting() ? "\u25cf live" : "at the newest record";
     }
 
     function show(i) {
@@ -546,49 +841,118 @@
       slider.max = String(app.axis.length - 1);
       slider.value = String(app.index);
       slider.dataset.step = String(step);
-      label.textContent = "step " + step.toLocaleString("en-US") + "  (" + (app.index + 1) + "/" + app.axis.length + ")";
-      followLabel.textContent = source.live ? (app.following ? "\u25cf live" : "paused at a step") : "";
+      label.textContent = "step " + fmtStep(step) + "  (" + fmtStep(app.index + 1) + "/" + fmtStep(app.axis.length) + ")";
+      followLabel.textContent = progress();
       document.body.dataset.index = String(app.index);
-      allPanels().forEach(function (panel) { panel.draw(step); });
-    }
-
-    function runsTable(state) {
-      const rows = state.runs.map(function (r, i) {
-        const metadata = app.runs[i] && app.runs[i].metadata;
-        const status = r.status === "live" ? (source.live ? (r.writer ? "writing" : "no writer") : "snapshot") : r.status;
-        const cells = [r.name, (r.records || 0).toLocaleString("en-US"),
-          r.records ? r.first_step.toLocaleString("en-US") + ".." + r.last_step.toLocaleString("en-US") : "",
-          r.probes.map(function (p) { return p.name + " (" + p.kind + ")"; }).join(", "), String(r.events.length), r.created];
-        return "<tr>" + cells.map(function (c) { return "<td>" + escapeHtml(c) + "</td>"; }).join("") +
-          '<td class="trajhook-status ' + escapeHtml(r.status) + '">' + escapeHtml(r.message || status) + "</td>" +
-          "<td><details><summary>metadata</summary><pre>" + escapeHtml(JSON.stringify(metadata || {}, null, 1)) +
-          "</pre></details></td></tr>";
+      allPanels().forEach(function (panel) { // a hidden panel draws nothing, and counts as drawn
+        if (panel.root.style.display !== "none") panel.draw(step); else panel.root.dataset.step = String(step);
       });
-      const head = ["run", "records", "steps", "probes", "events", "created", "status", "metadata"].map(function (h) { return "<th>" + h + "</th>"; }).join("");
-      return '<table class="runs"><tr>' + head + "</tr>" + rows.join("") + "</table>";
-    }
-    function escapeHtml(text) {
-      return String(text).replace(/[&<>"']/g, function (c) { return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]; });
     }
 
-    async function refreshCurves() {
-      const data = await Promise.all(app.runs.map(function (_, i) { return source.curves(i).catch(function () { return null; }); }));
-      if (!app.curves) app.curves = CurvesPanel(app);
-      app.curves.update(data);
+    function ago(seconds) {
+      if (seconds === null || seconds === undefined) return "";
+      if (seconds < 90) return Math.max(0, Math.round(seconds)) + " s ago";
+      if (seconds < 5400) return Math.round(seconds / 60) + " min ago";
+      if (seconds < 172800) return (seconds / 3600).toFixed(1) + " h ago";
+      return Math.round(seconds / 86400) + " days ago";
     }
 
-    async function refreshPca() {
-      const entries = await source.pca().catch(function () { return []; });
-      entries.forEach(function (entry) {
+    function statusText(r) {
+      if (r.status !== "live") return r.message || r.status;
+      const words = STATUS_WORDS[r.run_status] || r.run_status;
+      return source.live ? words : "snapshot; the run was " + (r.run_status === "writing" ? "writing" : words);
+    }
+
+    // The runs table: one row per run, made once and updated in place (a checkbox or an open "metadata" survives
+    // every poll). The row carries data-run and data-run-status.
+    function updateRuns(state) {
+      const node = document.getElementById("runs");
+      let table = node.querySelector("table.runs");
+      if (!table) {
+        node.innerHTML = '<table class="runs"><tr>' + ["run (shown)", "records", "steps", "progress", "probes", "events",
+          "created", "status", "metadata"].map(function (h) { return "<th>" + h + "</th>"; }).join("") + "</tr></table>";
+        table = node.querySelector("table.runs");
+      }
+      state.runs.forEach(function (r, i) {
+        let row = table.querySelector('tr[data-run="' + i + '"]');
+        if (!row) {
+          row = document.createElement("tr");
+          row.dataset.run = String(i);
+          row.innerHTML = '<td><label><input type="checkbox" class="trajhook-run-toggle" data-run="' + i + '" checked> ' +
+            '<span class="swatch" style="background:' + runColour(i) + '"></span><span class="name"></span></label></td>' +
+            "<td></td><td></td><td></td><td></td><td></td><td></td><td class=\"trajhook-status\"></td>" +
+            "<td><details><summary>metadata</summary><pre></pre></details></td>";
+          table.appendChild(row);
+        }
+        const pace = (r.records_per_min !== null && r.records_per_min !== undefined ? fmt(r.records_per_min) + " records/min" : "") +
+          (source.live && r.newest_age_s !== null && r.newest_age_s !== undefined ? (r.records_per_min ? ", " : "") + "newest " + ago(r.newest_age_s) : "");
+        const texts = [fmtStep(r.records || 0), r.records ? fmtStep(r.first_step) + " .. " + fmtStep(r.last_step) : "", pace,
+          r.probes.map(function (p) { return p.name + " (" + p.kind + ")"; }).join(", "), String(r.events.length), r.created];
+        const cells = row.children;
+        row.querySelector(".name").textContent = r.name;
+        texts.forEach(function (text, k) { if (cells[k + 1].textContent !== text) cells[k + 1].textContent = text; });
+        row.dataset.runStatus = r.run_status || r.status;
+        const status = cells[7];
+        status.className = "trajhook-status " + r.status + " " + (r.run_status || "");
+        if (status.textContent !== statusText(r)) status.textContent = statusText(r);
+        const metadata = JSON.stringify((app.runs[i] && app.runs[i].metadata) || {}, null, 1), pre = row.querySelector("pre");
+        if (pre.textContent !== metadata) pre.textContent = metadata;
+      });
+    }
+
+    function updateCurves() {
+      const specs = curveSpecs(app.curveData.filter(function (_, i) { return !app.hidden.has(i); }));
+      const wanted = new Set(specs.map(function (s) { return s.id; }));
+      specs.forEach(function (spec) { if (!app.curvePanels.has(spec.id)) app.curvePanels.set(spec.id, CurvePanel(app, spec)); });
+      // a panel's place in the section follows the specs' order, also for panels added later
+      specs.forEach(function (spec) { sections.curves.appendChild(app.curvePanels.get(spec.id).root); });
+      app.curvePanels.forEach(function (p, id) {
+        p.root.style.display = wanted.has(id) ? "" : "none";
+        if (wanted.has(id)) p.update();
+      });
+    }
+
+    function updatePca() {
+      app.pcaData.forEach(function (entry) {
         if (!app.pcas.has(entry.key)) app.pcas.set(entry.key, PcaPanel(app, entry.key));
         app.pcas.get(entry.key).update(entry);
       });
     }
 
+    async function refreshCurves() {
+      app.curveData = await Promise.all(app.runs.map(function (_, i) { return source.curves(i).catch(function () { return null; }); }));
+      updateCurves();
+    }
+
+    async function refreshPca() {
+      app.pcaData = await source.pca().catch(function () { return []; });
+      updatePca();
+      // finished runs' offline turning points still being found on the server: ask again at the next PCA turn
+      if (app.pcaData.some(function (entry) { return entry.turns_pending; })) pcaDirty = true;
+    }
+
+    function visibleAxis() {
+      return mergeSorted(app.runs.filter(function (_, i) { return !app.hidden.has(i); }).map(function (r) { return r.steps; }));
+    }
+
+    app.setHidden = function (run, hidden) {
+      if (hidden) app.hidden.add(run); else app.hidden.delete(run);
+      const step = app.axis.length ? app.axis[app.index] : null;
+      app.axis = visibleAxis();
+      app.mazes.forEach(function (panel) { panel.root.style.display = app.hidden.has(panel.run) ? "none" : ""; });
+      updateCurves();
+      updatePca();
+      if (app.axis.length) show(app.following || step === null ? app.axis.length - 1 : Math.max(0, atOrBefore(app.axis, step)));
+    };
+    document.getElementById("runs").addEventListener("change", function (e) {
+      if (e.target.classList.contains("trajhook-run-toggle")) app.setHidden(parseInt(e.target.dataset.run, 10), !e.target.checked);
+    });
+
     async function poll() {
       if (source.live && document.hidden) return;
       const have = app.runs.map(function (r) { return r.epoch + ":" + r.steps.length; });
       const state = await source.state(have);
+      app.state = state;
       let changed = false;
       state.runs.forEach(function (r, i) {
         let run = app.runs[i];
@@ -607,22 +971,29 @@
         if (r.metadata !== null && r.metadata !== undefined) run.metadata = r.metadata;
         if (JSON.stringify(run.events) !== JSON.stringify(r.events)) changed = true;
         run.events = r.events;
+        if (run.run_status !== r.run_status) { run.run_status = r.run_status; pcaDirty = true; }
         r.mazes.forEach(function (probe) {
           const key = i + "/" + probe;
-          if (!app.mazes.has(key)) app.mazes.set(key, MazePanel(app, i, probe));
+          if (!app.mazes.has(key)) {
+            app.mazes.set(key, MazePanel(app, i, probe));
+            if (app.hidden.has(i)) app.mazes.get(key).root.style.display = "none";
+          }
         });
       });
-      const table = runsTable(state);
-      const runsNode = document.getElementById("runs");
-      if (runsNode.dataset.html !== table) { runsNode.innerHTML = table; runsNode.dataset.html = table; }
-      document.getElementById("title").textContent = "trajhook" + (source.live ? " (live)" : " report") + ": " +
-        state.runs.map(function (r) { return r.name; }).join(", ");
-      document.getElementById("version").textContent = "trajhook " + state.version +
-        (source.live ? "" : ", snapshot made " + (state.made || ""));
+      updateRuns(state);
+      const names = state.runs.map(function (r) { return r.name; }).join(", ");
+      const title = "trajhook" + (source.live ? (anyWriting() ? " (live)" : "") : " report") + ": " + names;
+      document.getElementById("title").textContent = title;
+      document.title = title;
+      document.getElementById("version").textContent = "trajhook " + state.version;
+      document.getElementById("snapshot-note").textContent = source.live ? "" :
+        "A snapshot of " + state.runs.length + " store" + (state.runs.length === 1 ? "" : "s") + " (" +
+        (state.stores || state.runs.map(function (r) { return r.name; })).join(", ") + ") made at " + (state.made || "?") +
+        ": it shows the records written by then and does not follow new ones.";
       app.head = state.head_step;
       slider.dataset.headStep = state.head_step === null ? "" : String(state.head_step);
       const step = app.axis.length ? app.axis[app.index] : null;
-      if (changed) app.axis = mergeSorted(app.runs.map(function (r) { return r.steps; }));
+      if (changed) app.axis = visibleAxis();
       const counts = app.runs.map(function (r) { return r.epoch + ":" + r.steps.length; }).join(",") +
         JSON.stringify(app.runs.map(function (r) { return r.events; }));
       if (counts !== lastCounts) { lastCounts = counts; curvesDirty = pcaDirty = true; }
@@ -632,10 +1003,9 @@
       if (app.axis.length && changed) {
         if (app.following || step === null) show(app.axis.length - 1);
         else show(Math.max(0, atOrBefore(app.axis, step)));
-      }
-      if (jobs.length) { // not awaited: a slow PCA must not hold back the next poll
-        Promise.all(jobs).then(function () { show(app.index); }); // panels these make draw the step too
-      }
+      } else followLabel.textContent = progress();
+      // not awaited: a slow PCA must not hold back the next poll, nor the curves; panels these make draw the step too
+      jobs.forEach(function (job) { job.then(function () { show(app.index); }); });
     }
 
     function userMove(i) {
@@ -650,6 +1020,13 @@
       if (i + 1 < app.axis.length && Math.abs(app.axis[i + 1] - want) < Math.abs(app.axis[i] - want)) i += 1;
       userMove(i);
     });
+    emaBox.addEventListener("input", function () {
+      app.view.ema = Math.min(0.999, Math.max(0, Number(emaBox.value) || 0));
+      document.getElementById("ema-label").textContent = app.view.ema ? "EMA " + app.view.ema.toFixed(2) : "no smoothing";
+      app.curvePanels.forEach(function (p) { p.update(); });
+    });
+    logBox.addEventListener("change", function () { app.view.logy = logBox.checked; app.curvePanels.forEach(function (p) { p.update(); }); });
+    zoomReset.addEventListener("click", function () { app.zoom(null); });
     function toggle() {
       if (timer) { clearInterval(timer); timer = null; play.innerHTML = "&#9654; play"; return; }
       if (app.index >= app.axis.length - 1) userMove(0);
@@ -661,7 +1038,7 @@
     }
     play.addEventListener("click", toggle);
     document.addEventListener("keydown", function (e) {
-      if (e.target === gotoBox) return;
+      if (e.target === gotoBox || e.target === emaBox) return;
       if (e.target === slider && e.key !== " ") return; // the slider handles its own keys (and fires "input")
       const page = Math.max(1, Math.round(app.axis.length / 10));
       const moves = { ArrowRight: app.index + 1, ArrowLeft: app.index - 1, PageUp: app.index + page, PageDown: app.index - page,
@@ -679,7 +1056,8 @@
       if (source.live) setTimeout(loop, POLL_MS);
     }
     document.addEventListener("visibilitychange", function () { if (!document.hidden && source.live) poll().catch(function () {}); });
-    window.trajhook = { app: app, show: userMove, decodeFrame: decodeFrame };
+    window.trajhook = { app: app, show: userMove, decodeFrame: decodeFrame, zoom: app.zoom, setHidden: app.setHidden,
+      format: { step: fmtStep, label: fmt, tick: fmtTick } };
     loop().then(function () { document.body.dataset.ready = "1"; });
   }
 
