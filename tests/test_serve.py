@@ -199,6 +199,8 @@ def test_the_page_follows_a_writer_scrubs_every_panel_and_shows_the_stores_value
         icl = driver.execute_script("return document.querySelector('.icl').textContent")
         # the store is deleted: the page says so and keeps what it showed
         log = load(store)
+        # read now: the writer goes on writing to the deleted file, and the killed writer leaves it unreadable
+        stored = {(p, k): np.asarray(log[p][k]) for p in log for k in log[p]}
         store.unlink()
         wait_until(lambda: "deleted" in " ".join(page(driver)["status"]))
         assert page(driver)["head"] == str(last) and drawn(driver, 5)
@@ -217,15 +219,17 @@ def test_the_page_follows_a_writer_scrubs_every_panel_and_shows_the_stores_value
 
     i = int(np.flatnonzero(log.steps == 5)[0])
     assert frame["step"] == "5"
-    np.testing.assert_allclose(np.array(frame["vectors"]).reshape(-1, 2), log["maze"]["vectors"][i], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.array(frame["vectors"]).reshape(-1, 2), stored["maze", "vectors"][i], rtol=0, atol=1e-6
+    )
     cells = log["maze"].metadata["cells"]
     assert f"cell (row {cells[10][0]} from the bottom, col {cells[10][1]} from the left)  step 5" in hover
     shown = [float(v) for v in re.findall(r"^\S+  ([0-9.]+)$", hover, re.M)]
-    np.testing.assert_allclose(shown, log["maze"]["direction_probs"][i, 10], atol=1 / 510 + 5e-4)
+    np.testing.assert_allclose(shown, stored["maze", "direction_probs"][i, 10], atol=1 / 510 + 5e-4)
     # the PCA cursor: the record at step 5 in one basis fitted on every record, computed here independently
     from trajhook.analysis import icl_score, trajectory_pca
 
-    loss = log["prompts"]["token_loss"]
+    loss = stored["prompts", "token_loss"]
     expected = trajectory_pca(loss, n_components=2).coords[i]
     np.testing.assert_allclose(np.abs(np.array(cursor, dtype=float).ravel()), np.abs(expected), atol=1e-3)
     assert f"live: step 5, ICL score {icl_score(loss[i], late=500, early=loss.shape[-1] // 4):.3f}" in icl

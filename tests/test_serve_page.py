@@ -48,11 +48,14 @@ def stores(tmp_path_factory):
     return folder
 
 
-def expected_agreement(log, probe: str = "maze") -> tuple[np.ndarray, float]:
-    """Shortest-path agreement per record and its chance, by BFS here (not trajhook.analysis)."""
+def expected_agreement(log, probe: str = "maze", goal: str = "cheese") -> tuple[np.ndarray, float]:
+    """Shortest-path agreement per record and its chance, by BFS here (not trajhook.analysis), to the cheese or
+    to the maze's top-right cell (the highest row and column with a free cell)."""
     meta = log[probe].metadata
     grid, cells, cheese = np.asarray(meta["grid"]), np.asarray(meta["cells"]), tuple(meta["cheese"])
     free = grid != 51
+    if goal == "corner":
+        cheese = (int(np.nonzero(free)[0].max()), int(np.nonzero(free)[1].max()))
     dist = np.full(grid.shape, -1)
     dist[cheese] = 0
     frontier = [cheese]
@@ -179,10 +182,12 @@ def test_every_scalar_is_drawn_with_smoothing_log_y_a_shared_zoom_and_the_agreem
         np.testing.assert_allclose(series["values"], expected.values, rtol=1e-5, atol=1e-5)
     # the agreement per step, and chance, from the store by BFS here
     agreement, chance = expected_agreement(log)
-    drawn, dashed = curves["agreement:maze"]["series"]
+    drawn, dashed, corner = curves["agreement:maze"]["series"]
     assert drawn["steps"] == log.steps.tolist()
     np.testing.assert_allclose(drawn["values"], agreement, atol=1e-5)
     assert dashed["chance"] == pytest.approx(chance, abs=1e-5)
+    assert corner["label"].endswith("to the top-right corner") and corner["steps"] == log.steps.tolist()
+    np.testing.assert_allclose(corner["values"], expected_agreement(log, goal="corner")[0], atol=1e-5)
     # EMA 0.6 (debiased), then log10
     values, s, out = log.scalars["loss"].values, 0.0, []
     for k, v in enumerate(values, 1):

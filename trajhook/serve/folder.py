@@ -55,8 +55,8 @@ class Folder:
     def scan(self) -> list[Path]:
         """The stores that appeared since the last scan."""
         from trajhook.errors import TrajhookError
-        from trajhook.lock import writer_alive
         from trajhook.store import open_for_reading
+        from trajhook.store.lock import writer_alive
 
         new = []
         for path in self.candidates():

@@ -161,7 +161,8 @@ class Snapshot:
     targets: dict[str, np.ndarray]
     samples: dict[str, tuple[np.ndarray, np.ndarray]]  # "probe/dataset" -> (record indices, rows)
     attrs: dict[str, Any]
-    agreement: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)  # maze probe -> (per record, chance)
+    # maze probe -> (agreement with the way to the cheese per record, chance, the same towards the top-right corner)
+    agreement: dict[str, tuple[np.ndarray, float, np.ndarray]] = field(default_factory=dict)
 
 
 class Follower:
@@ -208,7 +209,7 @@ class Follower:
                 {k: g.array for k, g in self._targets.items()},
                 {k: s.arrays() for k, s in self._samples.items()},
                 dict(self._attrs),
-                {k: (g.array, self._on_path[k][1]) for k, g in self._agreement.items()},
+                {k: (g.array[:, 0], self._on_path[k][1], g.array[:, 1]) for k, g in self._agreement.items()},
             )
 
     def _run_status(self) -> str:
@@ -342,10 +343,11 @@ class Follower:
         for name, info in probes.items():  # the maze probes' shortest-path moves, for their agreement
             meta = info["metadata"]
             if info["kind"] == "maze" and "direction_probs" in info["outputs"] and meta.get("cheese") is not None:
-                from trajhook.analysis.maze import chance_agreement, shortest_path_moves
+                from trajhook.analysis.maze import chance_agreement, corner_cell, shortest_path_moves
 
-                moves = shortest_path_moves(np.asarray(meta["grid"]), tuple(meta["cheese"]), np.asarray(meta["cells"]))
-                on_path[name] = (moves, chance_agreement(moves))
+                grid, cells = np.asarray(meta["grid"]), np.asarray(meta["cells"])
+                moves = shortest_path_moves(grid, tuple(meta["cheese"]), cells)
+                on_path[name] = (moves, chance_agreement(moves), shortest_path_moves(grid, corner_cell(grid), cells))
         with self._lock:
             self._on_path = on_path
             self._attrs = attrs
@@ -370,8 +372,8 @@ class Follower:
                 self._probes, self._attrs = {}, {}
 
     def _read_new(self) -> None:
-        from trajhook.lock import writer_alive
         from trajhook.store import EVENTS, GENERATION, RECORDS, SCALAR_NAMES, SCALARS
+        from trajhook.store.lock import writer_alive
 
         file = self._file
         committed = file["committed"]
@@ -383,7 +385,7 @@ class Follower:
         writer = writer_alive(self.path)
         flagged = open_for_writing_flag(self.path)
         if flagged is None:  # no superblock flags to read: a lock file left behind says a writer died
-            from trajhook.lock import lock_path
+            from trajhook.store.lock import lock_path
 
             flagged = lock_path(self.path).exists()
         old = self._counts
@@ -402,14 +404,15 @@ class Follower:
         new_steps = rows("steps", n0, n1)
         new_wall = rows("wall_time", n0, n1)
         new_agreement = {}
-        for name, (moves, _) in self._on_path.items():
+        for name, (moves, _, corner_moves) in self._on_path.items():
             from trajhook.analysis.maze import path_agreement
 
             ds = file[f"probes/{name}/direction_probs"]
             ds.refresh()
             # blocks of 256 records (1.7 MB for 337 cells): larger blocks left ~16 MB in the heap after a catch-up
-            parts = [np.atleast_1d(path_agreement(ds[a : min(a + 256, n1)], moves)) for a in range(n0, n1, 256)]
-            new_agreement[name] = np.concatenate(parts) if parts else np.zeros(0)
+            blocks = [ds[a : min(a + 256, n1)] for a in range(n0, n1, 256)]
+            parts = [np.stack([np.atleast_1d(path_agreement(b, m)) for m in (moves, corner_moves)], 1) for b in blocks]
+            new_agreement[name] = np.concatenate(parts) if parts else np.zeros((0, 2))
         new_targets = {}
         new_samples = {}
         from trajhook.serve.payloads import PCA_SOURCES
@@ -443,7 +446,7 @@ class Follower:
             self._steps.extend(new_steps)
             self._wall.extend(new_wall)
             for name, shares in new_agreement.items():
-                self._agreement.setdefault(name, Growing(np.float32)).extend(shares)
+                self._agreement.setdefault(name, Growing(np.float32, (2,))).extend(shares)  # to the cheese, corner
             for name, lp in new_targets.items():
                 self._targets.setdefault(name, Growing(np.float32, lp.shape[1:])).extend(lp)
             for name, (index, sample_rows, stride) in new_samples.items():

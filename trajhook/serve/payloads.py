@@ -154,9 +154,10 @@ def curves(snap: Snapshot) -> dict[str, Any]:
     out: dict[str, Any] = {"epoch": snap.epoch, "scalars": {}, "agreement": [], "targets": []}
     for name, (steps, values) in snap.scalars.items():
         out["scalars"][name] = bucketed(steps, values)
-    for probe, (values, chance) in snap.agreement.items():
+    for probe, (values, chance, corner) in snap.agreement.items():
         curve = bucketed(snap.steps[: len(values)], values)
-        out["agreement"].append({"probe": probe, "chance": round(chance, 5), **curve})
+        corner_curve = bucketed(snap.steps[: len(corner)], corner)
+        out["agreement"].append({"probe": probe, "chance": round(chance, 5), "corner": corner_curve, **curve})
     for probe, lp in snap.targets.items():
         meta = snap.probes[probe]["metadata"]
         steps = snap.steps[: len(lp)]

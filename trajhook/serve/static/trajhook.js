@@ -508,8 +508,9 @@
         }
         if (spec.kind === "agreement") (d.agreement || []).forEach(function (a) {
           if (a.probe !== spec.name) return;
-          out.push({ run: run, label: prefix + "agreement", s: a, colour: runColour(run), dash: [], cursor: true });
+          out.push({ run: run, label: prefix + "to the cheese", s: a, colour: runColour(run), dash: [], cursor: true });
           out.push({ run: run, label: prefix + "chance " + fmt(a.chance), chance: a.chance, colour: runColour(run), dash: [5, 4] });
+          if (a.corner) out.push({ run: run, label: prefix + "to the top-right corner", s: a.corner, colour: runColour(run), dash: [1, 3] });
         });
         if (spec.kind === "targets") (d.targets || []).forEach(function (t, j) {
           out.push({ run: run, label: prefix + t.label, s: t, colour: several ? runColour(run) : PALETTE[j % PALETTE.length],
