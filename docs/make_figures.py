@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 import trajhook
-from trajhook.analysis.maze import MOVES, bfs_distances, goal_agreements, moved, shortest_path_moves
+from trajhook.analysis.maze import MOVES, bfs_distances, chance_agreement, goal_agreements, moved, shortest_path_moves
 
 
 def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
@@ -53,7 +53,7 @@ def goal_curves(log) -> dict[str, tuple[dict[str, np.ndarray], float]]:
         meta = log[name].metadata
         grid, cells, cheese = np.asarray(meta["grid"]), np.asarray(meta["cells"]), tuple(meta["cheese"])
         goals = goal_agreements(np.asarray(log[name]["direction_probs"]), grid, cells, cheese)
-        chance = float(shortest_path_moves(grid, cheese, cells).sum(axis=1).mean() / 4)
+        chance = chance_agreement(shortest_path_moves(grid, cheese, cells))
         curves[name] = ({goal: np.atleast_1d(a) for goal, a in goals.items()}, chance)
     return curves
 
