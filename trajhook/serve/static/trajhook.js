@@ -628,7 +628,7 @@
     const specs = names.map(function (n) { return { id: "scalar:" + n, kind: "scalar", name: n, title: n }; });
     Array.from(mazes).sort().forEach(function (p) {
       specs.push({ id: "agreement:" + p, kind: "agreement", name: p, title: p + ": shortest-path agreement",
-        note: "The share of cells whose strongest move starts a shortest path to the cheese; dashed: chance (a random move)." });
+        note: "The share of cells whose strongest move starts a shortest path to the cheese; dashed: chance (a random move); dotted: to the maze's top-right corner instead (where the two ways part, it tells a policy that finds the cheese from one that heads for the corner)." });
     });
     if (targets) specs.push({ id: "targets", kind: "targets", name: "targets", title: "target log-probabilities, log p(target | prompt)" });
     return specs;
