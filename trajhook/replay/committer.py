@@ -2,13 +2,14 @@
 same checks, writer thread and store as a live run's.
 
 >>> import tempfile
+>>> import numpy as np
 >>> from trajhook import TensorProbe, load
 >>> probe = TensorProbe("lin", torch.ones(1, 2))
 >>> probe.setup(torch.nn.Linear(2, 1), torch.device("cpu"))
 >>> path = tempfile.mkdtemp() + "/run.h5"
 >>> with Committer(path, [probe], wandb=False) as rec:
 ...     rec.commit(10, {"lin": {"output": torch.full((1, 1), 0.5)}})
->>> load(path).steps.tolist(), load(path)["lin"]["output"].ravel().tolist()
+>>> load(path).steps.tolist(), np.asarray(load(path)["lin"]["output"]).ravel().tolist()
 ([10], [0.5])
 """
 
