@@ -43,6 +43,12 @@ import numpy as np
 MAX_SAMPLES = 2048
 FRAME_CACHE = 512
 POLL_S = 1.0  # the page polls every 0.5 s, and each poll reads first: this tick is for pages that do not
+# The PCA panels: (dataset, probe kinds, title). Each entry draws one panel per probe that records the dataset, every
+# run in one basis; the follower keeps a thinned sample of each such dataset in memory for them.
+PCA_SOURCES: list[tuple[str, tuple[str, ...], str]] = [
+    ("token_loss", ("prompts", "token_loss"), "per-token-loss PCA trajectory (one basis for all runs)"),
+    ("vectors", ("maze",), "vector-field PCA trajectory (one basis for all runs)"),
+]
 
 
 def open_for_writing_flag(path: str | os.PathLike) -> bool | None:
@@ -415,8 +421,6 @@ class Follower:
             new_agreement[name] = np.concatenate(parts) if parts else np.zeros((0, 2))
         new_targets = {}
         new_samples = {}
-        from trajhook.serve.payloads import PCA_SOURCES
-
         sampled = {dataset for dataset, _, _ in PCA_SOURCES}
         for name, info in self._probes.items():
             if "target_logprob" in info["outputs"]:

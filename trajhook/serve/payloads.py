@@ -7,7 +7,6 @@ Runs are addressed by their index in the list given on the command line, never b
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from trajhook.serve.follow import Snapshot
+from trajhook.serve.follow import PCA_SOURCES, Snapshot
 from trajhook.serve.frames import bucket_minmax
 
 ICL_LATE, ICL_EARLY = 500, 50
@@ -174,15 +173,6 @@ def _icl(rows: np.ndarray) -> np.ndarray:
 
     early = min(ICL_EARLY, rows.shape[-1] // 4)
     return np.atleast_1d(icl_score(rows, late=ICL_LATE, early=early))
-
-
-# The PCA panels: (dataset, probe kinds, title). Each entry draws one panel per probe that records the dataset,
-# every run in one basis; e.g. ("vectors", ("maze",), "vector-field PCA trajectory") adds the mazes' panel.
-PCA_SOURCES: list[tuple[str, tuple[str, ...], str]] = [
-    ("token_loss", ("prompts", "token_loss"), "per-token-loss PCA trajectory (one basis for all runs)"),
-]
-if importlib.util.find_spec("trajhook.analysis.field") is not None:  # the maze's essential dynamics (h-stream)
-    PCA_SOURCES.append(("vectors", ("maze",), "vector-field PCA trajectory (one basis for all runs)"))
 
 
 MIN_PCA_RECORDS = 8  # records (all runs of a panel together) before a PCA basis is fitted
