@@ -21,7 +21,7 @@ from trajhook import distributed
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe, numpy_dtype
 from trajhook.schedule import as_schedule
-from trajhook.store import _dump_json, open_for_reading
+from trajhook.store import dump_json, open_for_reading
 
 MAX_STEP = 2**63 - 1  # steps are stored as int64
 ON_ERROR = ("raise", "warn")
@@ -78,7 +78,7 @@ def check_options(metadata: Any, overwrite: Any, flush_every_s: Any, max_queue: 
                 f"Recorder: metadata={metadata!r:.80} is not a dict with str keys. "
                 "HINT: pass e.g. metadata={'lr': 3e-4}."
             )
-        _dump_json(dict(metadata), "Recorder metadata")
+        dump_json(dict(metadata), "Recorder metadata")
     if not isinstance(overwrite, bool | np.bool_):
         raise TrajhookError(f"Recorder: overwrite={overwrite!r} is not a bool. HINT: pass overwrite=True or False.")
     if (

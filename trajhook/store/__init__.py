@@ -28,32 +28,16 @@ from trajhook.store.format import (
     SCALARS,
     TABLE_NAMES,
     Schema,
-    _dump_json,
-    _json_default,
     damaged_rows,
+    dump_json,
     guess_kind,
     row_checksums,
     schema_difference,
     table_columns,
 )
 from trajhook.store.h5 import (
-    _CHUNK_BYTES,
-    _COMPACT_MIN_BYTES,
-    _HDF5,
-    _MAX_CHUNK_BYTES,
-    _MAX_CHUNK_ROWS,
-    _METADATA_READ_ATTEMPTS,
-    _REOPEN_WINDOW_S,
-    _STRING_CHUNK_ROWS,
     COMPRESSION,
     CORRUPT_ERRORS,
-    _append,
-    _create_appendable,
-    _first_line,
-    _hdf5_library,
-    _open_any,
-    _open_swmr,
-    _open_swmr_writer,
     abandon,
     chunk_shape,
     corrupt_error,
@@ -64,8 +48,8 @@ from trajhook.store.h5 import (
     rows_inside_file,
 )
 from trajhook.store.lock import WriterLock, lock_path, writer_alive
-from trajhook.store.reader import Damage, Event, LazyArray, ProbeLog, Series, TrajectoryLog, _generation, load, verify
-from trajhook.store.writer import StoreWriter, _write_probe_metadata, create_store, tables, warn_dropped
+from trajhook.store.reader import Damage, Event, LazyArray, ProbeLog, Series, TrajectoryLog, load, verify
+from trajhook.store.writer import StoreWriter, create_store, tables, warn_dropped
 
 __all__ = [
     "CORRUPT_ERRORS",

@@ -47,7 +47,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 
-def _dump_json(value: Any, what: str) -> str:
+def dump_json(value: Any, what: str) -> str:
     try:
         return json.dumps(value, default=_json_default)
     except (TypeError, ValueError) as err:
@@ -158,13 +158,13 @@ def session_row(info: Mapping[str, Any], limit: int = SESSION_BYTES) -> bytes:
     >>> len(row) <= 2000, json.loads(row)["host"], json.loads(row)["argv"][1][-3:]
     (True, 'vm', '...')
     """
-    text = _dump_json(dict(info), "Recorder session")
+    text = dump_json(dict(info), "Recorder session")
     cap = max(len(text), 16)
     while len(text.encode()) > limit and cap > 16:
         cap //= 2
-        text = _dump_json(_shorten(json.loads(text), cap), "Recorder session")
+        text = dump_json(_shorten(json.loads(text), cap), "Recorder session")
     if len(text.encode()) > limit:  # still too long: the bare facts only
-        text = _dump_json({k: v for k, v in info.items() if isinstance(v, int | float | bool | None)}, "session")
+        text = dump_json({k: v for k, v in info.items() if isinstance(v, int | float | bool | None)}, "session")
     return text.encode()
 
 

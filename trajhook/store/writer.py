@@ -29,7 +29,7 @@ from trajhook.store.format import (
     SESSION_CHUNK_ROWS,
     TABLE_NAMES,
     Schema,
-    _dump_json,
+    dump_json,
     row_checksums,
     schema_difference,
     session_row,
@@ -69,7 +69,7 @@ def create_store(
         file.attrs["trajhook_format"] = FORMAT_VERSION
         file.attrs["trajhook_version"] = __version__
         file.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        file.attrs["metadata"] = _dump_json(dict(metadata), "Recorder metadata")
+        file.attrs["metadata"] = dump_json(dict(metadata), "Recorder metadata")
         _create_appendable(file, "steps", (), np.int64)
         _create_appendable(file, "wall_time", (), np.float64)
         probes = file.create_group("probes")
@@ -111,7 +111,7 @@ def _write_probe_metadata(file: h5py.File, name: str, meta: Mapping[str, Any], k
             static.create_dataset(key, data=value)
         else:
             plain[key] = value
-    static.attrs["metadata"] = _dump_json(plain, f"probe {name!r} metadata")
+    static.attrs["metadata"] = dump_json(plain, f"probe {name!r} metadata")
 
 
 def tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Dataset, int]]:
