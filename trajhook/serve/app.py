@@ -144,88 +144,15 @@ def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: fl
     """The Starlette app following ``paths``; with ``token``, requests without it get 403."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
     import trajhook.analysis.trajectory  # noqa: F401  (imported now, not on the first page's first PCA request)
 
     runs = Runs(paths, poll_s=poll_s)
-    script = (STATIC / "trajhook.js").read_bytes()
+    api = Handlers(runs, token)
 
-    class TokenCheck:
-        def __init__(self, app: Any) -> None:
-            self.app = app
-
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http" and token is not None:
-                given = Request(scope).query_params.get("token", "")
-                if not hmac.compare_digest(given.encode(), token.encode()):
-                    await PlainTextResponse("403: this server needs its token (see the URL it printed)", 403)(
-                        scope, receive, send
-                    )
-                    return
-            await self.app(scope, receive, send)
-
-    def run_of(request: Request) -> Follower:
-        try:
-            index = int(request.query_params.get("run", ""))
-        except ValueError:
-            raise _BadRequest("run must be an integer index") from None
-        if not 0 <= index < len(runs.followers):
-            raise _BadRequest(f"no run {index}")
-        return runs.followers[index]
-
-    async def on_reader(follower: Follower, job: Any) -> Any:
-        return await asyncio.wrap_future(follower.submit(job))
-
-    async def index(request: Request) -> Response:
-        shown = [*(str(f.root) for f in runs.folders), *runs.names][:8]
-        title = "trajhook: " + ", ".join(shown)  # the page says "(live)" while a writer writes
-        return HTMLResponse(page_html(token, title=title), headers={"Cache-Control": "no-store"})
-
-    async def static_js(request: Request) -> Response:
-        return Response(script, media_type="text/javascript", headers={"Cache-Control": "no-store"})
-
-    async def api_state(request: Request) -> Response:
-        have = []
-        for part in request.query_params.get("have", "").split(","):
-            epoch, _, count = part.partition(":")
-            try:
-                have.append((int(epoch), int(count)))
-            except ValueError:
-                have.append((-1, 0))
-        if runs.folders:
-            await asyncio.to_thread(runs.discover)
-        followers = list(runs.followers)
-        # a fresh read of each store before answering: a new record shows at the next poll
-        await asyncio.gather(*(on_reader(f, f.refresh) for f in followers))
-        snaps = [f.snapshot() for f in followers]
-        return JSONResponse(payloads.state(runs.names[: len(snaps)], snaps, have))
-
-    async def api_maze(request: Request) -> Response:
-        data = payloads.maze(run_of(request).snapshot(), request.query_params.get("probe", ""))
-        return JSONResponse(data) if data is not None else PlainTextResponse("no such maze probe", 404)
-
-    async def api_frame(request: Request) -> Response:
-        follower = run_of(request)
-        try:
-            step = int(request.query_params.get("step", ""))
-        except ValueError:
-            raise _BadRequest("step must be an integer") from None
-        probe = request.query_params.get("probe", "")
-        blob = await on_reader(follower, lambda: follower.frame(probe, step))
-        if blob is None:
-            return PlainTextResponse("no such frame", 404)
-        return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "max-age=3600"})
-
-    async def api_curves(request: Request) -> Response:
-        return JSONResponse(payloads.curves(run_of(request).snapshot()))
-
-    async def api_pca(request: Request) -> Response:
-        return JSONResponse(await asyncio.to_thread(runs.pca))
-
-    async def bad_request(request: Request, exc: Exception) -> Response:
+    async def bad_request(request: Any, exc: Exception) -> Any:
         return PlainTextResponse(f"400: {exc}", 400)
 
     @contextlib.asynccontextmanager
@@ -234,22 +161,136 @@ def create_app(paths: Sequence[str | Path], token: str | None = None, poll_s: fl
         runs.stop()
 
     routes = [
-        Route("/", index),
-        Route("/static/trajhook.js", static_js),
-        Route("/api/state", api_state),
-        Route("/api/maze", api_maze),
-        Route("/api/frame", api_frame),
-        Route("/api/curves", api_curves),
-        Route("/api/pca", api_pca),
+        Route("/", api.index),
+        Route("/static/trajhook.js", api.static_js),
+        Route("/api/state", api.state),
+        Route("/api/maze", api.maze),
+        Route("/api/frame", api.frame),
+        Route("/api/curves", api.curves),
+        Route("/api/pca", api.pca),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(TokenCheck)],
+        middleware=[Middleware(TokenCheck, token=token)],
         exception_handlers={_BadRequest: bad_request},
         lifespan=lifespan,
     )
     app.state.runs = runs
     return app
+
+
+class TokenCheck:
+    """ASGI middleware: with a ``token``, an HTTP request without ``?token=`` equal to it gets 403."""
+
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.requests import Request
+        from starlette.responses import PlainTextResponse
+
+        if scope["type"] == "http" and self.token is not None:
+            given = Request(scope).query_params.get("token", "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                await PlainTextResponse("403: this server needs its token (see the URL it printed)", 403)(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+class Handlers:
+    """The routes' handlers: each reads the request's parameters and answers from :class:`Runs` through
+    :mod:`~trajhook.serve.payloads`; reads of a store run on its follower's reader thread."""
+
+    def __init__(self, runs: Runs, token: str | None) -> None:
+        self.runs, self.token = runs, token
+        self.script = (STATIC / "trajhook.js").read_bytes()
+
+    async def index(self, request: Any) -> Any:
+        from starlette.responses import HTMLResponse
+
+        shown = [*(str(f.root) for f in self.runs.folders), *self.runs.names][:8]
+        title = "trajhook: " + ", ".join(shown)  # the page says "(live)" while a writer writes
+        return HTMLResponse(page_html(self.token, title=title), headers={"Cache-Control": "no-store"})
+
+    async def static_js(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        return Response(self.script, media_type="text/javascript", headers={"Cache-Control": "no-store"})
+
+    async def state(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        have = _have(request.query_params.get("have", ""))
+        if self.runs.folders:
+            await asyncio.to_thread(self.runs.discover)
+        followers = list(self.runs.followers)
+        # a fresh read of each store before answering: a new record shows at the next poll
+        await asyncio.gather(*(_on_reader(f, f.refresh) for f in followers))
+        snaps = [f.snapshot() for f in followers]
+        return JSONResponse(payloads.state(self.runs.names[: len(snaps)], snaps, have))
+
+    async def maze(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse, PlainTextResponse
+
+        data = payloads.maze(self._run(request).snapshot(), request.query_params.get("probe", ""))
+        return JSONResponse(data) if data is not None else PlainTextResponse("no such maze probe", 404)
+
+    async def frame(self, request: Any) -> Any:
+        from starlette.responses import PlainTextResponse, Response
+
+        follower = self._run(request)
+        step = _int(request, "step")
+        probe = request.query_params.get("probe", "")
+        blob = await _on_reader(follower, lambda: follower.frame(probe, step))
+        if blob is None:
+            return PlainTextResponse("no such frame", 404)
+        return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "max-age=3600"})
+
+    async def curves(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(payloads.curves(self._run(request).snapshot()))
+
+    async def pca(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(await asyncio.to_thread(self.runs.pca))
+
+    def _run(self, request: Any) -> Follower:
+        """The follower of the request's ``run`` (an index, never a path)."""
+        index = _int(request, "run")
+        if not 0 <= index < len(self.runs.followers):
+            raise _BadRequest(f"no run {index}")
+        return self.runs.followers[index]
+
+
+def _int(request: Any, name: str) -> int:
+    try:
+        return int(request.query_params.get(name, ""))
+    except ValueError:
+        raise _BadRequest(f"{name} must be an integer" + (" index" if name == "run" else "")) from None
+
+
+def _have(text: str) -> list[tuple[int, int]]:
+    """``"E:N,E:N"``, the (epoch, count) the page holds per run; ``(-1, 0)`` where it is not that.
+
+    >>> _have("3:10,x,1:")
+    [(3, 10), (-1, 0), (-1, 0)]
+    """
+    have = []
+    for part in text.split(","):
+        epoch, _, count = part.partition(":")
+        try:
+            have.append((int(epoch), int(count)))
+        except ValueError:
+            have.append((-1, 0))
+    return have
+
+
+async def _on_reader(follower: Follower, job: Any) -> Any:
+    return await asyncio.wrap_future(follower.submit(job))
 
 
 class _BadRequest(Exception):
