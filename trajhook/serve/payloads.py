@@ -259,91 +259,120 @@ def pca(
     newest): the trajectory of a long run is drawn from evenly spaced records; the basis is fitted on
     at most :data:`MAX_FIT_RECORDS` of them (:func:`fit_rows`).
     """
-    from trajhook.analysis.trajectory import trajectory_pca
-
     bases = {} if bases is None else bases
-    offline = bases.setdefault("offline turns", {})
-    wanted = bases.setdefault("turns wanted", {})
+    turns = TurnFinder(bases.setdefault("offline turns", {}), bases.setdefault("turns wanted", {}), defer_turns)
     panels = []
     for dataset, kinds, title in PCA_SOURCES:
-        probes = sorted(
-            {
-                p
-                for s in snaps
-                for p, info in s.probes.items()
-                if info["kind"] in kinds and f"{p}/{dataset}" in s.samples
-            }
-        )
-        for probe in probes:
+        for probe in _probes_with(snaps, dataset, kinds):
             key = f"{probe}/{dataset}"
             members = [(i, s) for i, s in enumerate(snaps) if key in s.samples and len(s.samples[key][0])]
             shapes = {s.samples[key][1].shape[1:] for _, s in members}
             if len(shapes) != 1 or sum(len(s.samples[key][0]) for _, s in members) < 2:
                 continue
             rows = [s.samples[key][1] for _, s in members]  # float32; each run is cast when it is projected
-            records = sum(len(s.steps) for _, s in members)
-            member_key = (tuple((i, s.epoch) for i, s in members), next(iter(shapes)))
-            settled = all(s.run_status != "writing" for _, s in members)
-            old = bases.get(key)
-            refit = (
-                old is None
-                or old.members != member_key
-                or records >= 2 * old.records
-                or records < old.records
-                or (settled and not old.settled)
-            )
-            if refit and not settled and sum(len(r) for r in rows) < MIN_PCA_RECORDS:
+            basis = _kept_basis(bases, key, members, rows, next(iter(shapes)))
+            if basis is None:
                 continue
-            if refit:
-                try:
-                    fit = _aligned(trajectory_pca(fit_rows(rows), n_components=2), old)
-                except Exception:  # every column NaN somewhere: nothing to draw yet
-                    continue
-                bases[key] = old = Basis(fit, records, member_key, settled)
-            coords_of = [old.fit.transform(r) for r in rows]
-            fit = old.fit
             entry: dict[str, Any] = {
                 "key": f"{dataset}:{probe}",
                 "title": f"{probe}: {title}",
                 "probe": probe,
-                "explained": _floats(fit.explained_variance_ratio, 4),
-                "basis_records": old.records,
-                "basis_final": old.settled,
+                "explained": _floats(basis.fit.explained_variance_ratio, 4),
+                "basis_records": basis.records,
+                "basis_final": basis.settled,
                 "icl_tokens": [ICL_LATE, min(ICL_EARLY, next(iter(shapes))[-1] // 4)]
                 if dataset == "token_loss"
                 else None,
                 "runs": [],
             }
-            for (i, snap), coords, data in zip(members, coords_of, rows, strict=True):
-                coords = coords if coords.shape[1] == 2 else np.pad(coords, ((0, 0), (0, 1)))
-                index = snap.samples[key][0]
-                steps = snap.steps[np.minimum(index, len(snap.steps) - 1)]
-                turns: list[dict[str, Any]] = []
-                if snap.run_status == "finished" and len(data) >= 5:
-                    cached = f"turn:{key}:{i}:{snap.epoch}:{len(data)}"  # a finished run's turn: found once
-                    if cached not in offline and defer_turns:
-                        wanted[cached] = (steps, data)
-                        entry["turns_pending"] = True
-                    elif cached not in offline:
-                        offline[cached] = offline_turn(steps, data)
-                    turns = [{"step": int(steps[t]), "xy": _floats(coords[t])} for t in offline.get(cached, ())]
-                events = []
-                for step, label in snap.events:
-                    at = int(np.searchsorted(steps, step, side="right")) - 1
-                    if at >= 0:
-                        events.append({"step": step, "label": label, "xy": _floats(coords[at])})
-                entry["runs"].append(
-                    {
-                        "run": i,
-                        "name": names[i],
-                        "run_status": snap.run_status,
-                        "steps": steps.tolist(),
-                        "x": _floats(coords[:, 0]),
-                        "y": _floats(coords[:, 1]),
-                        "icl": _floats(_icl(data) if dataset == "token_loss" else np.full(len(data), np.nan), 4),
-                        "events": events,
-                        "turns": turns,
-                    }
-                )
+            for (i, snap), data in zip(members, rows, strict=True):
+                entry["runs"].append(_run_trajectory(names[i], i, snap, key, data, basis, dataset, turns))
+            if turns.pending:
+                entry["turns_pending"], turns.pending = True, False
             panels.append(entry)
     return panels
+
+
+def _probes_with(snaps: Sequence[Snapshot], dataset: str, kinds: Sequence[str]) -> list[str]:
+    """The probes of these kinds, in any run, whose ``dataset`` the followers sample for the PCA panels."""
+    return sorted(
+        {p for s in snaps for p, info in s.probes.items() if info["kind"] in kinds and f"{p}/{dataset}" in s.samples}
+    )
+
+
+def _kept_basis(
+    bases: dict[str, Any], key: str, members: Sequence[tuple[int, Snapshot]], rows: list[np.ndarray], shape: tuple
+) -> Basis | None:
+    """The panel's basis: the kept one, refitted when the runs or the files changed, the records doubled (or
+    shrank), or every run stopped writing; None (no panel yet) where a refit is due but cannot be made."""
+    from trajhook.analysis.trajectory import trajectory_pca
+
+    records = sum(len(s.steps) for _, s in members)
+    member_key = (tuple((i, s.epoch) for i, s in members), shape)
+    settled = all(s.run_status != "writing" for _, s in members)
+    old = bases.get(key)
+    refit = (
+        old is None
+        or old.members != member_key
+        or records >= 2 * old.records
+        or records < old.records
+        or (settled and not old.settled)
+    )
+    if not refit:
+        return old
+    if not settled and sum(len(r) for r in rows) < MIN_PCA_RECORDS:
+        return None
+    try:
+        fit = _aligned(trajectory_pca(fit_rows(rows), n_components=2), old)
+    except Exception:  # every column NaN somewhere: nothing to draw yet
+        return None
+    bases[key] = Basis(fit, records, member_key, settled)
+    return bases[key]
+
+
+@dataclass
+class TurnFinder:
+    """A finished run's offline turning point, found once per file and record count (``found``); with ``defer``,
+    a turn not found yet is only asked for (``wanted``) and the panel says so (``pending``)."""
+
+    found: dict[str, Any]
+    wanted: dict[str, Any]
+    defer: bool = False
+    pending: bool = False
+
+    def __call__(self, cached: str, steps: np.ndarray, data: np.ndarray) -> Any:
+        if cached not in self.found and self.defer:
+            self.wanted[cached] = (steps, data)
+            self.pending = True
+        elif cached not in self.found:
+            self.found[cached] = offline_turn(steps, data)
+        return self.found.get(cached, ())
+
+
+def _run_trajectory(
+    name: str, i: int, snap: Snapshot, key: str, data: np.ndarray, basis: Basis, dataset: str, turns: TurnFinder
+) -> dict[str, Any]:
+    """One run's trajectory in the panel's basis, with its events and (finished) its offline turn."""
+    coords = basis.fit.transform(data)
+    coords = coords if coords.shape[1] == 2 else np.pad(coords, ((0, 0), (0, 1)))
+    index = snap.samples[key][0]
+    steps = snap.steps[np.minimum(index, len(snap.steps) - 1)]
+    found = []
+    if snap.run_status == "finished" and len(data) >= 5:
+        found = turns(f"turn:{key}:{i}:{snap.epoch}:{len(data)}", steps, data)
+    events = []
+    for step, label in snap.events:
+        at = int(np.searchsorted(steps, step, side="right")) - 1
+        if at >= 0:
+            events.append({"step": step, "label": label, "xy": _floats(coords[at])})
+    return {
+        "run": i,
+        "name": name,
+        "run_status": snap.run_status,
+        "steps": steps.tolist(),
+        "x": _floats(coords[:, 0]),
+        "y": _floats(coords[:, 1]),
+        "icl": _floats(_icl(data) if dataset == "token_loss" else np.full(len(data), np.nan), 4),
+        "events": events,
+        "turns": [{"step": int(steps[t]), "xy": _floats(coords[t])} for t in found],
+    }
