@@ -31,7 +31,7 @@ signal during a rollout drops the half-done rollout and saves the state at its s
   to 32x32. ``--canvas 64`` crops to about 7.5 cells around the mouse (the cheese out of view on 78 of
   level 234's 126 cells).
 - *A reverse curriculum* (``--reverse-curriculum``): the mouse starts at most D steps from the cheese
-  (BFS), and D grows by one once 80% of at least 64 episodes since the last change found the cheese.
+  (BFS), and D grows by one once 80% of the last 64 episodes at that distance found the cheese.
   It changes where an episode starts, never which move is right; ``start_distance`` and
   ``cheese_found`` are logged as scalars.
 - *gamma 0.99, GAE lambda 0.95* (cleanrl's): with a reward only at the cheese, 0.95 forgets it within
@@ -218,7 +218,7 @@ np.random.seed(args.seed)
 torch.manual_seed(args.seed)
 torch.set_num_threads(args.threads)
 curriculum_rng = np.random.default_rng(args.seed)  # where the cheese and the mouse go after a reset
-curriculum = {"distance": 2, "episodes": 0, "found": 0}  # the reverse curriculum's start distance and its tally
+curriculum = {"distance": 2, "recent": []}  # the reverse curriculum's start distance, its last episodes' outcomes
 
 
 # ---- the agent: cleanrl's IMPALA CNN, narrower, on 32x32 frames, four moves -------------------------------
@@ -359,12 +359,14 @@ def patch_new_episodes(states, first):
 
 
 def grow_start_distance(successes):
-    """The reverse curriculum: one step farther once 80% of at least 64 episodes since the last change found the
-    cheese (procgen's reward), the fraction an agent that already goes to the cheese from there reaches."""
-    curriculum["episodes"] += len(successes)
-    curriculum["found"] += int(np.sum(successes))
-    if curriculum["episodes"] >= 64 and curriculum["found"] >= 0.8 * curriculum["episodes"]:
-        curriculum.update(distance=curriculum["distance"] + 1, episodes=0, found=0)
+    """The reverse curriculum: one step farther once 80% of the last 64 episodes at this distance found the cheese
+    (procgen's reward). A window, not a tally since the last change: a slow start at a new distance must not hold
+    the curriculum back once the agent succeeds there."""
+    recent = (curriculum["recent"] + [bool(s) for s in successes])[-64:]
+    if len(recent) == 64 and np.mean(recent) >= 0.8:
+        curriculum.update(distance=curriculum["distance"] + 1, recent=[])
+    else:
+        curriculum["recent"] = recent
 
 
 def progress_bonus(envs, first, moves, states, reward):
