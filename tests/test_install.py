@@ -176,3 +176,41 @@ def test_no_import_cycle_between_trajhook_modules():
 
     cycles = sorted(name for name in graph if reaches(name, name, set()))
     assert cycles == [], f"modules on an import cycle: {cycles}"
+
+
+# The store's datasets and groups as a path names them (docs/FORMAT.md); "steps" alone is also a JSON key.
+STORE_NAMES = ("committed", "wall_time", "probes/", "static/", "scalars/", "events/", "checksums/", "sessions/")
+
+
+def test_only_the_store_opens_the_file_and_names_its_datasets():
+    """Outside trajhook/store/ no module opens a store with h5py (it may ask h5py its version) nor
+    spells a dataset's name: the store's format is known in one room (issue 23)."""
+    root = Path(__file__).resolve().parents[1]
+    h5py_uses, names = [], []
+    for path in sorted(root.glob("trajhook/**/*.py")):
+        where = path.relative_to(root)
+        if where.parts[:2] == ("trajhook", "store"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "h5py":
+                h5py_uses.append(f"{where}:{node.lineno} from h5py import")
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "h5py":
+                if node.attr != "__version__":
+                    h5py_uses.append(f"{where}:{node.lineno} h5py.{node.attr}")
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and (node.value in STORE_NAMES[:2] or node.value.startswith(STORE_NAMES[2:]))
+            ):
+                names.append(f"{where}:{node.lineno} {node.value!r}")
+    assert h5py_uses == [], "only trajhook/store/ opens the file"
+    assert names == [], "only trajhook/store/ names the store's datasets"

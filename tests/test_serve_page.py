@@ -398,7 +398,8 @@ def test_run_status_comes_from_the_hdf5_open_flag_and_the_lock(tmp_path):
     (In one process HDF5 shares one open file between handles, so the reader is closed here before
     the writer closes; the server reads from another process.)
     """
-    from trajhook.serve.follow import Follower, open_for_writing_flag
+    from trajhook.serve.follow import Follower
+    from trajhook.store import open_for_writing_flag
 
     store = tmp_path / "run.h5"
     rec = Recorder(store, [GridProbe()], every_n_steps=1, wandb=False)

@@ -55,7 +55,7 @@ class Folder:
     def scan(self) -> list[Path]:
         """The stores that appeared since the last scan."""
         from trajhook.errors import TrajhookError
-        from trajhook.store import open_for_reading
+        from trajhook.store import check_store
         from trajhook.store.lock import writer_alive
 
         new = []
@@ -70,7 +70,7 @@ class Folder:
             if self._skipped.get(real) == (stat.st_mtime, stat.st_size):
                 continue
             try:
-                open_for_reading(real).close()
+                check_store(real)
             except (TrajhookError, OSError) as err:
                 if writer_alive(real):
                     continue  # a store being created: look again at the next scan

@@ -1,6 +1,8 @@
 """Follow one store while it is written: one SWMR reader thread per file, never blocking the writer.
 
-The thread owns the file's h5py handle: every read of that file (a refresh, a frame) runs on it,
+The thread owns the file's :class:`~trajhook.store.reader.StoreFollower`, which reads the file (its
+new committed rows under the store's seqlock, its metadata and probe kinds) and holds its h5py
+handle between polls: every read of that file (a refresh, a frame) runs on this thread,
 because h5py serialises calls behind one global lock and multi-threaded reads of one file crashed
 (NOTES.md, "A live view"). It keeps only what is small per record: the step index, the wall time,
 the scalars, each prompt probe's target log-probs, each maze probe's shortest-path agreement
@@ -18,7 +20,7 @@ What it handles:
   lock), ``"finished"`` (no writer, and the file was closed cleanly) or ``"writer-gone"`` (no writer,
   and the file is still flagged open for writing: the writer died without closing it). HDF5 sets that
   flag in the superblock when a writer opens the file and clears it at a clean close
-  (:func:`open_for_writing_flag`); the store needs no mark of its own;
+  (:func:`~trajhook.store.h5.open_for_writing_flag`); the store needs no mark of its own;
 - a store deleted under it: ``status`` ``"deleted"``, the last state stays.
 
 Every reset bumps ``epoch``: the page then fetches the step index from the start.
@@ -28,8 +30,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
-import json
 import os
 import queue
 import threading
@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from trajhook.store.reader import StoreFollower
+
 MAX_SAMPLES = 2048
 FRAME_CACHE = 512
 POLL_S = 1.0  # the page polls every 0.5 s, and each poll reads first: this tick is for pages that do not
@@ -49,23 +51,6 @@ PCA_SOURCES: list[tuple[str, tuple[str, ...], str]] = [
     ("token_loss", ("prompts", "token_loss"), "per-token-loss PCA trajectory (one basis for all runs)"),
     ("vectors", ("maze",), "vector-field PCA trajectory (one basis for all runs)"),
 ]
-
-
-def open_for_writing_flag(path: str | os.PathLike) -> bool | None:
-    """Whether the HDF5 file at ``path`` is flagged open by a writer (superblock v2/v3 file-consistency
-    flags: bit 0 write access, bit 2 SWMR write); None if the superblock is not at offset 0 or is older.
-
-    HDF5 sets the flags when a writer opens the file and clears them when it closes it: a writer that
-    was killed leaves them set, which is how a finished run is told from one whose writer is gone.
-    """
-    try:
-        with open(path, "rb") as file:
-            head = file.read(12)
-    except OSError:
-        return None
-    if len(head) < 12 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
-        return None
-    return bool(head[11] & 0b101)
 
 
 class Growing:
@@ -184,7 +169,7 @@ class Follower:
         self._jobs: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._file: Any = None
+        self._reader = StoreFollower(self.path)
         self._inode: tuple[int, int] | None = None
         self._epoch = 0
         self._status, self._message, self._writer = "waiting", "waiting for the file to appear", False
@@ -256,11 +241,11 @@ class Follower:
             steps = self._steps.array
         info = self._probes.get(probe)
         i = int(np.searchsorted(steps, step, side="left"))
-        if info is None or info["kind"] != "maze" or i >= len(steps) or steps[i] != step or self._file is None:
+        if info is None or info["kind"] != "maze" or i >= len(steps) or steps[i] != step or not self._reader.is_open:
             return None
-        group = self._file["probes"][probe]
-        vectors = group["vectors"][i]
-        probs = group["direction_probs"][i] if "direction_probs" in group else None
+        vectors = self._reader.rows(probe, "vectors", i, i + 1)[0]
+        has_probs = "direction_probs" in info["outputs"]
+        probs = self._reader.rows(probe, "direction_probs", i, i + 1)[0] if has_probs else None
         blob = encode_frame(int(step), vectors, probs)
         self._frames[key] = blob
         while len(self._frames) > FRAME_CACHE:
@@ -272,7 +257,7 @@ class Follower:
         self._jobs.put(None)
         if self._thread is not None:
             self._thread.join(5)
-        self._close()
+        self._reader.close()
 
     # -- the reader thread -----------------------------------------------------------------------
 
@@ -298,10 +283,9 @@ class Follower:
         """Catch up with the file: open, reopen or reset as needed, then read the new rows."""
         from trajhook.errors import TrajhookError
 
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            self._close()
+        inode = self._reader.identity()
+        if inode is None:
+            self._reader.close()
             with self._lock:
                 if self._inode is not None or self._status == "deleted":
                     self._status, self._message = "deleted", "the store was deleted; showing the last state read"
@@ -309,42 +293,32 @@ class Follower:
                     self._status, self._message = "waiting", "waiting for the file to appear"
                 self._writer = False
             return
-        inode = (stat.st_dev, stat.st_ino)
-        if self._file is not None and inode != self._inode:
-            self._close()  # rebuilt (overwrite=True, a resume's compaction): a new file
+        if self._reader.is_open and inode != self._inode:
+            self._reader.close()  # rebuilt (overwrite=True, a resume's compaction): a new file
         try:
-            if self._file is None:
+            if not self._reader.is_open:
                 self._open(inode)
             self._read_new()
         except TrajhookError as err:
-            self._close()
+            self._reader.close()
             with self._lock:
                 self._status, self._message = "error", str(err).split(" HINT:")[0]
         except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
-            self._close()  # a writer mid-reopen: keep the last state, try again next tick
+            self._reader.close()  # a writer mid-reopen, a resume mid-read: keep the last state, try again next tick
             with self._lock:
                 self._message = f"reading paused: {type(err).__name__}: {err}"
 
     def _open(self, inode: tuple[int, int]) -> None:
-        from trajhook.store import guess_kind, members, open_for_reading
+        from trajhook.store import guess_kind
 
-        file = open_for_reading(self.path)
-        self._file = file
-        if inode != self._inode:
-            self._inode = inode
-            self._reset()
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in members(file.attrs)}
+        self._reader.open()
+        self._inode = inode
         probes: dict[str, dict[str, Any]] = {}
-        for name, group in members(file["probes"]):
-            static = file["static"][name]
-            meta = json.loads(static.attrs["metadata"])
-            meta.update({k: ds[()] for k, ds in members(static)})
-            outputs = {key: (tuple(ds.shape[1:]), str(ds.dtype)) for key, ds in members(group)}
-            kind = static.attrs.get("kind")
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            if not kind or kind == "custom":  # format 1, or a custom probe with a maze's or prompts' outputs
-                kind = guess_kind(list(outputs), meta)
-            probes[name] = {"kind": str(kind), "metadata": meta, "outputs": outputs}
+        for name, layout in self._reader.probes.items():
+            kind = layout.kind
+            if kind == "custom":  # a custom probe with a maze's or prompts' outputs is drawn as one
+                kind = guess_kind(list(layout.outputs), layout.metadata)
+            probes[name] = {"kind": kind, "metadata": layout.metadata, "outputs": layout.outputs}
         on_path = {}
         for name, info in probes.items():  # the maze probes' shortest-path moves, for their agreement
             meta = info["metadata"]
@@ -356,19 +330,16 @@ class Follower:
                 on_path[name] = (moves, chance_agreement(moves), shortest_path_moves(grid, corner_cell(grid), cells))
         with self._lock:
             self._on_path = on_path
-            self._attrs = attrs
+            self._attrs = dict(self._reader.attrs)
             self._probes = probes
 
     def _reset(self) -> None:
         """Forget every row read: the next read starts from row 0 under a new epoch."""
         with self._lock:
             self._epoch += 1
-            self._generation: int | None = None
-            self._counts = [0, 0, 0, 0]
             self._steps = Growing(np.int64)
             self._wall = Growing(np.float64)
             self._agreement: dict[str, Growing] = {}
-            self._scalar_names: list[str] = []
             self._scalars: dict[str, tuple[Growing, Growing]] = {}
             self._events: list[tuple[int, str]] = []
             self._targets: dict[str, Growing] = {}
@@ -377,46 +348,16 @@ class Follower:
             if not hasattr(self, "_probes"):
                 self._probes, self._attrs = {}, {}
 
-    def _read_new(self) -> None:
-        from trajhook.store import EVENTS, GENERATION, RECORDS, SCALAR_NAMES, SCALARS
-        from trajhook.store.lock import writer_alive
+    def _read_probes(self, n0: int, n1: int) -> tuple[dict, dict, dict]:
+        """What this follower keeps of records ``n0..n1-1``: each maze probe's agreement, each prompt
+        probe's target log-probs, and the thinned samples of the PCA panels' outputs."""
+        from trajhook.analysis.maze import path_agreement
 
-        file = self._file
-        committed = file["committed"]
-        committed.refresh()
-        counts = [int(c) for c in committed[:]]
-        generation = counts[GENERATION] if len(counts) > GENERATION else 0
-        if self._generation is not None and (generation != self._generation or counts[RECORDS] < self._counts[RECORDS]):
-            self._reset()  # a resume dropped rows: they may have been rewritten
-        writer = writer_alive(self.path)
-        flagged = open_for_writing_flag(self.path)
-        if flagged is None:  # no superblock flags to read: a lock file left behind says a writer died
-            from trajhook.store.lock import lock_path
-
-            flagged = lock_path(self.path).exists()
-        old = self._counts
-        if counts[:4] == old and self._generation is not None:
-            with self._lock:
-                self._status, self._writer, self._flagged_open = "live", writer, flagged
-                self._message = ""
-            return
-
-        def rows(name: str, start: int, stop: int) -> np.ndarray:
-            ds = file[name]
-            ds.refresh()
-            return ds[start:stop]
-
-        n0, n1 = old[RECORDS], counts[RECORDS]
-        new_steps = rows("steps", n0, n1)
-        new_wall = rows("wall_time", n0, n1)
         new_agreement = {}
         for name, (moves, _, corner_moves) in self._on_path.items():
-            from trajhook.analysis.maze import path_agreement
-
-            ds = file[f"probes/{name}/direction_probs"]
-            ds.refresh()
+            probs = self._reader.output(name, "direction_probs")
             # blocks of 256 records (1.7 MB for 337 cells): larger blocks left ~16 MB in the heap after a catch-up
-            blocks = [ds[a : min(a + 256, n1)] for a in range(n0, n1, 256)]
+            blocks = [probs[a : min(a + 256, n1)] for a in range(n0, n1, 256)]
             parts = [np.stack([np.atleast_1d(path_agreement(b, m)) for m in (moves, corner_moves)], 1) for b in blocks]
             new_agreement[name] = np.concatenate(parts) if parts else np.zeros((0, 2))
         new_targets = {}
@@ -424,51 +365,40 @@ class Follower:
         sampled = {dataset for dataset, _, _ in PCA_SOURCES}
         for name, info in self._probes.items():
             if "target_logprob" in info["outputs"]:
-                new_targets[name] = rows(f"probes/{name}/target_logprob", n0, n1)
+                new_targets[name] = self._reader.rows(name, "target_logprob", n0, n1)
             for dataset in sampled:  # what the PCA panels draw: thinned, kept in memory
                 if dataset in info["outputs"]:
                     key = f"{name}/{dataset}"
-                    ds = file[f"probes/{name}/{dataset}"]
-                    ds.refresh()
-                    new_samples[key] = self._samples.get(key, Sample()).read(ds, n0, n1)
-            for key in info["outputs"]:
-                file[f"probes/{name}/{key}"].refresh()  # frames read these later
-        names = [b.decode() for b in rows("scalars/names", 0, counts[SCALAR_NAMES])]
-        s0, s1 = old[SCALARS], counts[SCALARS]
-        scalar_steps, keys, values = (rows(f"scalars/{k}", s0, s1) for k in ("step", "key", "value"))
-        events = list(
-            zip(
-                rows("events/step", 0, counts[EVENTS]).tolist(),
-                [b.decode() for b in rows("events/label", 0, counts[EVENTS])],
-                strict=True,
-            )
-        )
-        committed.refresh()
-        if [int(c) for c in committed[:]][GENERATION:] != counts[GENERATION:]:
-            return  # a resume rewrote rows meanwhile: read again next tick
+                    sample = self._samples.get(key) if n0 else None  # from record 0: a new sample
+                    new_samples[key] = (sample or Sample()).read(self._reader.output(name, dataset), n0, n1)
+        return new_agreement, new_targets, new_samples
+
+    def _read_new(self) -> None:
+        new = self._reader.read_new(self._read_probes)
+        writer, flagged = self._reader.writer()
+        if new is None:
+            with self._lock:
+                self._status, self._writer, self._flagged_open = "live", writer, flagged
+                self._message = ""
+            return
+        if new.reset:
+            self._reset()  # a new file, or a resume dropped rows that may have been rewritten
+        new_agreement, new_targets, new_samples = new.probes
         with self._lock:
-            self._steps.extend(new_steps)
-            self._wall.extend(new_wall)
+            self._steps.extend(new.steps)
+            self._wall.extend(new.wall_time)
             for name, shares in new_agreement.items():
                 self._agreement.setdefault(name, Growing(np.float32, (2,))).extend(shares)  # to the cheese, corner
             for name, lp in new_targets.items():
                 self._targets.setdefault(name, Growing(np.float32, lp.shape[1:])).extend(lp)
             for name, (index, sample_rows, stride) in new_samples.items():
                 self._samples.setdefault(name, Sample()).add(index, sample_rows, stride)
-            for i, name in enumerate(names):
-                mask = keys == i
+            for i, name in enumerate(new.scalar_names):
+                mask = new.scalar_keys == i
                 if name not in self._scalars:
                     self._scalars[name] = (Growing(np.int64), Growing(np.float32))
-                self._scalars[name][0].extend(scalar_steps[mask])
-                self._scalars[name][1].extend(values[mask])
-            self._events = events
-            self._counts = counts[:4]
-            self._generation = generation
+                self._scalars[name][0].extend(new.scalar_steps[mask])
+                self._scalars[name][1].extend(new.scalar_values[mask])
+            self._events = new.events
             self._status, self._writer, self._flagged_open = "live", writer, flagged
             self._message = ""
-
-    def _close(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(Exception):  # a handle of a vanished file: nothing to save
-                self._file.close()
-            self._file = None

@@ -21,7 +21,7 @@ def check_stores(paths: Sequence[str | os.PathLike], wait: bool = False, folders
 
     With ``folders``, a directory is a folder of runs (:mod:`trajhook.serve.folder`), checked as it is scanned.
     """
-    from trajhook.store import open_for_reading
+    from trajhook.store import check_store
 
     if not paths:
         raise TrajhookError("serve: no stores given. HINT: trajhook serve RUN.h5 [MORE.h5 ...], or a FOLDER of runs.")
@@ -38,7 +38,7 @@ def check_stores(paths: Sequence[str | os.PathLike], wait: bool = False, folders
             if folders:
                 continue
             raise TrajhookError(f"serve: {str(path)!r} is a directory. HINT: pass the .h5 store inside it.")
-        open_for_reading(path).close()  # a TrajhookError naming the file if it is not a store
+        check_store(path)  # a TrajhookError naming the file if it is not a store
 
 
 def bind(host: str, port: int) -> socket.socket:

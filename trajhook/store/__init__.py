@@ -8,6 +8,7 @@ One module per concept:
 - :mod:`~trajhook.store.writer`: :class:`StoreWriter` (append, commit, resume, rebuild);
 - :mod:`~trajhook.store.reader`: :func:`load`, :class:`TrajectoryLog` (read under a seqlock) and its
   :class:`LazyArray` datasets, read when indexed;
+  :class:`StoreFollower`, which follows a store's new committed rows as a writer appends them;
 - :mod:`~trajhook.store.repair`: ``trajhook repair``, saving what a damaged store still holds.
 
 The format is documented in ``docs/FORMAT.md``. In short: every dataset is created before SWMR
@@ -39,16 +40,29 @@ from trajhook.store.h5 import (
     COMPRESSION,
     CORRUPT_ERRORS,
     abandon,
+    check_store,
     chunk_shape,
     corrupt_error,
     is_disk_full,
     members,
     open_for_reading,
+    open_for_writing_flag,
     read_schema,
     rows_inside_file,
 )
 from trajhook.store.lock import WriterLock, lock_path, writer_alive
-from trajhook.store.reader import Damage, Event, LazyArray, ProbeLog, Series, TrajectoryLog, load, verify
+from trajhook.store.reader import (
+    Damage,
+    Event,
+    LazyArray,
+    NewRows,
+    ProbeLog,
+    Series,
+    StoreFollower,
+    TrajectoryLog,
+    load,
+    verify,
+)
 from trajhook.store.writer import StoreWriter, create_store, tables, warn_dropped
 
 __all__ = [
@@ -65,13 +79,16 @@ __all__ = [
     "Damage",
     "Event",
     "LazyArray",
+    "NewRows",
     "ProbeLog",
     "Schema",
     "Series",
+    "StoreFollower",
     "StoreWriter",
     "TrajectoryLog",
     "WriterLock",
     "abandon",
+    "check_store",
     "chunk_shape",
     "corrupt_error",
     "create_store",
@@ -81,6 +98,7 @@ __all__ = [
     "lock_path",
     "members",
     "open_for_reading",
+    "open_for_writing_flag",
     "read_schema",
     "rows_inside_file",
     "schema_difference",

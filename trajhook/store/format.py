@@ -101,6 +101,15 @@ def schema_difference(stored: Schema, current: Schema) -> str | None:
     return "; ".join(problems) or None
 
 
+def output_name(probe: str, output: str) -> str:
+    """The dataset that holds one probe output's records.
+
+    >>> output_name("maze", "vectors")
+    'probes/maze/vectors'
+    """
+    return f"probes/{probe}/{output}"
+
+
 def table_columns(probe_outputs: Mapping[str, Sequence[str]]) -> dict[int, list[str]]:
     """The datasets of each appendable table, in the order of the columns of ``/checksums/<table>``.
 
@@ -108,7 +117,7 @@ def table_columns(probe_outputs: Mapping[str, Sequence[str]]) -> dict[int, list[
     ['steps', 'wall_time', 'probes/maze/vectors']
     """
     return {
-        RECORDS: ["steps", "wall_time"] + [f"probes/{p}/{o}" for p, outs in probe_outputs.items() for o in outs],
+        RECORDS: ["steps", "wall_time"] + [output_name(p, o) for p, outs in probe_outputs.items() for o in outs],
         SCALARS: ["scalars/step", "scalars/key", "scalars/value"],
         EVENTS: ["events/step", "events/label"],
         SCALAR_NAMES: ["scalars/names"],

@@ -157,6 +157,35 @@ def open_for_reading(path: str | os.PathLike) -> h5py.File:
 CORRUPT_ERRORS = (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError)
 
 
+def open_for_writing_flag(path: str | os.PathLike) -> bool | None:
+    """Whether the HDF5 file at ``path`` is flagged open by a writer (superblock v2/v3 file-consistency
+    flags: bit 0 write access, bit 2 SWMR write); None if the superblock is not at offset 0 or is older.
+
+    HDF5 sets the flags when a writer opens the file and clears them when it closes it: a writer that
+    was killed leaves them set, which is how a finished run is told from one whose writer is gone.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
+        return None
+    return bool(head[11] & 0b101)
+
+
+def check_store(path: str | os.PathLike) -> None:
+    """Raise a TrajhookError naming ``path`` if it is no readable trajhook store; open nothing after.
+
+    >>> import tempfile
+    >>> check_store(tempfile.mkdtemp() + "/none.h5")
+    Traceback (most recent call last):
+    ...
+    trajhook.errors.TrajhookError: load: no file at '...none.h5'.
+    """
+    open_for_reading(path).close()
+
+
 def rows_inside_file(ds: h5py.Dataset, count: int, file_size: int) -> int:
     """How many of the first ``count`` rows lie in chunks that end inside the file.
 

@@ -7,6 +7,7 @@ read from the file when it is indexed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import operator
 import os
@@ -15,7 +16,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import h5py
 import numpy as np
@@ -30,6 +31,7 @@ from trajhook.store.format import (
     TABLE_NAMES,
     damaged_rows,
     guess_kind,
+    output_name,
     row_checksums,
 )
 from trajhook.store.h5 import (
@@ -38,10 +40,11 @@ from trajhook.store.h5 import (
     corrupt_error,
     members,
     open_for_reading,
+    open_for_writing_flag,
     read_sessions,
     rows_inside_file,
 )
-from trajhook.store.lock import writer_alive
+from trajhook.store.lock import lock_path, writer_alive
 
 T = TypeVar("T")
 # Rows read at a time by iteration and by verify=True: memory stays bounded whatever the store's size.
@@ -417,7 +420,7 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
         def rows(ds: h5py.Dataset, count: int) -> np.ndarray:
             return _rows(checked(ds, count), 0, count)
 
-        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in members(file.attrs)}
+        self.attrs = _attributes(file)
         self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
         self.sessions: list[dict[str, Any]] = read_sessions(file)  # each Recorder session, oldest first
         self.steps, self.wall_time = rows(file["steps"], n), rows(file["wall_time"], n)
@@ -430,16 +433,12 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
             self._record_checksums = rows(stored, n)
         self._probes = {}
         for name, group in members(file["probes"]):
-            static = file["static"][name]
-            meta = json.loads(static.attrs["metadata"])
-            meta.update({k: ds[()] for k, ds in members(static)})
             data = {
                 key: LazyArray(self, checked(ds, n).name.lstrip("/"), (n, *ds.shape[1:]), ds.dtype)
                 for key, ds in members(group)
             }
-            kind = static.attrs.get("kind")
-            kind = kind.decode() if isinstance(kind, bytes) else kind or guess_kind(list(data), meta)
-            self._probes[name] = ProbeLog(name, data, meta, str(kind))
+            meta, kind = _probe_static(file, name, list(data))
+            self._probes[name] = ProbeLog(name, data, meta, kind)
         names = [b.decode() for b in rows(file["scalars"]["names"], counts[SCALAR_NAMES])]
         steps, keys, values = (rows(file["scalars"][key], counts[SCALARS]) for key in ("step", "key", "value"))
         self.scalars = {name: Series(steps[keys == i], values[keys == i]) for i, name in enumerate(names)}
@@ -491,6 +490,22 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
     def __repr__(self) -> str:
         return f"TrajectoryLog({str(self.path)!r}: {len(self.steps)} records, probes {sorted(self._probes)})"
+
+
+def _attributes(file: h5py.File) -> dict[str, Any]:
+    """The store's attributes, numpy scalars as Python ones."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in members(file.attrs)}
+
+
+def _probe_static(file: h5py.File, probe: str, outputs: list[str]) -> tuple[dict[str, Any], str]:
+    """``(metadata, kind)`` of one probe: its JSON metadata with its static arrays, and the kind it
+    recorded (format 2), or the kind its outputs suggest (format 1)."""
+    static = file["static"][probe]
+    meta = json.loads(static.attrs["metadata"])
+    meta.update({k: ds[()] for k, ds in members(static)})
+    kind = static.attrs.get("kind")
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    return meta, str(kind or guess_kind(outputs, meta))
 
 
 def _as_slice(index: np.ndarray) -> slice | np.ndarray:
@@ -584,3 +599,226 @@ def verify(path: str | os.PathLike) -> Damage:
     with TrajectoryLog(path, verify=True) as log:
         assert log.damage is not None
         return log.damage
+
+
+@dataclass(frozen=True)
+class ProbeLayout:
+    """One probe as a :class:`StoreFollower` sees it: ``kind``, ``metadata`` (with its static arrays),
+    and ``outputs``, each output's ``(per-record shape, dtype name)``."""
+
+    kind: str
+    metadata: dict[str, Any]
+    outputs: dict[str, tuple[tuple[int, ...], str]]
+
+
+@dataclass(frozen=True)
+class NewRows(Generic[T]):
+    """What :meth:`StoreFollower.read_new` read: the rows committed since the previous read.
+
+    ``reset`` says the follower started over (a new file at the path, or a resume that dropped rows
+    and may have rewritten them): the rows start at 0 and replace everything read before.
+    Records ``start..stop-1`` have ``steps`` and ``wall_time``; the new scalar rows are ``scalar_steps``,
+    ``scalar_keys`` (indices into ``scalar_names``, all names so far) and ``scalar_values``; ``events``
+    are all events so far; ``probes`` is what the caller's ``read_probes(start, stop)`` returned.
+    """
+
+    reset: bool
+    start: int
+    stop: int
+    steps: np.ndarray
+    wall_time: np.ndarray
+    scalar_names: list[str]
+    scalar_steps: np.ndarray
+    scalar_keys: np.ndarray
+    scalar_values: np.ndarray
+    events: list[tuple[int, str]]
+    probes: T
+
+
+class _OutputRows:
+    """One probe output's dataset, read-only, for slices of rows: ``shape``, ``dtype``, ``rows[a:b]``."""
+
+    def __init__(self, ds: h5py.Dataset) -> None:
+        self._ds = ds
+        self.shape: tuple[int, ...] = ds.shape
+        self.dtype: np.dtype = ds.dtype
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        return _rows(self._ds, start, max(start, stop))
+
+
+class StoreFollower:
+    """Follows one store while a writer appends to it: each :meth:`read_new` returns the rows committed
+    since the previous one, read under the seqlock that :func:`load` uses.
+
+    It holds one SWMR read handle across reads (a poll then costs a refresh of ``committed``), opened by
+    :meth:`open` and released by :meth:`close`. A handle held open in a process in which a Recorder
+    resumes the same store makes that Recorder rebuild the store rather than resume it in place (HDF5
+    shares one open file per process): follow a store from another process, as ``trajhook serve`` does.
+
+    It starts over, and says so (``NewRows.reset``), when the path names a new file (``overwrite=True``,
+    a resume's compaction: :meth:`identity` changes) or when a resume dropped rows (the generation in
+    ``committed`` changes, or the record count shrinks). A read during which a resume rewrote rows is
+    read again (also when the resume trimmed rows that were being read), up to ``attempts`` times; then it
+    raises a :class:`RuntimeError` saying so.
+
+    >>> import tempfile, torch, trajhook
+    >>> path = tempfile.mkdtemp() + "/run.h5"
+    >>> model = torch.nn.Linear(2, 1).requires_grad_(False)
+    >>> with trajhook.Recorder(path, [trajhook.TensorProbe("lin", torch.ones(1, 2))], 1, wandb=False) as rec:
+    ...     follower = StoreFollower(path)
+    ...     for step in range(3):
+    ...         _ = rec.maybe_record(model, step, loss=float(step))
+    ...     rec.flush()
+    ...     first = follower.read_new()
+    ...     rec.record(model, 3)
+    ...     rec.flush()
+    ...     later = follower.read_new(lambda start, stop: follower.rows("lin", "output", start, stop).shape)
+    ...     follower.close()
+    >>> first.reset, first.steps.tolist(), first.scalar_names, first.scalar_values.tolist()
+    (True, [0, 1, 2], ['loss'], [0.0, 1.0, 2.0])
+    >>> later.reset, later.start, later.stop, later.steps.tolist(), later.probes, follower.read_new() is None
+    (False, 3, 4, [3], (1, 1, 1), True)
+    """
+
+    def __init__(self, path: str | os.PathLike, attempts: int = _SNAPSHOT_ATTEMPTS) -> None:
+        if attempts < 1:
+            raise TrajhookError(f"StoreFollower: attempts={attempts!r}. HINT: pass a positive number of attempts.")
+        self.path = Path(path)
+        self.attempts = attempts
+        self.attrs: dict[str, Any] = {}
+        self.probes: dict[str, ProbeLayout] = {}
+        self._file: h5py.File | None = None
+        self._opened: tuple[int, int] | None = None  # the identity of the file last opened
+        self._counts = [0, 0, 0, 0]
+        self._generation: int | None = None
+        self._started_over = True
+
+    # -- the file ---------------------------------------------------------------------------------
+
+    def identity(self) -> tuple[int, int] | None:
+        """``(device, inode)`` of the file the path names now (a cheap ``stat``), None if there is none."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    @property
+    def is_open(self) -> bool:
+        return self._file is not None
+
+    def open(self) -> None:
+        """Open the store (if it is not open) and read its attributes and probes (:attr:`attrs`,
+        :attr:`probes`). A file other than the one opened before starts the rows over."""
+        if self._file is not None:
+            return
+        file = open_for_reading(self.path)
+        try:
+            stat = os.fstat(file.id.get_vfd_handle())
+            attrs = _attributes(file)
+            probes = {}
+            for name, group in members(file["probes"]):
+                outputs = {key: (tuple(ds.shape[1:]), str(ds.dtype)) for key, ds in members(group)}
+                meta, kind = _probe_static(file, name, list(outputs))
+                probes[name] = ProbeLayout(kind, meta, outputs)
+        except BaseException:
+            file.close()
+            raise
+        self._file = file
+        self.attrs, self.probes = attrs, probes
+        if (stat.st_dev, stat.st_ino) != self._opened:
+            self._opened = (stat.st_dev, stat.st_ino)
+            self._start_over()
+
+    def close(self) -> None:
+        """Release the handle (the rows read so far stay counted: reopening the same file goes on)."""
+        if self._file is not None:
+            with contextlib.suppress(Exception):  # a handle of a vanished file: nothing to save
+                self._file.close()
+            self._file = None
+
+    def writer(self) -> tuple[bool, bool]:
+        """``(alive, flagged_open)``: whether a live writer holds the store's lock, and whether the file
+        is still flagged open for writing (:func:`~trajhook.store.h5.open_for_writing_flag`; where the
+        superblock has no such flag, whether a lock file was left behind)."""
+        flagged = open_for_writing_flag(self.path)
+        if flagged is None:
+            flagged = lock_path(self.path).exists()
+        return writer_alive(self.path), flagged
+
+    # -- the rows ---------------------------------------------------------------------------------
+
+    def read_new(self, read_probes: Callable[[int, int], T] | None = None) -> NewRows[T | None] | None:
+        """The rows committed since the last read (opening the store if needed), or None if there are
+        none. ``read_probes(start, stop)`` reads what the caller wants of records ``start..stop-1`` (with
+        :meth:`rows` or :meth:`output`) inside the same seqlock."""
+        self.open()
+        for _ in range(self.attempts):
+            counts, generation = self._committed()
+            if self._generation is not None and (
+                generation != self._generation or counts[RECORDS] < self._counts[RECORDS]
+            ):
+                self._start_over()  # a resume dropped rows: they may have been rewritten
+            if counts[:GENERATION] == self._counts and self._generation is not None:
+                return None
+            try:
+                new = self._read_tables(counts, read_probes)
+            except CORRUPT_ERRORS:
+                if self._committed()[1] == generation:
+                    raise
+                continue  # a resume trimmed the rows being read: read again
+            if self._committed()[1] == generation:
+                reset, self._started_over = self._started_over, False
+                self._counts, self._generation = counts[:GENERATION], generation
+                return dataclasses.replace(new, reset=reset)
+        raise RuntimeError(
+            f"{str(self.path)!r} was rewritten {self.attempts} times while its new rows were read (a Recorder "
+            "resuming it from earlier steps, again and again); reading again at the next poll"
+        )
+
+    def output(self, probe: str, output: str) -> _OutputRows:
+        """One probe output's rows, refreshed to what the writer has flushed: ``shape``, ``dtype`` and
+        slices (``out[a:b]``). Read only the committed records (those :meth:`read_new` returned)."""
+        if self._file is None:
+            raise RuntimeError(f"{str(self.path)!r} is not open")
+        ds = self._file[output_name(probe, output)]
+        ds.refresh()
+        return _OutputRows(ds)
+
+    def rows(self, probe: str, output: str, start: int, stop: int) -> np.ndarray:
+        """Records ``start..stop-1`` of one probe output, as a new array."""
+        return self.output(probe, output)[start:stop]
+
+    def _start_over(self) -> None:
+        self._counts, self._generation, self._started_over = [0, 0, 0, 0], None, True
+
+    def _committed(self) -> tuple[list[int], int]:
+        assert self._file is not None
+        committed = self._file["committed"]
+        committed.refresh()  # the counter first: every row it counts is already on disk
+        counts = [int(c) for c in committed[:]]
+        return counts, _generation(counts)
+
+    def _read_tables(self, counts: list[int], read_probes: Callable[[int, int], T] | None) -> NewRows[T | None]:
+        assert self._file is not None
+        file, old = self._file, self._counts
+
+        def rows(name: str, start: int, stop: int) -> np.ndarray:
+            ds = file[name]
+            ds.refresh()
+            return _rows(ds, start, stop)
+
+        n0, n1 = old[RECORDS], counts[RECORDS]
+        s0, s1 = old[SCALARS], counts[SCALARS]
+        steps, wall_time = rows("steps", n0, n1), rows("wall_time", n0, n1)
+        probes = read_probes(n0, n1) if read_probes is not None else None
+        for name, layout in self.probes.items():
+            for key in layout.outputs:
+                file[output_name(name, key)].refresh()  # later reads (rows, frames) see the new rows
+        names = [b.decode() for b in rows("scalars/names", 0, counts[SCALAR_NAMES])]
+        scalar_steps, keys, values = (rows(f"scalars/{k}", s0, s1) for k in ("step", "key", "value"))
+        event_steps, labels = rows("events/step", 0, counts[EVENTS]), rows("events/label", 0, counts[EVENTS])
+        events = [(int(s), label.decode()) for s, label in zip(event_steps, labels, strict=True)]
+        return NewRows(False, n0, n1, steps, wall_time, names, scalar_steps, keys, values, events, probes)
