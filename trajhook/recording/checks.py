@@ -21,7 +21,7 @@ from trajhook import distributed
 from trajhook.errors import TrajhookError
 from trajhook.probes.base import Probe, numpy_dtype
 from trajhook.schedule import as_schedule
-from trajhook.store import dump_json, open_for_reading
+from trajhook.store import check_store, dump_json
 
 MAX_STEP = 2**63 - 1  # steps are stored as int64
 ON_ERROR = ("raise", "warn")
@@ -66,7 +66,7 @@ def check_recorder_args(path: str | os.PathLike, probes: Sequence[Probe], every_
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise TrajhookError(f"Recorder: path {str(path)!r} is not writable. HINT: choose a path in a writable folder.")
     if path.exists() and path.stat().st_size > 0:
-        open_for_reading(path).close()  # raises if it is not a trajhook store
+        check_store(path)  # raises if it is not a trajhook store
     return path
 
 
