@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from trajhook._version import __version__
 from trajhook.serve.follow import PCA_SOURCES, Snapshot
 from trajhook.serve.frames import bucket_minmax
 
@@ -87,8 +88,6 @@ def state(names: Sequence[str], snaps: Sequence[Snapshot], have: Sequence[tuple[
                 "metadata": _metadata(snap) if start == 0 else None,
             }
         )
-    from trajhook import __version__
-
     return {"head_step": head, "version": __version__, "runs": runs}
 
 
