@@ -369,14 +369,18 @@ def test_pca_panels_put_every_run_in_one_basis_also_for_a_maze_field(tmp_path):
 
 
 def test_the_page_draws_arrows_with_the_pngs_constants():
-    from trajhook.plots import maze
-    from trajhook.serve.payloads import GLYPH
+    import re as regex
 
-    assert GLYPH == {
-        "min_length": maze.MIN_ARROW_LENGTH,
-        "max_length": maze.MAX_ARROW_LENGTH,
-        "min_strength": maze.MIN_STRENGTH,
-    }
+    from trajhook.plots import maze
+    from trajhook.serve.app import page_html
+
+    served = json.loads(regex.search(r'id="trajhook-constants"[^>]*>(.*?)</script>', page_html()).group(1))
+    assert served["min_length"] == maze.MIN_ARROW_LENGTH and served["max_length"] == maze.MAX_ARROW_LENGTH
+    assert served["min_strength"] == maze.MIN_STRENGTH
+    rgb = [[int(h[i : i + 2], 16) / 255 for i in (1, 3, 5)] for h in served["arrow_colours"]]
+    np.testing.assert_allclose(maze.ARROW_CMAP([0.0, 0.5, 1.0])[:, :3], rgb, atol=1 / 255)
+    script = (Path(maze.__file__).parents[1] / "serve" / "static" / "trajhook.js").read_text()
+    assert "#fdae6b" not in script and "0xfd" not in script  # no copy of the colours in the script
 
 
 def test_a_followers_sample_keeps_at_most_max_samples_evenly_spaced_records_and_the_newest(monkeypatch):

@@ -25,19 +25,22 @@ from matplotlib.colors import LinearSegmentedColormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from trajhook.arrows import (
+    ARROW_COLOURS,
+    FREE_COLOUR,
+    MAX_ARROW_LENGTH,
+    MIN_ARROW_LENGTH,
+    MIN_STRENGTH,
+    WALL_COLOUR,
+)
 from trajhook.errors import TrajhookError
 from trajhook.plots.figures import figure_to_rgb, new_figure
 from trajhook.procgen_state import WALL
 
 PROGRESS_COLOR = "#2ca02c"  # the animation's progress bar along the bottom edge
 PROGRESS_BAR_HEIGHT = 0.012  # in figure heights
-_MAZE_CMAP = ListedColormap(["#3b3b3b", "#f4f1e8"])  # wall, free
-# Arrow strength |v| from 0 (light orange) to 1 (dark brown): every colour stands out from the
-# light free cells, and the strong end reads as the heavy one.
-ARROW_CMAP = LinearSegmentedColormap.from_list("trajhook_arrows", ["#fdae6b", "#e6550d", "#7f2704"])
-MIN_ARROW_LENGTH = 0.6  # cells: a shorter glyph cannot show its direction at ~15 px per cell
-MAX_ARROW_LENGTH = 0.95  # cells: |v| = 1 spans (almost) its cell, never the neighbour's
-MIN_STRENGTH = 0.02  # below this |v| there is no direction to show: a dot
+_MAZE_CMAP = ListedColormap([WALL_COLOUR, FREE_COLOUR])
+ARROW_CMAP = LinearSegmentedColormap.from_list("trajhook_arrows", list(ARROW_COLOURS))  # strength 0 to 1
 FIGSIZE = (6.0, 5.0)  # inches; the maze is square, the colour bar takes the rest
 ENCODING_NOTE = f"length = strength (min {MIN_ARROW_LENGTH:g} cell)"
 

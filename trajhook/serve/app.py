@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trajhook.arrows import page_constants
 from trajhook.serve import payloads
 from trajhook.serve.follow import POLL_S, Follower
 
@@ -39,6 +41,7 @@ def page_html(
     html = (STATIC / "page.html").read_text(encoding="utf-8")
     html = html.replace("<title>trajhook</title>", f"<title>{title}</title>")
     html = html.replace('<h1 id="title">trajhook</h1>', f'<h1 id="title">{title}</h1>')
+    constants = f'<script id="trajhook-constants" type="application/json">{json.dumps(page_constants())}</script>'
     if snapshot is None:
         query = f"?token={token}" if token else ""
         tag = f'<script src="static/trajhook.js{query}"></script>'
@@ -46,7 +49,7 @@ def page_html(
     else:
         tag = f"<script>{script}</script>"
         data = f'<script id="trajhook-snapshot" type="application/json">{snapshot}</script>'
-    return html.replace("<!--SCRIPT-->", tag).replace("<!--SNAPSHOT-->", data)
+    return html.replace("<!--SCRIPT-->", constants + tag).replace("<!--SNAPSHOT-->", data)
 
 
 class Runs:

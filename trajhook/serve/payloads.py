@@ -16,13 +16,11 @@ from typing import Any
 import numpy as np
 
 from trajhook._version import __version__
+from trajhook.arrows import glyph_encoding
 from trajhook.serve.follow import PCA_SOURCES, Snapshot
 from trajhook.serve.frames import bucket_minmax
 
 ICL_LATE, ICL_EARLY = 500, 50
-# trajhook.plots.maze's arrow encoding (MIN_ARROW_LENGTH, MAX_ARROW_LENGTH, MIN_STRENGTH), here without
-# importing matplotlib; tests/test_serve.py checks that they agree
-GLYPH = {"min_length": 0.6, "max_length": 0.95, "min_strength": 0.02}
 
 
 def run_names(paths: Sequence[str | Path]) -> list[str]:
@@ -136,7 +134,7 @@ def maze(snap: Snapshot, probe: str) -> dict[str, Any] | None:
         "cheese": None if meta.get("cheese") is None else [int(v) for v in meta["cheese"]],
         "start": None if meta.get("start") is None else [int(v) for v in meta["start"]],
         "directions": [str(d) for d in meta.get("directions", DIRECTIONS)],
-        "glyph": dict(GLYPH),
+        "glyph": glyph_encoding(),
     }
 
 

@@ -10,8 +10,12 @@
   "use strict";
 
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"];
-  const ARROW_STOPS = [[0xfd, 0xae, 0x6b], [0xe6, 0x55, 0x0d], [0x7f, 0x27, 0x04]]; // plots/maze.py ARROW_CMAP
-  const WALL = "#3b3b3b", FREE = "#f4f1e8";
+  // The field's colours and arrow rule, served with the page from trajhook/arrows.py (what the PNGs draw with).
+  const DRAWN = JSON.parse(document.getElementById("trajhook-constants").textContent);
+  const ARROW_STOPS = DRAWN.arrow_colours.map(function (hex) {
+    return [1, 3, 5].map(function (i) { return parseInt(hex.slice(i, i + 2), 16); });
+  });
+  const WALL = DRAWN.wall, FREE = DRAWN.free;
   const POLL_MS = 500, CURVES_EVERY_MS = 1000, PCA_EVERY_MS = 5000, FRAME_CACHE = 1024;
   const STATUS_WORDS = {
     writing: "\u25cf writing", finished: "finished (closed cleanly)",
