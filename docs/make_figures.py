@@ -220,12 +220,12 @@ def main(argv: list[str] | None = None) -> None:
         ax.axhline(chance, color=line.get_color(), ls=":", lw=1)
     ax.set(xlabel="env steps", ylabel="strongest move on a shortest path", ylim=(0, 1.02))
     ax.set_title("to the cheese (solid), to the top-right corner (dashed), chance (dotted)", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7)
     for key, label, style in (("near", "nearest", "-"), ("middle", "middle", "--"), ("far", "farthest", ":")):
         ax_story.plot(steps, story[key], ls=style, color="C0", label=f"on a shortest path: {label} third")
     ax_story.plot(steps, story["into_wall"], color="0.3", marker=".", label="into a wall")
     ax_story.set(xlabel="env steps", ylabel="share of cells' strongest moves", ylim=(0, 1.02))
-    ax_story.set_title(f"{args.probe}: walls first, then the way, by distance to the cheese")
+    ax_story.set_title(f"{args.probe}: by distance to the cheese, and into a wall")
     ax_story.legend(loc="upper left", fontsize=8)
     for axis in (ax, ax_story):
         axis.set_xscale("symlog", linthresh=max(int(steps[1]) if len(steps) > 1 else 1, 1))
