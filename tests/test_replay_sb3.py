@@ -13,29 +13,10 @@ pytestmark = pytest.mark.maze
 pytest.importorskip("procgen")
 pytest.importorskip("stable_baselines3")
 
+from test_maze_sb3 import ppo  # noqa: E402  (the same small PPO as the live SB3 tests)
+
 import trajhook  # noqa: E402
 from trajhook import MazeProbe, load  # noqa: E402
-
-
-def ppo(seed=0):
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-
-    from trajhook.envs.maze import ProcgenMazeEnv
-
-    envs = make_vec_env(
-        ProcgenMazeEnv, n_envs=2, seed=seed, env_kwargs={"start_level": 0, "num_levels": 5, "distribution_mode": "easy"}
-    )
-    return PPO(
-        "CnnPolicy",
-        envs,
-        n_steps=16,
-        batch_size=16,
-        n_epochs=1,
-        seed=seed,
-        device="cpu",
-        policy_kwargs={"features_extractor_kwargs": {"features_dim": 32}},
-    )
 
 
 def probes():
