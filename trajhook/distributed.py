@@ -40,6 +40,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -342,64 +343,88 @@ def run_probes(
 def _run_shared(
     model: Any, probes: Sequence[Any], attempt: Attempt, check: Check, setup_device: Any, kind: str
 ) -> dict[str, dict] | None:
-    groups, me, world = _side_groups(), rank(), world_size()
+    """Every rank runs its share of the probes; rank zero gathers the parts, merges and checks the records."""
+    groups = _side_groups()
     _agree(groups.entry, None)  # every rank has reached this record
-    collective = kind in COLLECTIVE
-    share = shares_probes()
-    swap: Any = contextlib.nullcontext()
-    if not collective:
-        same, same_buffers = _same_weights(model, groups.agree)
-        share = share and same  # ranks holding different weights (no DDP): the writer runs everything
-        if share and not same_buffers:
-            swap = _writer_buffers(model, groups.agree)  # e.g. BatchNorm statistics under DDP
     mine: dict[str, dict[int, Any]] = {p.name: {} for p in probes}  # part (-1: whole record) -> value
     kept: dict[str, Any] = {}  # whole records the writer computed while every rank ran them (sharded)
-    guard = _agree_before_each_forward(model, groups.agree) if collective else contextlib.nullcontext()
-    error: BaseException | None = None
-    with swap, guard:
-        if collective:
+    if kind in COLLECTIVE:
+        share = shares_probes()
+        with _agree_before_each_forward(model, groups.agree):
             for probe in probes:
                 _run_collective(model, probe, attempt, setup_device, share, mine[probe.name], kept, groups.agree)
-        else:
-            offset = 0  # deals whole probes, and the parts of several probes, to different ranks
-            for probe in probes:
-                if setup_device is not None:
-                    _, error = _attempted(attempt, probe, lambda p=probe: p.setup(model, setup_device))
-                if error is not None:
-                    break
-                parts = int(probe.split(world)) if share else 0
-                for part in range(parts or 1):
-                    if ((offset + part) % world if share else 0) == me:
-                        run = (lambda p=probe, i=part, n=parts: p.run_part(model, i, n)) if parts else None
-                        run = run or (lambda p=probe: p.run(model))
-                        mine[probe.name][part if parts else -1], error = _attempted(attempt, probe, run)
-                        if error is not None:
-                            break
-                if error is not None:
-                    break
-                offset += parts or 1
-            _agree(groups.entry, error)  # no collective ran meanwhile: the job's own timeout for uneven shares
-    gathered: list[Any] = [None] * world
-    torch.distributed.gather_object(_to_cpu(mine), gathered if me == 0 else None, dst=0, group=groups.agree)
-    records: dict[str, dict] | None = None
-    if me == 0:
-        records = {}
-        for probe in probes:
-            parts = {k: v for rank_parts in gathered for k, v in rank_parts[probe.name].items()}
-            if probe.name in kept:
-                whole = kept[probe.name]
-            elif -1 in parts:
-                whole = parts[-1]
-            else:
-                ordered = [parts[i] for i in range(len(parts))]
-                whole, error = _attempted(attempt, probe, lambda p=probe, o=ordered: p.merge(o))
-            if error is None:
-                whole, error = _attempted(attempt, probe, lambda p=probe, w=whole: check(p, w))
-            if error is not None:
-                break
-            records[probe.name] = whole
+    else:
+        share, swap = _sharing(model, groups.agree)
+        with swap:
+            error = _run_dealt(model, probes, attempt, setup_device, share, mine)
+        _agree(groups.entry, error)  # no collective ran meanwhile: the job's own timeout for uneven shares
+    gathered: list[Any] = [None] * world_size()
+    torch.distributed.gather_object(_to_cpu(mine), gathered if rank() == 0 else None, dst=0, group=groups.agree)
+    records, error = _merged(probes, gathered, kept, attempt, check) if rank() == 0 else (None, None)
     _agree(groups.agree, error)
     return records
+
+
+def _sharing(model: Any, group: Any) -> tuple[bool, contextlib.AbstractContextManager]:
+    """Whether the ranks share the probes' work (only if they hold the same weights), and the buffers to probe with.
+
+    Ranks holding different weights (no DDP): the writer runs everything. Ranks with the same weights but
+    different buffers (e.g. BatchNorm statistics under DDP) probe with the writer's buffers.
+    """
+    same, same_buffers = _same_weights(model, group)
+    share = shares_probes() and same
+    return share, _writer_buffers(model, group) if share and not same_buffers else contextlib.nullcontext()
+
+
+def _run_dealt(
+    model: Any, probes: Sequence[Any], attempt: Attempt, setup_device: Any, share: bool, mine: dict
+) -> BaseException | None:
+    """Run this rank's deal of whole probes and parts into ``mine``; the first failure, else None.
+
+    Parts are dealt round-robin across probes (so several small probes go to different ranks); without
+    sharing the writer runs every probe whole.
+    """
+    me, world = rank(), world_size()
+    offset = 0
+    for probe in probes:
+        if setup_device is not None:
+            _, error = _attempted(attempt, probe, lambda p=probe: p.setup(model, setup_device))
+            if error is not None:
+                return error
+        parts = int(probe.split(world)) if share else 0
+        for part in range(parts or 1):
+            if ((offset + part) % world if share else 0) != me:
+                continue
+            run = (
+                functools.partial(probe.run_part, model, part, parts) if parts else functools.partial(probe.run, model)
+            )
+            mine[probe.name][part if parts else -1], error = _attempted(attempt, probe, run)
+            if error is not None:
+                return error
+        offset += parts or 1
+    return None
+
+
+def _merged(
+    probes: Sequence[Any], gathered: list[Any], kept: dict, attempt: Attempt, check: Check
+) -> tuple[dict[str, dict], BaseException | None]:
+    """On the writer: each probe's record from every rank's parts, merged and checked; the first failure."""
+    records: dict[str, dict] = {}
+    for probe in probes:
+        parts = {k: v for rank_parts in gathered for k, v in rank_parts[probe.name].items()}
+        if probe.name in kept:
+            whole, error = kept[probe.name], None
+        elif -1 in parts:
+            whole, error = parts[-1], None
+        else:
+            ordered = [parts[i] for i in range(len(parts))]
+            whole, error = _attempted(attempt, probe, lambda p=probe, o=ordered: p.merge(o))
+        if error is None:
+            whole, error = _attempted(attempt, probe, lambda p=probe, w=whole: check(p, w))
+        if error is not None:
+            return records, error
+        records[probe.name] = whole
+    return records, None
 
 
 def _run_collective(
