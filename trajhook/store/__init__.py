@@ -2,14 +2,18 @@
 
 One module per concept:
 
-- :mod:`~trajhook.store.format`: names, the format version, table indices, probe kinds, schemas;
-- :mod:`~trajhook.store.h5`: the h5py layer (SWMR opening, chunk shapes, appending, abandoning a file);
+- :mod:`~trajhook.store.format`: every group, dataset and attribute name (the only module that spells
+  them), the format version, table indices, probe kinds, schemas;
 - :mod:`~trajhook.store.lock`: one writer per store (``<store>.lock``);
-- :mod:`~trajhook.store.writer`: :class:`StoreWriter` (append, commit, resume, rebuild);
-- :mod:`~trajhook.store.reader`: :func:`load`, :class:`TrajectoryLog` (read under a seqlock) and its
-  :class:`LazyArray` datasets, read when indexed;
+- :mod:`~trajhook.store.h5`: the h5py layer (SWMR opening, chunk shapes, appending, abandoning a file);
+- :mod:`~trajhook.store.salvage`: what a damaged store still holds, and the error that says so;
+- :mod:`~trajhook.store.reader`: opening a store (:func:`open_for_reading`), :func:`load`,
+  :class:`TrajectoryLog` (read under a seqlock) and its :class:`LazyArray` datasets, read when indexed;
   :class:`StoreFollower`, which follows a store's new committed rows as a writer appends them;
+- :mod:`~trajhook.store.writer`: :class:`StoreWriter` (append, commit, resume, rebuild);
 - :mod:`~trajhook.store.repair`: ``trajhook repair``, saving what a damaged store still holds.
+
+Each imports only modules listed above it.
 
 The format is documented in ``docs/FORMAT.md``. In short: every dataset is created before SWMR
 mode is switched on, rows are appended to chunked, uncompressed, resizable datasets, and the
@@ -40,12 +44,9 @@ from trajhook.store.h5 import (
     COMPRESSION,
     CORRUPT_ERRORS,
     abandon,
-    check_store,
     chunk_shape,
-    corrupt_error,
     is_disk_full,
     members,
-    open_for_reading,
     open_for_writing_flag,
     read_schema,
     rows_inside_file,
@@ -60,9 +61,12 @@ from trajhook.store.reader import (
     Series,
     StoreFollower,
     TrajectoryLog,
+    check_store,
     load,
+    open_for_reading,
     verify,
 )
+from trajhook.store.salvage import corrupt_error
 from trajhook.store.writer import StoreWriter, create_store, tables, warn_dropped
 
 __all__ = [

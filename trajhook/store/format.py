@@ -32,6 +32,47 @@ KINDS = ("maze", "prompts", "token_loss", "tensor", "custom")
 SESSION_BYTES = 16384
 """The most bytes of one session's JSON (a row of ``/sessions/info``); longer values are shortened."""
 SESSION_CHUNK_ROWS = 8
+TABLE_WORDS = {RECORDS: "records", SCALARS: "scalar values", EVENTS: "events", SCALAR_NAMES: "scalar names"}
+"""What messages call the rows of each table (``"1400 of 2000 committed records"``)."""
+
+# -- names: every group, dataset and attribute of a store is spelled here, and nowhere else --------
+# (docs/FORMAT.md, "Layout"; tests/test_store_format.py checks that the other store modules use these)
+
+FORMAT_ATTR = "trajhook_format"
+"""Root attribute: the format version (:data:`FORMAT_VERSION` when written)."""
+VERSION_ATTR = "trajhook_version"
+"""Root attribute: the trajhook that created the store."""
+CREATED_ATTR = "created"
+"""Root attribute: when the store was created (ISO 8601, UTC)."""
+METADATA_ATTR = "metadata"
+"""JSON attribute of the root (the first Recorder's metadata) and of each ``static/<probe>`` group."""
+KIND_ATTR = "kind"
+"""Attribute of ``static/<probe>``: the probe's kind (one of :data:`KINDS`; format >= 2)."""
+COLUMNS_ATTR = "columns"
+"""Attribute of ``checksums/<table>``: JSON list of the datasets its columns check (:func:`table_columns`)."""
+
+STEPS = "steps"
+WALL_TIME = "wall_time"
+COMMITTED = "committed"
+"""Whole rows per table (indexed by :data:`RECORDS` ... :data:`SCALAR_NAMES`), then the generation."""
+PROBES_GROUP = "probes"
+"""``probes/<probe>/<output>``: the records (:func:`output_name`)."""
+STATIC_GROUP = "static"
+"""``static/<probe>``: each probe's metadata and kind (:func:`static_group`)."""
+SCALARS_GROUP = "scalars"
+SCALAR_STEP = "scalars/step"
+SCALAR_KEY = "scalars/key"
+SCALAR_VALUE = "scalars/value"
+SCALAR_NAME_LIST = "scalars/names"
+"""The scalar names in order of first use; ``scalars/key`` indexes it."""
+EVENTS_GROUP = "events"
+EVENT_STEP = "events/step"
+EVENT_LABEL = "events/label"
+SESSIONS_GROUP = "sessions"
+SESSION_INFO = "sessions/info"
+SESSION_FIRST_STEP = "sessions/first_step"
+CHECKSUMS_GROUP = "checksums"
+"""``checksums/<table>``: a crc32 per row and dataset of each table (:func:`checksum_name`; format >= 3)."""
 
 Schema = dict[str, dict[str, OutputSpec]]
 """probe name -> output name -> spec."""
@@ -101,13 +142,40 @@ def schema_difference(stored: Schema, current: Schema) -> str | None:
     return "; ".join(problems) or None
 
 
+def probe_group(probe: str) -> str:
+    """The group that holds one probe's records, a dataset per output.
+
+    >>> probe_group("maze")
+    'probes/maze'
+    """
+    return f"{PROBES_GROUP}/{probe}"
+
+
 def output_name(probe: str, output: str) -> str:
     """The dataset that holds one probe output's records.
 
     >>> output_name("maze", "vectors")
     'probes/maze/vectors'
     """
-    return f"probes/{probe}/{output}"
+    return f"{probe_group(probe)}/{output}"
+
+
+def static_group(probe: str) -> str:
+    """The group that holds one probe's metadata: attributes ``metadata`` and ``kind``, a dataset per array.
+
+    >>> static_group("maze")
+    'static/maze'
+    """
+    return f"{STATIC_GROUP}/{probe}"
+
+
+def checksum_name(table: int) -> str:
+    """The dataset of one table's row checksums.
+
+    >>> checksum_name(RECORDS), checksum_name(SCALAR_NAMES)
+    ('checksums/records', 'checksums/scalar_names')
+    """
+    return f"{CHECKSUMS_GROUP}/{TABLE_NAMES[table]}"
 
 
 def table_columns(probe_outputs: Mapping[str, Sequence[str]]) -> dict[int, list[str]]:
@@ -115,12 +183,14 @@ def table_columns(probe_outputs: Mapping[str, Sequence[str]]) -> dict[int, list[
 
     >>> table_columns({"maze": ["vectors"]})[RECORDS]
     ['steps', 'wall_time', 'probes/maze/vectors']
+    >>> table_columns({})[SCALARS]
+    ['scalars/step', 'scalars/key', 'scalars/value']
     """
     return {
-        RECORDS: ["steps", "wall_time"] + [output_name(p, o) for p, outs in probe_outputs.items() for o in outs],
-        SCALARS: ["scalars/step", "scalars/key", "scalars/value"],
-        EVENTS: ["events/step", "events/label"],
-        SCALAR_NAMES: ["scalars/names"],
+        RECORDS: [STEPS, WALL_TIME] + [output_name(p, o) for p, outs in probe_outputs.items() for o in outs],
+        SCALARS: [SCALAR_STEP, SCALAR_KEY, SCALAR_VALUE],
+        EVENTS: [EVENT_STEP, EVENT_LABEL],
+        SCALAR_NAMES: [SCALAR_NAME_LIST],
     }
 
 

@@ -1,5 +1,6 @@
 """The h5py layer: SWMR opening for readers and writers, chunk shapes, appending rows, and
 abandoning a file after a write error. Knows the layout only through :mod:`trajhook.store.format`.
+Opening a file as a trajhook store (:func:`~trajhook.store.reader.open_for_reading`) is the reader's.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from trajhook.errors import TrajhookError
 from trajhook.probes.base import OutputSpec
-from trajhook.store.format import FORMAT_VERSION, Schema, parse_sessions
+from trajhook.store.format import PROBES_GROUP, SESSION_FIRST_STEP, SESSION_INFO, SESSIONS_GROUP, Schema, parse_sessions
 from trajhook.store.lock import writer_alive
 
 # Large chunks: `load` reads uncompressed chunks straight into its arrays, near raw .npy speed at
@@ -37,9 +36,6 @@ COMPRESSION: Mapping[str, Any] = {}
 # tries. HDF5's default of 100 waits for hours on a corrupt file; 28 tries wait about 0.3 s,
 # ample for a writer that is mid-flush.
 _METADATA_READ_ATTEMPTS = 28
-# A reader that opens a store while its writer reopens it can see a half-updated superblock;
-# while a live writer holds the lock, opening is retried for this long.
-_REOPEN_WINDOW_S = 5.0
 
 
 def chunk_shape(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -100,58 +96,6 @@ def _open_swmr(path: str | os.PathLike, swmr: bool = True) -> h5py.File:
     return h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
 
 
-def _open_any(path: str | os.PathLike) -> h5py.File:
-    try:
-        return _open_swmr(path)
-    except FileNotFoundError:
-        raise
-    except OSError:  # files written without libver="latest" refuse SWMR reading: still say what they are
-        return _open_swmr(path, swmr=False)
-
-
-def open_for_reading(path: str | os.PathLike) -> h5py.File:
-    """Open a trajhook store read-only; works while a writer appends and after a writer crashed.
-
-    A store that its writer is reopening at this moment can look corrupt for a few milliseconds:
-    while a live writer holds the store's lock, opening is retried for up to a few seconds.
-    """
-    deadline = time.monotonic() + _REOPEN_WINDOW_S
-    while True:
-        try:
-            file = _open_any(path)
-            break
-        except FileNotFoundError:
-            raise TrajhookError(f"load: no file at {str(path)!r}.") from None
-        except OSError as err:
-            if time.monotonic() < deadline and writer_alive(path):
-                time.sleep(0.02)
-                continue
-            raise TrajhookError(
-                f"{str(path)!r} is not an HDF5 file, or it is corrupt ({err}). Recoverable: nothing, as HDF5 "
-                "cannot open it (trajhook repair needs at least the file's superblock). "
-                "HINT: pass the .h5 file written by trajhook.Recorder, or restore the store from a backup."
-            ) from None
-    try:
-        is_store = "trajhook_format" in file.attrs and "committed" in file
-        version = int(file.attrs["trajhook_format"]) if is_store else 0
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
-        file.close()
-        raise corrupt_error(path, err) from None
-    if not is_store:
-        file.close()
-        raise TrajhookError(
-            f"{str(path)!r} is an HDF5 file but not a trajhook store (no 'trajhook_format' attribute). "
-            "HINT: pass a trajhook store, or choose another path so trajhook does not touch this file."
-        )
-    if version > FORMAT_VERSION:
-        file.close()
-        raise TrajhookError(
-            f"{str(path)!r} has trajhook format {version}; this trajhook reads up to {FORMAT_VERSION}. "
-            "HINT: upgrade trajhook."
-        )
-    return file
-
-
 # Errors h5py raises on damaged files: OSError and RuntimeError from HDF5, KeyError for objects it
 # cannot open, ValueError and TypeError for garbled attributes and shapes.
 CORRUPT_ERRORS = (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError)
@@ -172,18 +116,6 @@ def open_for_writing_flag(path: str | os.PathLike) -> bool | None:
     if len(head) < 12 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
         return None
     return bool(head[11] & 0b101)
-
-
-def check_store(path: str | os.PathLike) -> None:
-    """Raise a TrajhookError naming ``path`` if it is no readable trajhook store; open nothing after.
-
-    >>> import tempfile
-    >>> check_store(tempfile.mkdtemp() + "/none.h5")
-    Traceback (most recent call last):
-    ...
-    trajhook.errors.TrajhookError: load: no file at '...none.h5'.
-    """
-    open_for_reading(path).close()
 
 
 def rows_inside_file(ds: h5py.Dataset, count: int, file_size: int) -> int:
@@ -208,22 +140,6 @@ def rows_inside_file(ds: h5py.Dataset, count: int, file_size: int) -> int:
     return min([count, *past_end])
 
 
-def corrupt_error(path: str | os.PathLike, err: BaseException, *, resuming: bool = False) -> TrajhookError:
-    """The error for a damaged store: names the file, what failed, and what ``trajhook repair`` can save."""
-    from trajhook.store.repair import salvage  # repair reads through this package
-
-    try:
-        found = salvage(path).summary()
-    except Exception as inner:  # the message must come out whatever else is broken
-        found = f"nothing could be read back ({type(inner).__name__}: {inner})"
-    what = "cannot be resumed: it is corrupt" if resuming else "is corrupt"
-    return TrajhookError(
-        f"{str(path)!r} {what} ({type(err).__name__}: {err}). Recoverable: {found}. "
-        f"HINT: run `trajhook repair {path}` to save the readable committed rows into a new store"
-        + ("; then resume from that file, or pass overwrite=True or a new path." if resuming else ".")
-    ).with_traceback(None)
-
-
 def members(group: h5py.Group | h5py.AttributeManager) -> list[tuple[str, Any]]:
     """``list(group.items())``: a group's (name, member) pairs, or an attribute manager's (name, value).
 
@@ -240,7 +156,7 @@ def members(group: h5py.Group | h5py.AttributeManager) -> list[tuple[str, Any]]:
 def read_schema(file: h5py.File) -> Schema:
     """The probe schema stored in an open file."""
     schema: Schema = {}
-    for name, group in members(file["probes"]):
+    for name, group in members(file[PROBES_GROUP]):
         schema[name] = {
             key: OutputSpec(key, tuple(ds.shape[1:]), ds.dtype)
             for key, ds in members(group)
@@ -251,9 +167,9 @@ def read_schema(file: h5py.File) -> Schema:
 
 def read_sessions(file: h5py.File) -> list[dict[str, Any]]:
     """The Recorder sessions a store lists (``/sessions``, format 4), oldest first; [] before format 4."""
-    if "sessions" not in file:
+    if SESSIONS_GROUP not in file:
         return []
-    info, first_step = file["sessions/info"], file["sessions/first_step"]
+    info, first_step = file[SESSION_INFO], file[SESSION_FIRST_STEP]
     info.refresh()
     first_step.refresh()
     n = min(info.shape[0], first_step.shape[0])

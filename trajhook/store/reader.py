@@ -23,34 +23,120 @@ import numpy as np
 
 from trajhook.errors import TrajhookError
 from trajhook.store.format import (
+    CHECKSUMS_GROUP,
+    COLUMNS_ATTR,
+    COMMITTED,
+    EVENT_LABEL,
+    EVENT_STEP,
     EVENTS,
+    FORMAT_ATTR,
+    FORMAT_VERSION,
     GENERATION,
+    KIND_ATTR,
+    METADATA_ATTR,
+    PROBES_GROUP,
     RECORDS,
+    SCALAR_KEY,
+    SCALAR_NAME_LIST,
     SCALAR_NAMES,
+    SCALAR_STEP,
+    SCALAR_VALUE,
     SCALARS,
+    STEPS,
     TABLE_NAMES,
+    TABLE_WORDS,
+    WALL_TIME,
+    checksum_name,
     damaged_rows,
     guess_kind,
     output_name,
     row_checksums,
+    static_group,
 )
 from trajhook.store.h5 import (
-    _REOPEN_WINDOW_S,
     CORRUPT_ERRORS,
-    corrupt_error,
+    _open_swmr,
     members,
-    open_for_reading,
     open_for_writing_flag,
     read_sessions,
     rows_inside_file,
 )
 from trajhook.store.lock import lock_path, writer_alive
+from trajhook.store.salvage import corrupt_error
 
 T = TypeVar("T")
 # Rows read at a time by iteration and by verify=True: memory stays bounded whatever the store's size.
 _BLOCK_BYTES = 64 * 2**20
 # How often `load` reads again when a resume rewrites rows while it reads, before it gives up visibly.
 _SNAPSHOT_ATTEMPTS = 10
+
+# A reader that opens a store while its writer reopens it can see a half-updated superblock;
+# while a live writer holds the lock, opening is retried for this long.
+_REOPEN_WINDOW_S = 5.0
+
+
+def _open_any(path: str | os.PathLike) -> h5py.File:
+    try:
+        return _open_swmr(path)
+    except FileNotFoundError:
+        raise
+    except OSError:  # files written without libver="latest" refuse SWMR reading: still say what they are
+        return _open_swmr(path, swmr=False)
+
+
+def open_for_reading(path: str | os.PathLike) -> h5py.File:
+    """Open a trajhook store read-only; works while a writer appends and after a writer crashed.
+
+    A store that its writer is reopening at this moment can look corrupt for a few milliseconds:
+    while a live writer holds the store's lock, opening is retried for up to a few seconds.
+    """
+    deadline = time.monotonic() + _REOPEN_WINDOW_S
+    while True:
+        try:
+            file = _open_any(path)
+            break
+        except FileNotFoundError:
+            raise TrajhookError(f"load: no file at {str(path)!r}.") from None
+        except OSError as err:
+            if time.monotonic() < deadline and writer_alive(path):
+                time.sleep(0.02)
+                continue
+            raise TrajhookError(
+                f"{str(path)!r} is not an HDF5 file, or it is corrupt ({err}). Recoverable: nothing, as HDF5 "
+                "cannot open it (trajhook repair needs at least the file's superblock). "
+                "HINT: pass the .h5 file written by trajhook.Recorder, or restore the store from a backup."
+            ) from None
+    try:
+        is_store = FORMAT_ATTR in file.attrs and COMMITTED in file
+        version = int(file.attrs[FORMAT_ATTR]) if is_store else 0
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        file.close()
+        raise corrupt_error(path, err) from None
+    if not is_store:
+        file.close()
+        raise TrajhookError(
+            f"{str(path)!r} is an HDF5 file but not a trajhook store (no {FORMAT_ATTR!r} attribute). "
+            "HINT: pass a trajhook store, or choose another path so trajhook does not touch this file."
+        )
+    if version > FORMAT_VERSION:
+        file.close()
+        raise TrajhookError(
+            f"{str(path)!r} has trajhook format {version}; this trajhook reads up to {FORMAT_VERSION}. "
+            "HINT: upgrade trajhook."
+        )
+    return file
+
+
+def check_store(path: str | os.PathLike) -> None:
+    """Raise a TrajhookError naming ``path`` if it is no readable trajhook store; open nothing after.
+
+    >>> import tempfile
+    >>> check_store(tempfile.mkdtemp() + "/none.h5")
+    Traceback (most recent call last):
+    ...
+    trajhook.errors.TrajhookError: load: no file at '...none.h5'.
+    """
+    open_for_reading(path).close()
 
 
 @dataclass(frozen=True)
@@ -244,16 +330,10 @@ class Damage:
 
     def summary(self) -> str:
         """E.g. ``"damaged records at steps [30, 31]"``; ``"no damage found"``."""
-        parts = [
-            f"damaged {what} at {unit} {values}"
-            for what, unit, values in (
-                ("records", "steps", self.records),
-                ("scalar values", "steps", self.scalars),
-                ("events", "steps", self.events),
-                ("scalar names", "positions", self.scalar_names),
-            )
-            if values
-        ]
+        by_step = {RECORDS: self.records, SCALARS: self.scalars, EVENTS: self.events}
+        parts = [f"damaged {TABLE_WORDS[table]} at steps {steps}" for table, steps in by_step.items() if steps]
+        if self.scalar_names:
+            parts.append(f"damaged {TABLE_WORDS[SCALAR_NAMES]} at positions {self.scalar_names}")
         return "; ".join(parts) or "no damage found"
 
 
@@ -313,7 +393,7 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
             try:
                 with self._opened() as file:
                     result = read(file)
-                    committed = file["committed"]
+                    committed = file[COMMITTED]
                     committed.refresh()
                     return result, _generation(committed[:])
             except TrajhookError:
@@ -402,7 +482,7 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
 
     def _read(self, file: h5py.File, verify: bool) -> int:
         """Read the small tables and the layout of the committed rows; returns their generation."""
-        committed = file["committed"]
+        committed = file[COMMITTED]
         committed.refresh()  # the counter first: every row it counts is already on disk
         counts = [int(c) for c in committed[:]]
         n = counts[RECORDS]
@@ -421,28 +501,28 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
             return _rows(checked(ds, count), 0, count)
 
         self.attrs = _attributes(file)
-        self.metadata: dict[str, Any] = json.loads(file.attrs["metadata"])
+        self.metadata: dict[str, Any] = json.loads(file.attrs[METADATA_ATTR])
         self.sessions: list[dict[str, Any]] = read_sessions(file)  # each Recorder session, oldest first
-        self.steps, self.wall_time = rows(file["steps"], n), rows(file["wall_time"], n)
+        self.steps, self.wall_time = rows(file[STEPS], n), rows(file[WALL_TIME], n)
         # The records' checksums (small: 4 bytes per dataset and record) tell which rows survive a resume.
         self._record_columns: dict[str, int] = {}
         self._record_checksums = np.zeros((n, 0), np.uint32)
-        if "checksums" in file:
-            stored = file["checksums"][TABLE_NAMES[RECORDS]]
-            self._record_columns = {c: i for i, c in enumerate(json.loads(stored.attrs["columns"]))}
+        if CHECKSUMS_GROUP in file:
+            stored = file[checksum_name(RECORDS)]
+            self._record_columns = {c: i for i, c in enumerate(json.loads(stored.attrs[COLUMNS_ATTR]))}
             self._record_checksums = rows(stored, n)
         self._probes = {}
-        for name, group in members(file["probes"]):
+        for name, group in members(file[PROBES_GROUP]):
             data = {
                 key: LazyArray(self, checked(ds, n).name.lstrip("/"), (n, *ds.shape[1:]), ds.dtype)
                 for key, ds in members(group)
             }
             meta, kind = _probe_static(file, name, list(data))
             self._probes[name] = ProbeLog(name, data, meta, kind)
-        names = [b.decode() for b in rows(file["scalars"]["names"], counts[SCALAR_NAMES])]
-        steps, keys, values = (rows(file["scalars"][key], counts[SCALARS]) for key in ("step", "key", "value"))
+        names = [b.decode() for b in rows(file[SCALAR_NAME_LIST], counts[SCALAR_NAMES])]
+        steps, keys, values = (rows(file[name], counts[SCALARS]) for name in (SCALAR_STEP, SCALAR_KEY, SCALAR_VALUE))
         self.scalars = {name: Series(steps[keys == i], values[keys == i]) for i, name in enumerate(names)}
-        event_steps, labels = (rows(file["events"][key], counts[EVENTS]) for key in ("step", "label"))
+        event_steps, labels = (rows(file[name], counts[EVENTS]) for name in (EVENT_STEP, EVENT_LABEL))
         self.events = [Event(int(s), label.decode()) for s, label in zip(event_steps, labels, strict=True)]
         if verify:
             self.damage = self._check(file, counts, {SCALARS: steps, EVENTS: event_steps}, checked)
@@ -452,12 +532,12 @@ class TrajectoryLog(Mapping[str, ProbeLog]):
         self, file: h5py.File, counts: list[int], table_steps: dict[int, np.ndarray], checked: Callable
     ) -> Damage:
         """Compare every committed row with its stored checksum, a block of rows at a time."""
-        if "checksums" not in file:
+        if CHECKSUMS_GROUP not in file:
             return Damage(self.path, False, [], [], [], [])
         bad = {}
-        for index, table in TABLE_NAMES.items():
-            stored = file["checksums"][table]
-            columns = [file[name] for name in json.loads(stored.attrs["columns"])]
+        for index in TABLE_NAMES:
+            stored = file[checksum_name(index)]
+            columns = [file[name] for name in json.loads(stored.attrs[COLUMNS_ATTR])]
             count = counts[index]
             expected = _rows(checked(stored, count), 0, count)
             row_bytes = sum(int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize for ds in columns)
@@ -500,10 +580,10 @@ def _attributes(file: h5py.File) -> dict[str, Any]:
 def _probe_static(file: h5py.File, probe: str, outputs: list[str]) -> tuple[dict[str, Any], str]:
     """``(metadata, kind)`` of one probe: its JSON metadata with its static arrays, and the kind it
     recorded (format 2), or the kind its outputs suggest (format 1)."""
-    static = file["static"][probe]
-    meta = json.loads(static.attrs["metadata"])
+    static = file[static_group(probe)]
+    meta = json.loads(static.attrs[METADATA_ATTR])
     meta.update({k: ds[()] for k, ds in members(static)})
-    kind = static.attrs.get("kind")
+    kind = static.attrs.get(KIND_ATTR)
     kind = kind.decode() if isinstance(kind, bytes) else kind
     return meta, str(kind or guess_kind(outputs, meta))
 
@@ -572,7 +652,7 @@ def load(path: str | os.PathLike, verify: bool = False) -> TrajectoryLog:
     if log.damage is not None:
         if not log.damage.checked:
             raise TrajhookError(
-                f"load: {str(path)!r} has no checksums (trajhook format {log.attrs['trajhook_format']}; they came "
+                f"load: {str(path)!r} has no checksums (trajhook format {log.attrs[FORMAT_ATTR]}; they came "
                 "with format 3), so verify=True cannot check it. HINT: load it without verify=True; a Recorder "
                 "that resumes it rebuilds it with checksums."
             )
@@ -719,7 +799,7 @@ class StoreFollower:
             stat = os.fstat(file.id.get_vfd_handle())
             attrs = _attributes(file)
             probes = {}
-            for name, group in members(file["probes"]):
+            for name, group in members(file[PROBES_GROUP]):
                 outputs = {key: (tuple(ds.shape[1:]), str(ds.dtype)) for key, ds in members(group)}
                 meta, kind = _probe_static(file, name, list(outputs))
                 probes[name] = ProbeLayout(kind, meta, outputs)
@@ -796,7 +876,7 @@ class StoreFollower:
 
     def _committed(self) -> tuple[list[int], int]:
         assert self._file is not None
-        committed = self._file["committed"]
+        committed = self._file[COMMITTED]
         committed.refresh()  # the counter first: every row it counts is already on disk
         counts = [int(c) for c in committed[:]]
         return counts, _generation(counts)
@@ -812,13 +892,13 @@ class StoreFollower:
 
         n0, n1 = old[RECORDS], counts[RECORDS]
         s0, s1 = old[SCALARS], counts[SCALARS]
-        steps, wall_time = rows("steps", n0, n1), rows("wall_time", n0, n1)
+        steps, wall_time = rows(STEPS, n0, n1), rows(WALL_TIME, n0, n1)
         probes = read_probes(n0, n1) if read_probes is not None else None
         for name, layout in self.probes.items():
             for key in layout.outputs:
                 file[output_name(name, key)].refresh()  # later reads (rows, frames) see the new rows
-        names = [b.decode() for b in rows("scalars/names", 0, counts[SCALAR_NAMES])]
-        scalar_steps, keys, values = (rows(f"scalars/{k}", s0, s1) for k in ("step", "key", "value"))
-        event_steps, labels = rows("events/step", 0, counts[EVENTS]), rows("events/label", 0, counts[EVENTS])
+        names = [b.decode() for b in rows(SCALAR_NAME_LIST, 0, counts[SCALAR_NAMES])]
+        scalar_steps, keys, values = (rows(name, s0, s1) for name in (SCALAR_STEP, SCALAR_KEY, SCALAR_VALUE))
+        event_steps, labels = rows(EVENT_STEP, 0, counts[EVENTS]), rows(EVENT_LABEL, 0, counts[EVENTS])
         events = [(int(s), label.decode()) for s, label in zip(event_steps, labels, strict=True)]
         return NewRows(False, n0, n1, steps, wall_time, names, scalar_steps, keys, values, events, probes)

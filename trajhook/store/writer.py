@@ -17,19 +17,44 @@ import numpy as np
 from trajhook._version import __version__
 from trajhook.errors import TrajhookError
 from trajhook.store.format import (
+    CHECKSUMS_GROUP,
+    COLUMNS_ATTR,
+    COMMITTED,
+    CREATED_ATTR,
+    EVENT_LABEL,
     EVENT_LABEL_BYTES,
+    EVENT_STEP,
     EVENTS,
+    EVENTS_GROUP,
+    FORMAT_ATTR,
     FORMAT_VERSION,
     GENERATION,
+    KIND_ATTR,
+    METADATA_ATTR,
+    PROBES_GROUP,
     RECORDS,
+    SCALAR_KEY,
     SCALAR_NAME_BYTES,
+    SCALAR_NAME_LIST,
     SCALAR_NAMES,
+    SCALAR_STEP,
+    SCALAR_VALUE,
     SCALARS,
+    SCALARS_GROUP,
     SESSION_BYTES,
     SESSION_CHUNK_ROWS,
+    SESSION_FIRST_STEP,
+    SESSION_INFO,
+    SESSIONS_GROUP,
+    STATIC_GROUP,
+    STEPS,
     TABLE_NAMES,
+    VERSION_ATTR,
+    WALL_TIME,
     Schema,
+    checksum_name,
     dump_json,
+    output_name,
     row_checksums,
     schema_difference,
     session_row,
@@ -45,15 +70,15 @@ from trajhook.store.h5 import (
     _open_swmr_writer,
     abandon,
     chunk_layout,
-    corrupt_error,
     is_disk_full,
     members,
     new_chunk_bytes,
-    open_for_reading,
     read_schema,
     rows_inside_file,
 )
 from trajhook.store.lock import WriterLock
+from trajhook.store.reader import open_for_reading
+from trajhook.store.salvage import corrupt_error
 
 
 def create_store(
@@ -66,35 +91,35 @@ def create_store(
     """Create an empty store with every dataset the schema needs; SWMR is not on yet."""
     file = h5py.File(path, "w", libver="latest", locking=False)
     try:
-        file.attrs["trajhook_format"] = FORMAT_VERSION
-        file.attrs["trajhook_version"] = __version__
-        file.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        file.attrs["metadata"] = dump_json(dict(metadata), "Recorder metadata")
-        _create_appendable(file, "steps", (), np.int64)
-        _create_appendable(file, "wall_time", (), np.float64)
-        probes = file.create_group("probes")
+        file.attrs[FORMAT_ATTR] = FORMAT_VERSION
+        file.attrs[VERSION_ATTR] = __version__
+        file.attrs[CREATED_ATTR] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        file.attrs[METADATA_ATTR] = dump_json(dict(metadata), "Recorder metadata")
+        _create_appendable(file, STEPS, (), np.int64)
+        _create_appendable(file, WALL_TIME, (), np.float64)
+        probes = file.create_group(PROBES_GROUP)
         for name, outputs in schema.items():
             group = probes.create_group(name)
             for spec in outputs.values():
                 _create_appendable(group, spec.name, spec.shape, spec.dtype)
             _write_probe_metadata(file, name, probe_metadata.get(name, {}), (kinds or {}).get(name, "custom"))
-        scalars = file.create_group("scalars")
-        _create_appendable(scalars, "step", (), np.int64)
-        _create_appendable(scalars, "key", (), np.int32)
-        _create_appendable(scalars, "value", (), np.float64)
-        _create_appendable(scalars, "names", (), f"S{SCALAR_NAME_BYTES}")
-        events = file.create_group("events")
-        _create_appendable(events, "step", (), np.int64)
-        _create_appendable(events, "label", (), f"S{EVENT_LABEL_BYTES}")
-        sessions = file.create_group("sessions")  # one row per Recorder session, appended in SWMR mode
-        _create_appendable(sessions, "info", (), f"S{SESSION_BYTES}", chunk_rows=SESSION_CHUNK_ROWS)
-        _create_appendable(sessions, "first_step", (), np.int64, chunk_rows=SESSION_CHUNK_ROWS)
-        checksums = file.create_group("checksums")
+        file.create_group(SCALARS_GROUP)
+        _create_appendable(file, SCALAR_STEP, (), np.int64)
+        _create_appendable(file, SCALAR_KEY, (), np.int32)
+        _create_appendable(file, SCALAR_VALUE, (), np.float64)
+        _create_appendable(file, SCALAR_NAME_LIST, (), f"S{SCALAR_NAME_BYTES}")
+        file.create_group(EVENTS_GROUP)
+        _create_appendable(file, EVENT_STEP, (), np.int64)
+        _create_appendable(file, EVENT_LABEL, (), f"S{EVENT_LABEL_BYTES}")
+        file.create_group(SESSIONS_GROUP)  # one row per Recorder session, appended in SWMR mode
+        _create_appendable(file, SESSION_INFO, (), f"S{SESSION_BYTES}", chunk_rows=SESSION_CHUNK_ROWS)
+        _create_appendable(file, SESSION_FIRST_STEP, (), np.int64, chunk_rows=SESSION_CHUNK_ROWS)
+        file.create_group(CHECKSUMS_GROUP)
         for index, columns in table_columns({p: list(outs) for p, outs in schema.items()}).items():
-            ds = _create_appendable(checksums, TABLE_NAMES[index], (len(columns),), np.uint32)
-            ds.attrs["columns"] = json.dumps(columns)
+            ds = _create_appendable(file, checksum_name(index), (len(columns),), np.uint32)
+            ds.attrs[COLUMNS_ATTR] = json.dumps(columns)
         # Allocated now, before SWMR: a lazily allocated counter breaks SWMR readers after a crash.
-        file.create_dataset("committed", data=np.zeros(5, np.int64))
+        file.create_dataset(COMMITTED, data=np.zeros(GENERATION + 1, np.int64))
         file.flush()
     except BaseException:
         abandon(file)
@@ -103,32 +128,31 @@ def create_store(
 
 
 def _write_probe_metadata(file: h5py.File, name: str, meta: Mapping[str, Any], kind: str) -> None:
-    static = file.require_group("static").create_group(name)
-    static.attrs["kind"] = kind
+    static = file.require_group(STATIC_GROUP).create_group(name)
+    static.attrs[KIND_ATTR] = kind
     plain = {}
     for key, value in meta.items():
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
             static.create_dataset(key, data=value)
         else:
             plain[key] = value
-    static.attrs["metadata"] = dump_json(plain, f"probe {name!r} metadata")
+    static.attrs[METADATA_ATTR] = dump_json(plain, f"probe {name!r} metadata")
 
 
 def tables(file: h5py.File, counts: Sequence[int]) -> Iterator[tuple[h5py.Dataset, int]]:
     """Every appendable dataset of a store with the number of its committed rows (checksums too, if any)."""
-    yield file["steps"], counts[RECORDS]
-    yield file["wall_time"], counts[RECORDS]
-    for _, group in members(file["probes"]):
+    fixed = table_columns({})  # the datasets of each table, the probes' outputs aside
+    for name in fixed[RECORDS]:
+        yield file[name], counts[RECORDS]
+    for _, group in members(file[PROBES_GROUP]):
         for _, ds in members(group):
             yield ds, counts[RECORDS]
-    for key in ("step", "key", "value"):
-        yield file["scalars"][key], counts[SCALARS]
-    yield file["scalars/names"], counts[SCALAR_NAMES]
-    for key in ("step", "label"):
-        yield file["events"][key], counts[EVENTS]
-    if "checksums" in file:
-        for index, name in TABLE_NAMES.items():
-            yield file["checksums"][name], counts[index]
+    for index in (SCALARS, SCALAR_NAMES, EVENTS):
+        for name in fixed[index]:
+            yield file[name], counts[index]
+    if CHECKSUMS_GROUP in file:
+        for index in TABLE_NAMES:
+            yield file[checksum_name(index)], counts[index]
 
 
 def add_session(file: h5py.File, row: bytes, first_step: int = -1) -> int:
@@ -138,9 +162,9 @@ def add_session(file: h5py.File, row: bytes, first_step: int = -1) -> int:
     allows, so the session is noted in the same crash-safe way as every row (a crash in between
     leaves an empty row, which readers skip).
     """
-    info = file["sessions/info"]
+    info = file[SESSION_INFO]
     index = info.shape[0]
-    _append(file["sessions/first_step"], index, np.array([first_step], np.int64))
+    _append(file[SESSION_FIRST_STEP], index, np.array([first_step], np.int64))
     _append(info, index, np.array([row], f"S{SESSION_BYTES}"))
     return index
 
@@ -148,22 +172,21 @@ def add_session(file: h5py.File, row: bytes, first_step: int = -1) -> int:
 def _copy_sessions(old: h5py.File, new: h5py.File, counts: Sequence[int]) -> None:
     """Copy ``/sessions`` into a rebuilt store; a store from before sessions (format < 4) gets one row
     standing for the sessions that wrote it, at its first record's step."""
-    if "sessions" in old:
-        for key in ("info", "first_step"):
-            rows = old["sessions"][key]
-            n = min(rows.shape[0], old["sessions/info"].shape[0], old["sessions/first_step"].shape[0])
-            _append(new["sessions"][key], 0, rows[:n])
+    if SESSIONS_GROUP in old:
+        n = min(old[SESSION_INFO].shape[0], old[SESSION_FIRST_STEP].shape[0])
+        for name in (SESSION_INFO, SESSION_FIRST_STEP):
+            _append(new[name], 0, old[name][:n])
     elif counts[RECORDS] or counts[SCALARS] or counts[EVENTS]:
-        first = int(old["steps"][0]) if counts[RECORDS] else -1
+        first = int(old[STEPS][0]) if counts[RECORDS] else -1
         unrecorded = {"unrecorded": "the sessions before trajhook recorded sessions (format < 4)"}
         add_session(new, session_row(unrecorded), first)
 
 
 def write_checksums(file: h5py.File, counts: Sequence[int]) -> None:
     """Compute ``/checksums/<table>`` from the committed rows (a rebuild of a store that had none)."""
-    for index, name in TABLE_NAMES.items():
-        ds = file["checksums"][name]
-        columns = json.loads(ds.attrs["columns"])
+    for index in TABLE_NAMES:
+        ds = file[checksum_name(index)]
+        columns = json.loads(ds.attrs[COLUMNS_ATTR])
         n = int(counts[index])
         crcs = np.stack([row_checksums(file[c][:n]) for c in columns], axis=1) if n else np.zeros((0, len(columns)))
         _append(ds, 0, crcs.astype(np.uint32))
@@ -201,9 +224,9 @@ class StoreWriter:
             else:  # built aside and renamed into place: a crash while creating leaves no half-made store
                 self._create_aside(probe_metadata, metadata or {}, session)
                 self.file = _open_swmr_writer(self.path)
-            committed = [int(c) for c in self.file["committed"][:]]
+            committed = [int(c) for c in self.file[COMMITTED][:]]
             self.counts, self.generation = committed[:GENERATION], committed[GENERATION]
-            self._scalar_names = [n.decode() for n in self.file["scalars/names"][: self.counts[SCALAR_NAMES]]]
+            self._scalar_names = [n.decode() for n in self.file[SCALAR_NAME_LIST][: self.counts[SCALAR_NAMES]]]
             if resuming and session is not None:  # a new store has its first session's row already
                 self.session_index: int | None = add_session(self.file, session_row(session))
             else:
@@ -220,14 +243,12 @@ class StoreWriter:
         self._datasets = {ds.name.lstrip("/"): ds for ds, _ in self._tables(self.file, self.counts)}
         self._layouts = {name: chunk_layout(ds) for name, ds in self._datasets.items()}
         self._extents = {name: ds.shape[0] for name, ds in self._datasets.items()}
-        self._columns = {i: json.loads(self.file["checksums"][n].attrs["columns"]) for i, n in TABLE_NAMES.items()}
+        self._columns = {i: json.loads(self.file[checksum_name(i)].attrs[COLUMNS_ATTR]) for i in TABLE_NAMES}
         self._pending_records: list[tuple[int, float, dict[str, dict[str, np.ndarray]]]] = []
         self._pending_scalars: list[tuple[int, str, float]] = []
         self._pending_events: list[tuple[int, str]] = []
-        self._chunk_rows = min(
-            (ds.chunks[0] for _, g in members(self.file["probes"]) for _, ds in members(g) if hasattr(ds, "chunks")),
-            default=_MAX_CHUNK_ROWS,
-        )
+        outputs = [ds for _, group in members(self.file[PROBES_GROUP]) for _, ds in members(group)]
+        self._chunk_rows = min((ds.chunks[0] for ds in outputs if hasattr(ds, "chunks")), default=_MAX_CHUNK_ROWS)
 
     # -- creating and resuming ------------------------------------------------------------------
 
@@ -285,8 +306,8 @@ class StoreWriter:
         with open_for_reading(self.path) as old:
             difference = schema_difference(read_schema(old), self.schema)
             if not difference:  # touch everything a resume relies on: fail now on a damaged store
-                counts = old["committed"][:]
-                json.loads(old.attrs["metadata"])
+                counts = old[COMMITTED][:]
+                json.loads(old.attrs[METADATA_ATTR])
                 file_size = self.path.stat().st_size
                 for ds, n in self._tables(old, counts):
                     if ds.shape[0] < n:
@@ -305,12 +326,17 @@ class StoreWriter:
         except OSError:  # a writer that crashed leaves the file flagged open: rebuild it from its rows
             file = None
         # also rebuilt: a store from before generations, checksums or sessions (format < 4), into the current format
-        if file is None or len(file["committed"]) <= GENERATION or "checksums" not in file or "sessions" not in file:
+        if (
+            file is None
+            or len(file[COMMITTED]) <= GENERATION
+            or CHECKSUMS_GROUP not in file
+            or SESSIONS_GROUP not in file
+        ):
             if file is not None:
                 file.close()
             self._rebuild(probe_metadata)
             file = _open_swmr_writer(self.path)
-        counts = file["committed"][:]
+        counts = file[COMMITTED][:]
         for ds, n in self._tables(file, counts):
             if ds.shape[0] > n:  # drop rows a crash left beyond the commit mark
                 ds.resize(n, axis=0)
@@ -322,21 +348,21 @@ class StoreWriter:
         new = None
         try:
             with open_for_reading(self.path) as old:
-                counts = old["committed"][:]
-                new = self._create(tmp, probe_metadata, json.loads(old.attrs["metadata"]))
-                for key in ("created", "trajhook_version"):
+                counts = old[COMMITTED][:]
+                new = self._create(tmp, probe_metadata, json.loads(old.attrs[METADATA_ATTR]))
+                for key in (CREATED_ATTR, VERSION_ATTR):
                     new.attrs[key] = old.attrs[key]
                 for ds, n in self._tables(old, counts):
                     _append(new[ds.name], 0, ds[:n])
-                if "checksums" not in old:
+                if CHECKSUMS_GROUP not in old:
                     write_checksums(new, counts)
                 _copy_sessions(old, new, counts)
-                del new["static"]
-                old.copy(old["static"], new, "static")
-                for name, static in members(new["static"]):  # a format-1 store did not record kinds
-                    if "kind" not in static.attrs:
-                        static.attrs["kind"] = self.kinds.get(name, "custom")
-                new["committed"][: len(counts)] = counts
+                del new[STATIC_GROUP]
+                old.copy(old[STATIC_GROUP], new, STATIC_GROUP)
+                for name, static in members(new[STATIC_GROUP]):  # a format-1 store did not record kinds
+                    if KIND_ATTR not in static.attrs:
+                        static.attrs[KIND_ATTR] = self.kinds.get(name, "custom")
+                new[COMMITTED][: len(counts)] = counts
                 new.close()
             os.replace(tmp, self.path)
         except BaseException:  # a full disk or a damaged store: the original stays as it was
@@ -354,7 +380,7 @@ class StoreWriter:
         """Note this session's first step (its first write), in its ``/sessions`` row."""
         if self.failed or self.session_index is None:
             return
-        ds = self.file["sessions/first_step"]
+        ds = self.file[SESSION_FIRST_STEP]
         ds[self.session_index] = int(step)
         ds.flush()
 
@@ -363,19 +389,19 @@ class StoreWriter:
     def committed_steps(self) -> np.ndarray:
         """The steps of the committed records, in order."""
         self.flush()
-        return self.file["steps"][: self.counts[RECORDS]]
+        return self.file[STEPS][: self.counts[RECORDS]]
 
     def committed_row(self, probe: str, output: str, index: int) -> np.ndarray:
         """One committed record of one probe output (``index`` among the committed records)."""
         if not 0 <= index < self.counts[RECORDS]:
             raise IndexError(f"record {index} is not committed ({self.counts[RECORDS]} are)")
-        return self.file["probes"][probe][output][index]
+        return self.file[output_name(probe, output)][index]
 
     def committed_events(self) -> list[tuple[int, str]]:
         """The committed events ``(step, label)``, in the table's order."""
         self.flush()
         n = self.counts[EVENTS]
-        steps, labels = self.file["events/step"][:n], self.file["events/label"][:n]
+        steps, labels = self.file[EVENT_STEP][:n], self.file[EVENT_LABEL][:n]
         return [(int(s), label.decode()) for s, label in zip(steps, labels, strict=True)]
 
     # -- writing --------------------------------------------------------------------------------
@@ -390,7 +416,7 @@ class StoreWriter:
             return 0
         self.flush()
         dropped = 0
-        for index, key in ((RECORDS, "steps"), (SCALARS, "scalars/step")):  # in step order (the Recorder checks)
+        for index, key in ((RECORDS, STEPS), (SCALARS, SCALAR_STEP)):  # in step order (the Recorder checks)
             steps = self.file[key][: self.counts[index]]
             later = np.flatnonzero(steps >= step)
             if len(later):
@@ -409,17 +435,17 @@ class StoreWriter:
         happened, after the marks of later steps. The kept rows move down over the dropped ones
         (rows past the count are free); the generation bump makes a concurrent reader read again.
         """
-        steps = self.file["events/step"][: self.counts[EVENTS]]
-        labels = self.file["events/label"][: self.counts[EVENTS]]
+        steps = self.file[EVENT_STEP][: self.counts[EVENTS]]
+        labels = self.file[EVENT_LABEL][: self.counts[EVENTS]]
         keep = steps < step
         if drop_event is not None:
             keep &= np.array([not drop_event(int(s), b.decode()) for s, b in zip(steps, labels, strict=True)], bool)
         kept = np.flatnonzero(keep)
         if len(kept) < len(steps) and len(kept) and kept[-1] >= len(kept):  # the kept rows are not a prefix
-            crcs = self.file["checksums/events"][: self.counts[EVENTS]]
-            self.file["events/step"][: len(kept)] = steps[kept]
-            self.file["events/label"][: len(kept)] = labels[kept]
-            self.file["checksums/events"][: len(kept)] = crcs[kept]
+            crcs = self.file[checksum_name(EVENTS)][: self.counts[EVENTS]]
+            self.file[EVENT_STEP][: len(kept)] = steps[kept]
+            self.file[EVENT_LABEL][: len(kept)] = labels[kept]
+            self.file[checksum_name(EVENTS)][: len(kept)] = crcs[kept]
         self.counts[EVENTS] = len(kept)
 
     def add_record(self, step: int, wall_time: float, outputs: dict[str, dict[str, np.ndarray]]) -> None:
@@ -458,9 +484,9 @@ class StoreWriter:
         for name, start, rows in writes:
             _append(self._datasets[name], start, rows)
             self._extents[name] = max(self._extents[name], start + len(rows))
-        for index, table in TABLE_NAMES.items():
+        for index in TABLE_NAMES:
             for name, start, rows in writes:
-                if name == f"checksums/{table}":
+                if name == checksum_name(index):
                     self.counts[index] = start + len(rows)
         self._pending_records.clear()
         self._pending_scalars.clear()
@@ -472,12 +498,12 @@ class StoreWriter:
         columns: dict[int, dict[str, np.ndarray]] = {}
         if self._pending_records:
             pending = self._pending_records
-            data = {"steps": np.array([r[0] for r in pending], np.int64)}
-            data["wall_time"] = np.array([r[1] for r in pending], np.float64)
+            data = {STEPS: np.array([r[0] for r in pending], np.int64)}
+            data[WALL_TIME] = np.array([r[1] for r in pending], np.float64)
             for probe, outputs in self.schema.items():
                 for key, spec in outputs.items():
                     rows = np.stack([r[2][probe][key] for r in pending]).astype(spec.dtype, copy=False)
-                    data[f"probes/{probe}/{key}"] = rows
+                    data[output_name(probe, key)] = rows
             columns[RECORDS] = data
         if self._pending_scalars:
             new_names = []
@@ -487,30 +513,30 @@ class StoreWriter:
                     self._scalar_names.append(name)
                     new_names.append(name.encode())
             if new_names:
-                columns[SCALAR_NAMES] = {"scalars/names": np.array(new_names, f"S{SCALAR_NAME_BYTES}")}
+                columns[SCALAR_NAMES] = {SCALAR_NAME_LIST: np.array(new_names, f"S{SCALAR_NAME_BYTES}")}
             steps, names, values = zip(*self._pending_scalars, strict=True)
             columns[SCALARS] = {
-                "scalars/step": np.asarray(steps, np.int64),
-                "scalars/key": np.array([self._scalar_index[n] for n in names], np.int32),
-                "scalars/value": np.asarray(values, np.float64),
+                SCALAR_STEP: np.asarray(steps, np.int64),
+                SCALAR_KEY: np.array([self._scalar_index[n] for n in names], np.int32),
+                SCALAR_VALUE: np.asarray(values, np.float64),
             }
         if self._pending_events:
             steps, labels = zip(*self._pending_events, strict=True)
             columns[EVENTS] = {
-                "events/step": np.asarray(steps, np.int64),
-                "events/label": np.array([s.encode() for s in labels], f"S{EVENT_LABEL_BYTES}"),
+                EVENT_STEP: np.asarray(steps, np.int64),
+                EVENT_LABEL: np.array([s.encode() for s in labels], f"S{EVENT_LABEL_BYTES}"),
             }
         writes = []
         for index, data in columns.items():
             start = self.counts[index]
             writes += [(name, start, data[name]) for name in self._columns[index]]
             crcs = np.stack([row_checksums(data[name]) for name in self._columns[index]], axis=1)
-            writes.append((f"checksums/{TABLE_NAMES[index]}", start, crcs))
+            writes.append((checksum_name(index), start, crcs))
         return writes
 
     def _commit(self) -> None:
-        self.file["committed"][:] = [*self.counts, self.generation]
-        self.file["committed"].flush()
+        self.file[COMMITTED][:] = [*self.counts, self.generation]
+        self.file[COMMITTED].flush()
 
     def close(self) -> None:
         """Flush and close; compact the file if it holds much dead space.
