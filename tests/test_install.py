@@ -142,8 +142,9 @@ def test_each_missing_extra_names_its_pip_install(tmp_path, extra):
     assert f"HINT: pip install 'trajhook[{extra}]'" in proc.stdout + proc.stderr  # the CLI says it on stderr
 
 
-def _module_level_imports() -> dict[str, set[str]]:
-    """trajhook module -> the trajhook modules it imports at module level, read from the source."""
+def _imports() -> dict[str, set[str]]:
+    """trajhook module -> the trajhook modules it imports anywhere (module level or inside a function), read
+    from the source: a function-level import closes a circle as surely as a module-level one, only later."""
     root = Path(__file__).resolve().parents[1]
     files = {}
     for path in root.glob("trajhook/**/*.py"):
@@ -151,31 +152,39 @@ def _module_level_imports() -> dict[str, set[str]]:
         files[name] = path
     graph = {}
     for name, path in files.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
         targets = set()
-        for node in ast.parse(path.read_text()).body:
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                targets |= {
-                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module for a in node.names
-                }
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:  # from . import x, from ..store import y
+                    base = package[: len(package) - node.level + 1]
+                    module = ".".join([*base, module] if module else base)
+                targets |= {f"{module}.{a.name}" if f"{module}.{a.name}" in files else module for a in node.names}
         graph[name] = {t for t in targets if t in files and t != name}
     return graph
 
 
-def test_no_import_cycle_between_trajhook_modules():
-    graph = _module_level_imports()
+def test_no_import_circle_and_no_import_running_back_up():
+    graph = _imports()
     assert graph["trajhook.recording.recorder"] >= {
         "trajhook.recording.checks",
         "trajhook.recording.probing",
         "trajhook.recording.thread",
     }  # it reads them
+    assert "trajhook.analysis.online" in graph["trajhook.probes.base"]  # a function-level import is counted
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
         return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
 
-    cycles = sorted(name for name in graph if reaches(name, name, set()))
-    assert cycles == [], f"modules on an import cycle: {cycles}"
+    circles = sorted(name for name in graph if reaches(name, name, set()))
+    assert circles == [], f"modules on an import circle: {circles}"
+    upward = sorted(
+        f"{name} -> {target}" for name, targets in graph.items() for target in targets if name.startswith(f"{target}.")
+    )
+    assert upward == [], f"modules importing a package they are inside of: {upward}"
 
 
 # The store's datasets and groups as a path names them (docs/FORMAT.md); "steps" alone is also a JSON key.
