@@ -332,7 +332,7 @@ def test_older_formats_load_and_a_resume_rebuilds_them_with_checksums(tmp_path, 
         assert json.loads(f["checksums/records"].attrs["columns"])[2 + 2] == "probes/maze/vectors"
 
 
-def test_repair_keeps_each_probe_groups_kind(tmp_path):
+def test_repair_keeps_each_probe_groups_kind_and_the_sessions(tmp_path):
     from fake_maze import GridProbe, policy
 
     from trajhook.store.repair import repair
@@ -340,6 +340,9 @@ def test_repair_keeps_each_probe_groups_kind(tmp_path):
     path = tmp_path / "run.h5"
     with Recorder(path, [GridProbe(), TensorProbe("p", torch.ones(1, 2))], every_n_steps=1, wandb=False) as rec:
         rec.record(policy(), 0)
+    with Recorder(path, [GridProbe(), TensorProbe("p", torch.ones(1, 2))], every_n_steps=1, wandb=False) as rec:
+        rec.record(policy(), 1)  # a second session, resumed
     out, _ = repair(path)
     log = load(out, verify=True)
     assert {name: log[name].kind for name in log} == {"maze": "maze", "p": "tensor"}
+    assert log.sessions == load(path).sessions and [s["first_step"] for s in log.sessions] == [0, 1]

@@ -3,7 +3,8 @@
 :func:`repair` writes the rows that :func:`~trajhook.store.salvage.salvage` finds readable into a
 new store (``RUN.repaired.h5``), never touching the original. A record is kept when every one of
 its datasets (step, wall time, every output of every probe) reads back and matches its stored
-checksum (format 3); a probe whose datasets cannot be opened at all is left out.
+checksum (format 3); a probe whose datasets cannot be opened at all is left out. The list of
+Recorder sessions (``/sessions``) is copied whole when it reads back.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from trajhook.store.format import (
 )
 from trajhook.store.h5 import CORRUPT_ERRORS, _append, abandon
 from trajhook.store.salvage import Salvage, open_damaged, salvage
-from trajhook.store.writer import create_store, write_checksums
+from trajhook.store.writer import copy_sessions, create_store, write_checksums
 
 
 def _attrs(file: h5py.File, problems: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -108,6 +109,10 @@ def repair(path: str | os.PathLike, out: str | os.PathLike | None = None) -> tup
                     rows = found.data.get(name, np.zeros((0, *new[name].shape[1:]), new[name].dtype))
                     _append(new[name], 0, rows[: len(keep)][keep[: len(rows)]])
                 counts[index] = int(keep.sum())
+            try:
+                copy_sessions(old, new, counts)
+            except CORRUPT_ERRORS:
+                found.problems.append("the list of Recorder sessions is lost")
             write_checksums(new, counts)  # of the rows kept: each was checked against its old checksum
             new[COMMITTED][:] = counts
             new.close()

@@ -169,7 +169,7 @@ def add_session(file: h5py.File, row: bytes, first_step: int = -1) -> int:
     return index
 
 
-def _copy_sessions(old: h5py.File, new: h5py.File, counts: Sequence[int]) -> None:
+def copy_sessions(old: h5py.File, new: h5py.File, counts: Sequence[int]) -> None:
     """Copy ``/sessions`` into a rebuilt store; a store from before sessions (format < 4) gets one row
     standing for the sessions that wrote it, at its first record's step."""
     if SESSIONS_GROUP in old:
@@ -356,7 +356,7 @@ class StoreWriter:
                     _append(new[ds.name], 0, ds[:n])
                 if CHECKSUMS_GROUP not in old:
                     write_checksums(new, counts)
-                _copy_sessions(old, new, counts)
+                copy_sessions(old, new, counts)
                 del new[STATIC_GROUP]
                 old.copy(old[STATIC_GROUP], new, STATIC_GROUP)
                 for name, static in members(new[STATIC_GROUP]):  # a format-1 store did not record kinds
