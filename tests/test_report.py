@@ -9,10 +9,8 @@ computation from the HDF5 stores; the console stays clean and no request leaves 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -24,8 +22,6 @@ import trajhook
 from trajhook import load
 from trajhook.analysis import icl_score, trajectory_pca
 from trajhook.report import thin_indices, write_report
-
-SCREENSHOTS = os.environ.get("TRAJHOOK_SCREENSHOTS")  # e.g. docs/images, to refresh the README's pictures
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +108,6 @@ def test_one_slider_drives_every_panel_in_a_real_browser_offline(stores, tmp_pat
         still = driver.execute_script(index)
         console = driver.get_log("browser")
         urls = requested_urls(driver)
-        if SCREENSHOTS:
-            for key, name in (("HOME", "report_first_step.png"), ("END", "report_last_step.png")):
-                Path(SCREENSHOTS, name).write_bytes(shots[key].read_bytes())
         maze, pca = ".trajhook-panel[data-probe=maze] canvas", ".trajhook-panel[data-key] .layers"
         maze_first = element_pixels(driver, maze, shots["HOME"])
         maze_last = element_pixels(driver, maze, shots["END"])
