@@ -119,6 +119,7 @@ def test_scatter_and_cat_give_the_declared_dtype_on_the_merge_device():
         (dict(merge="concat"), r" has merge='concat'\. HINT: pass merge='cat', 'scatter' or 'sum'"),
         (dict(dtype="bool", merge="sum"), r" is bool, which cannot be summed\. HINT: use merge='scatter'"),
         (dict(dtype="int64", merge="scatter", fill=float("nan")), r" is int64, which cannot hold fill=nan\. HINT"),
+        (dict(fill=float("nan")), r" has merge=None\. HINT: pass merge='cat', 'scatter' or 'sum'"),
         (dict(merge="scatter", fill="nan"), r" has fill='nan', not a number\. HINT: pass e\.g\. fill=float\('nan'\)"),
         (dict(dtype="float128", merge="cat"), r": float128 has no torch dtype.*HINT: declare e\.g\. 'float32'"),
     ],

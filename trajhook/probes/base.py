@@ -174,7 +174,7 @@ class Probe:
         self.metadata: dict[str, Any] = {}
         self._outputs: dict[str, OutputSpec] = {}
         self.merge_device: torch.device | None = None
-        """Where :meth:`merge` builds a record (set at setup to the probe's device); None: where the parts are."""
+        """Where :meth:`merge` builds a record (the built-in probes set it at setup); None: where the parts are."""
 
     def add_output(
         self,
@@ -222,7 +222,7 @@ class Probe:
             raise TrajhookError(
                 f"{where} has dtype {dtype}, which the store cannot hold. HINT: use a bool, int or float dtype."
             )
-        if merge is not None:
+        if merge is not None or fill != 0:  # a fill without a merge is told to name one
             fill = self._checked_merge(where, dtype, merge, fill)
         self._outputs[name] = OutputSpec(name, shape, dtype, bool(nan_marks_missing), merge, fill)
 
