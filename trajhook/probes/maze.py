@@ -443,9 +443,10 @@ class MazeProbe(Probe):
             _check_callable_with_obs(model, self.name)
         self._inputs = self.preprocess(torch.from_numpy(level.observations).to(device))
         self._directions = torch.from_numpy(direction_matrix()).to(device)
-        self.add_output("action_probs", (n, N_ACTIONS), "float32")
-        self.add_output("direction_probs", (n, len(DIRECTIONS)), "float32")
-        self.add_output("vectors", (n, 2), "float32")
+        self.merge_device = device
+        self.add_output("action_probs", (n, N_ACTIONS), "float32", merge="cat")  # split: blocks of cells, in order
+        self.add_output("direction_probs", (n, len(DIRECTIONS)), "float32", merge="cat")
+        self.add_output("vectors", (n, 2), "float32", merge="cat")
         state = level.state
         self.metadata.update(
             cells=level.cells.copy(),
@@ -482,11 +483,6 @@ class MazeProbe(Probe):
         """One forward over block ``part`` of the cells."""
         block = np.array_split(np.arange(len(self.cells)), parts)[part]
         return self._forward(model, self._inputs[int(block[0]) : int(block[-1]) + 1], len(block))
-
-    def merge(self, partials: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """The blocks concatenated in cell order."""
-        device = self._directions.device if self._directions is not None else None
-        return {key: torch.cat([p[key].to(device) for p in partials]) for key in partials[0]}
 
     def _forward(self, model: torch.nn.Module, inputs: Any, n: int) -> dict[str, torch.Tensor]:
         if self._inputs is None or self._directions is None:

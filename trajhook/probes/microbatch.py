@@ -202,9 +202,10 @@ def gather_logprobs(
 class MicroBatchedProbe(Probe):
     """A probe whose work is the micro-batches it planned at setup (``self._micro_batches``), one forward each.
 
-    Declares the part protocol once: :meth:`split` gives one part per micro-batch, the same on every rank,
-    and :meth:`run` is every part merged; a subclass gives ``run_part`` (what one micro-batch contributes)
-    and ``merge``. :meth:`_logits` calls the model (or ``logits_fn``) and checks what came back.
+    :meth:`split` gives one part per micro-batch, the same on every rank, and ``run`` is every part
+    merged (:meth:`Probe.run`); a subclass gives ``run_part`` (what one micro-batch contributes, at
+    the record positions its gather tables name) and declares how each output merges. :meth:`_logits`
+    calls the model (or ``logits_fn``) and checks what came back.
     """
 
     logits_fn: LogitsFn | None = None
@@ -213,11 +214,6 @@ class MicroBatchedProbe(Probe):
 
     def _fail(self, problem: str, hint: str) -> NoReturn:
         raise TrajhookError(f"{type(self).__name__} {self.name!r}: {problem}. HINT: {hint}")
-
-    def run(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """One forward per micro-batch; from each, gather the recorded numbers, then drop its logits."""
-        n = self.split(1)
-        return self.merge([self.run_part(model, i, n) for i in range(n)])
 
     def split(self, ranks: int) -> int:
         """One part per micro-batch (they are planned at setup, the same on every rank)."""

@@ -308,20 +308,22 @@ class PromptProbe(MicroBatchedProbe):
             batch.set_gather("target", target, 4)
             batch.set_gather("first", first, 4)
             batch.to(device)
-        filled = torch.zeros(n * self.max_targets, dtype=torch.bool)
-        filled[[p * self.max_targets + k for _, p, k, _ in target_slots]] = True
-        self._target_filled = filled.to(device)
+        self.merge_device = device
         self.max_tokens = max_tokens
         self.vocab_size = vocab
         self._k = min(self.top_k, vocab)
-        self.add_output("token_loss", (n, self._max_len - 1), "float32", nan_marks_missing=True)
+        # run_part gives each micro-batch's numbers with their record positions (its gather tables' last
+        # column); a target's log-prob is the sum of its tokens', added in micro-batch order.
+        nan = float("nan")  # past a prompt's end, or where a prompt has fewer targets
+        self.add_output("token_loss", (n, width), "float32", nan_marks_missing=True, merge="scatter", fill=nan)
         if self.max_targets:
-            self.add_output("target_logprob", (n, self.max_targets), "float32", nan_marks_missing=True)
-            self.add_output("target_first_logit", (n, self.max_targets), "float32", nan_marks_missing=True)
-        self.add_output("topk_ids", (n, self._k), "int64")
-        self.add_output("topk_logprob", (n, self._k), "float32")
+            shape = (n, self.max_targets)
+            self.add_output("target_logprob", shape, "float32", nan_marks_missing=True, merge="sum", fill=nan)
+            self.add_output("target_first_logit", shape, "float32", nan_marks_missing=True, merge="scatter", fill=nan)
+        self.add_output("topk_ids", (n, self._k), "int64", merge="scatter")
+        self.add_output("topk_logprob", (n, self._k), "float32", merge="scatter")
         if self.full_logits:
-            self.add_output("logits", (n, vocab), "float16")
+            self.add_output("logits", (n, vocab), "float16", merge="scatter")
         self.metadata = {
             "prompt_names": list(self.prompt_names),
             "prompt_texts": list(self.prompt_texts),
@@ -340,62 +342,28 @@ class PromptProbe(MicroBatchedProbe):
                 f"follow one of {sorted(self.outputs)}, e.g. StageTracker('token_loss').",
             )
 
-    def run_part(self, model: torch.nn.Module, part: int, parts: int) -> dict[str, torch.Tensor]:
-        """The numbers micro-batch ``part`` contributes, in the order of its gather tables."""
+    def run_part(self, model: torch.nn.Module, part: int, parts: int) -> dict[str, Any]:
+        """The numbers micro-batch ``part`` contributes, each with the record positions it goes to."""
         batch = self._micro_batches[part]
         logits = self._logits(model, batch)
-        out = {}
-        row, pos, tok, _ = batch.gathers["loss"]
+        out: dict[str, Any] = {}
+        row, pos, tok, at = batch.gathers["loss"]
         if len(row):
-            out["loss"] = -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
-        row, pos, _ = batch.gathers["last"]
+            out["token_loss"] = at, -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
+        row, pos, prompt = batch.gathers["last"]
         if len(row):
             last = logits[row, pos].float()
-            out["topk_logprob"], out["topk_ids"] = last.log_softmax(-1).topk(self._k, dim=-1)
+            topk_logprob, topk_ids = last.log_softmax(-1).topk(self._k, dim=-1)
+            out["topk_logprob"], out["topk_ids"] = (prompt, topk_logprob), (prompt, topk_ids)
             if self.full_logits:
-                out["logits"] = last.half()
-        row, pos, tok, _ = batch.gathers["target"]
+                out["logits"] = prompt, last.half()
+        row, pos, tok, at = batch.gathers["target"]
         if len(row):
-            out["target"] = gather_logprobs(logits, row, pos, tok, batch.runs["target"])
-        row, pos, tok, _ = batch.gathers["first"]
+            out["target_logprob"] = at, gather_logprobs(logits, row, pos, tok, batch.runs["target"])
+        row, pos, tok, at = batch.gathers["first"]
         if len(row):
-            out["first"] = logits[row, pos, tok].float()
+            out["target_first_logit"] = at, logits[row, pos, tok].float()
         return out
-
-    def merge(self, partials: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Scatter every micro-batch's numbers into the record (target sums added in micro-batch order)."""
-        n, device = len(self.prompt_ids), self._target_filled.device
-        token_loss = torch.full((n * (self._max_len - 1),), float("nan"), device=device)
-        total = torch.zeros(n * self.max_targets, device=device)
-        first = torch.full((n * self.max_targets,), float("nan"), device=device)
-        topk_ids = torch.zeros((n, self._k), dtype=torch.long, device=device)
-        topk_logprob = torch.zeros((n, self._k), device=device)
-        last_logits = None
-        if self.full_logits:
-            last_logits = torch.zeros((n, self.vocab_size), dtype=torch.float16, device=device)
-        for batch, out in zip(self._micro_batches, partials, strict=True):
-            out = {k: v.to(device) for k, v in out.items()}
-            if "loss" in out:
-                token_loss[batch.gathers["loss"][3]] = out["loss"]
-            if "topk_ids" in out:
-                prompt = batch.gathers["last"][2]
-                topk_logprob[prompt], topk_ids[prompt] = out["topk_logprob"], out["topk_ids"]
-                if last_logits is not None:
-                    last_logits[prompt] = out["logits"]
-            if "target" in out:
-                total.index_add_(0, batch.gathers["target"][3], out["target"])
-            if "first" in out:
-                first[batch.gathers["first"][3]] = out["first"]
-        record = {"token_loss": token_loss.reshape(n, self._max_len - 1)}
-        if self.max_targets:
-            filled = self._target_filled
-            record["target_logprob"] = total.masked_fill(~filled, float("nan")).reshape(n, self.max_targets)
-            record["target_first_logit"] = first.reshape(n, self.max_targets)
-        record["topk_ids"] = topk_ids
-        record["topk_logprob"] = topk_logprob
-        if last_logits is not None:
-            record["logits"] = last_logits
-        return record
 
 
 # --------------------------------------------------------------------------------- checks shared with TokenLossProbe

@@ -173,10 +173,10 @@ class TokenLossProbe(MicroBatchedProbe):
             ]
             batch.set_gather("loss", table, 4)
             batch.to(device)
-        self._n = int(flat_start[-1])
-        self._device = device
+        self.merge_device = device
         self.vocab_size = vocab
-        self.add_output("token_loss", (self._n,), self.dtype)
+        # run_part gives each micro-batch's losses with their positions in the flat vector (its table's last column)
+        self.add_output("token_loss", (int(flat_start[-1]),), self.dtype, merge="scatter", fill=float("nan"))
         self.metadata = {
             "context": self.context,
             "window_starts": starts,
@@ -192,19 +192,12 @@ class TokenLossProbe(MicroBatchedProbe):
                 metadata = self.metadata
                 self.stage_tracker.reshape = lambda flat: per_window(flat, metadata)
 
-    def run_part(self, model: torch.nn.Module, part: int, parts: int) -> torch.Tensor:
-        """The losses of micro-batch ``part``'s tokens, in its gather table's order."""
+    def run_part(self, model: torch.nn.Module, part: int, parts: int) -> dict[str, Any]:
+        """The losses of micro-batch ``part``'s tokens, with their positions in ``token_loss``."""
         batch = self._micro_batches[part]
         logits = self._logits(model, batch)
-        row, pos, tok, _ = batch.gathers["loss"]
-        return -gather_logprobs(logits, row, pos, tok, batch.runs["loss"])
-
-    def merge(self, partials: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The flat ``token_loss`` record from every micro-batch's losses."""
-        loss = torch.empty(self._n, device=self._device)
-        for batch, values in zip(self._micro_batches, partials, strict=True):
-            loss[batch.gathers["loss"][3]] = values.to(self._device)
-        return {"token_loss": loss.half() if self.dtype == np.float16 else loss}
+        row, pos, tok, at = batch.gathers["loss"]
+        return {"token_loss": (at, -gather_logprobs(logits, row, pos, tok, batch.runs["loss"]))}
 
 
 def per_window(token_loss: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarray:
