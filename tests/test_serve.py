@@ -384,17 +384,22 @@ def test_the_page_draws_arrows_with_the_pngs_constants():
 
 
 def test_a_followers_sample_keeps_at_most_max_samples_evenly_spaced_records_and_the_newest(monkeypatch):
+    from trajhook.analysis.thinned import Thinned
     from trajhook.serve import follow
 
     monkeypatch.setattr(follow, "MAX_SAMPLES", 8)
     sample = follow.Sample()
     data = np.arange(100.0)[:, None] * np.ones((1, 3))  # row i holds i
+    one_by_one = Thinned(8)  # the same records fed one at a time, as the live panels feed theirs
     kept = []
     for start, stop in ((0, 37), (37, 38), (38, 41), (41, 100)):  # a catch-up, then live rows, then another
-        index, rows, stride = sample.read(data, start, stop, block=16)
-        sample.add(index, rows, stride)
+        sample.add(*sample.read(data, start, stop, block=16))
         index, rows = sample.arrays()
-        np.testing.assert_array_equal(rows[:, 0], index)  # each kept row is its record's
+        np.testing.assert_array_equal(rows, data[index])  # each kept row is its record's
         kept.append(index.tolist())
+        for i in range(start, stop):
+            _ = one_by_one.add(i, data[i]) if one_by_one.due() else one_by_one.skip()
+        expected = one_by_one.kept_steps().tolist()
+        assert index.tolist() == expected + ([stop - 1] if expected[-1] != stop - 1 else [])
     assert kept[0] == [0, 8, 16, 24, 32, 36] and kept[2] == [0, 8, 16, 24, 32, 40]
     assert kept[-1] == [0, 16, 32, 48, 64, 80, 96, 99]
