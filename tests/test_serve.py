@@ -403,3 +403,28 @@ def test_a_followers_sample_keeps_at_most_max_samples_evenly_spaced_records_and_
         assert index.tolist() == expected + ([stop - 1] if expected[-1] != stop - 1 else [])
     assert kept[0] == [0, 8, 16, 24, 32, 36] and kept[2] == [0, 8, 16, 24, 32, 40]
     assert kept[-1] == [0, 16, 32, 48, 64, 80, 96, 99]
+
+
+@pytest.mark.timeout(120)
+def test_a_followers_samples_of_a_growing_store_are_its_evenly_spaced_records_and_the_newest(tmp_path, monkeypatch):
+    """Read in three polls of a real store: each PCA sample holds the stored rows of every stride-th record (the
+    smallest power of two that keeps at most MAX_SAMPLES) and of the newest, whatever the polls' sizes."""
+    from trajhook.serve import follow
+
+    monkeypatch.setattr(follow, "MAX_SAMPLES", 4)
+    store = tmp_path / "run.h5"
+    follower = follow.Follower(store, start=False)
+    try:
+        for start, stop in ((0, 13), (13, 14), (14, 30)):  # a catch-up, one live record, another catch-up
+            write(store, steps=stop - start, start=start)
+            follower.refresh()
+            snap, log = follower.snapshot(), load(store)
+            stride = next(s for s in (1, 2, 4, 8, 16) if len(range(0, stop, s)) <= 4)
+            expected = sorted({*range(0, stop, stride), stop - 1})
+            assert sorted(snap.samples) == ["maze/vectors", "prompts/token_loss"]
+            for key, (index, rows) in snap.samples.items():
+                probe, dataset = key.split("/")
+                assert index.tolist() == expected, key
+                np.testing.assert_array_equal(rows, log[probe][dataset][expected].astype(np.float32))
+    finally:
+        follower.stop()
