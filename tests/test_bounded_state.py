@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -72,3 +74,27 @@ def test_prompt_panels_draw_a_bounded_even_subset_and_say_so(monkeypatch):
         early.images(step, {"token_loss": record})
     early.final_images()[0][1]()
     assert drawn[-1][0].tolist() == [0, 1, 2, 3, 4] and drawn[-1][2].axes[0].get_title() == "PCA trajectory"
+
+
+@pytest.mark.parametrize("capacity", [4, 16])
+def test_thinned_extend_reaches_the_state_of_feeding_every_record_in_turn(capacity):
+    """A reader that takes a stored run in chunks of any size, reading only the records kept, holds what a
+    live panel fed every record holds: the same rows, steps, stride and count, at every chunk's end."""
+    rng = np.random.default_rng(1)
+    records = rng.normal(size=(300, 2, 3))
+    one, many = Thinned(capacity), Thinned(capacity)
+    stops = np.unique(np.r_[0, rng.integers(1, 300, size=30), 1, 2, capacity, capacity + 1, 300])
+    for start, stop in itertools.pairwise(stops.tolist()):
+        for i in range(start, stop):
+            _ = one.add(3 * i, records[i]) if one.due() else one.skip()
+        index = thinned_indices(stop, capacity, start=start)
+        np.testing.assert_array_equal(one.kept_steps()[one.size - len(index) :], 3 * index)  # the new ones kept
+        many.extend(stop, 3 * index, records[index])
+        assert (many.seen, many.stride, many.size) == (one.seen, one.stride, one.size)
+        np.testing.assert_array_equal(many.kept_steps(), one.kept_steps())
+        np.testing.assert_array_equal(many.kept_rows(), one.kept_rows())
+        np.testing.assert_array_equal(
+            many.kept_rows(), records[many.kept_steps() // 3].reshape(-1, 6).astype(np.float32)
+        )
+    with pytest.raises(TrajhookError, match=r"extend\(301\) after 300 records was given 2 steps.*HINT"):
+        many.extend(301, [1, 2], np.zeros((2, 6)))

@@ -384,17 +384,47 @@ def test_the_page_draws_arrows_with_the_pngs_constants():
 
 
 def test_a_followers_sample_keeps_at_most_max_samples_evenly_spaced_records_and_the_newest(monkeypatch):
+    from trajhook.analysis.thinned import Thinned
     from trajhook.serve import follow
 
     monkeypatch.setattr(follow, "MAX_SAMPLES", 8)
     sample = follow.Sample()
     data = np.arange(100.0)[:, None] * np.ones((1, 3))  # row i holds i
+    one_by_one = Thinned(8)  # the same records fed one at a time, as the live panels feed theirs
     kept = []
     for start, stop in ((0, 37), (37, 38), (38, 41), (41, 100)):  # a catch-up, then live rows, then another
-        index, rows, stride = sample.read(data, start, stop, block=16)
-        sample.add(index, rows, stride)
+        sample.add(*sample.read(data, start, stop, block=16))
         index, rows = sample.arrays()
-        np.testing.assert_array_equal(rows[:, 0], index)  # each kept row is its record's
+        np.testing.assert_array_equal(rows, data[index])  # each kept row is its record's
         kept.append(index.tolist())
+        for i in range(start, stop):
+            _ = one_by_one.add(i, data[i]) if one_by_one.due() else one_by_one.skip()
+        expected = one_by_one.kept_steps().tolist()
+        assert index.tolist() == expected + ([stop - 1] if expected[-1] != stop - 1 else [])
     assert kept[0] == [0, 8, 16, 24, 32, 36] and kept[2] == [0, 8, 16, 24, 32, 40]
     assert kept[-1] == [0, 16, 32, 48, 64, 80, 96, 99]
+
+
+@pytest.mark.timeout(120)
+def test_a_followers_samples_of_a_growing_store_are_its_evenly_spaced_records_and_the_newest(tmp_path, monkeypatch):
+    """Read in three polls of a real store: each PCA sample holds the stored rows of every stride-th record (the
+    smallest power of two that keeps at most MAX_SAMPLES) and of the newest, whatever the polls' sizes."""
+    from trajhook.serve import follow
+
+    monkeypatch.setattr(follow, "MAX_SAMPLES", 4)
+    store = tmp_path / "run.h5"
+    follower = follow.Follower(store, start=False)
+    try:
+        for start, stop in ((0, 13), (13, 14), (14, 30)):  # a catch-up, one live record, another catch-up
+            write(store, steps=stop - start, start=start)
+            follower.refresh()
+            snap, log = follower.snapshot(), load(store)
+            stride = next(s for s in (1, 2, 4, 8, 16) if len(range(0, stop, s)) <= 4)
+            expected = sorted({*range(0, stop, stride), stop - 1})
+            assert sorted(snap.samples) == ["maze/vectors", "prompts/token_loss"]
+            for key, (index, rows) in snap.samples.items():
+                probe, dataset = key.split("/")
+                assert index.tolist() == expected, key
+                np.testing.assert_array_equal(rows, log[probe][dataset][expected].astype(np.float32))
+    finally:
+        follower.stop()

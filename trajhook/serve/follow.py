@@ -7,8 +7,8 @@ because h5py serialises calls behind one global lock and multi-threaded reads of
 (NOTES.md, "A live view"). It keeps only what is small per record: the step index, the wall time,
 the scalars, each prompt probe's target log-probs, each maze probe's shortest-path agreement
 (:func:`~trajhook.analysis.maze.path_agreement`, computed here from the probe's grid as rows arrive),
-and a thinned sample (at most :data:`MAX_SAMPLES` rows, by stride doubling, plus the newest) of each
-output a PCA panel draws. Maze frames are read from the file when asked for, through a small LRU cache.
+and an evenly thinned sample (at most :data:`MAX_SAMPLES` rows, :mod:`~trajhook.analysis.thinned`, plus the
+newest) of each output a PCA panel draws. Maze frames are read from the file when asked for, through a small LRU cache.
 
 What it handles:
 
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from trajhook.analysis.thinned import Thinned, thinned_indices
 from trajhook.store.reader import StoreFollower
 
 MAX_SAMPLES = 2048
@@ -81,58 +82,45 @@ class Growing:
 
 @dataclass
 class Sample:
-    """A thinned copy of one probe output: every ``stride``-th record, plus the newest one."""
+    """One probe output's records for the PCA panels: an evenly thinned sample of at most :data:`MAX_SAMPLES`
+    (:class:`~trajhook.analysis.thinned.Thinned`, the record indices as its steps), plus the newest record."""
 
-    stride: int = 1
-    index: list[int] = field(default_factory=list)
-    rows: list[np.ndarray] = field(default_factory=list)
-    last: tuple[int, np.ndarray] | None = None
+    kept: Thinned = field(default_factory=lambda: Thinned(MAX_SAMPLES))
+    newest: tuple[int, np.ndarray] | None = None
 
-    def add(self, index: np.ndarray, rows: np.ndarray, stride: int = 1) -> None:
-        """Take records ``index`` (ascending, the newest last) with their ``rows``, at ``stride`` or coarser."""
-        if stride > self.stride:
-            self.stride = stride
-            keep = [k for k, i in enumerate(self.index) if i % self.stride == 0]
-            self.index = [self.index[k] for k in keep]
-            self.rows = [self.rows[k] for k in keep]
-        for i, row in zip(index.tolist(), rows, strict=True):
-            if i % self.stride == 0:
-                self.index.append(i)
-                self.rows.append(np.asarray(row, dtype=np.float32))
-        if len(index):
-            self.last = (int(index[-1]), np.asarray(rows[-1], dtype=np.float32))
-        while len(self.index) > MAX_SAMPLES:
-            self.stride *= 2
-            keep = [k for k, i in enumerate(self.index) if i % self.stride == 0]
-            self.index = [self.index[k] for k in keep]
-            self.rows = [self.rows[k] for k in keep]
-
-    def read(self, ds: Any, start: int, stop: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray, int]:
-        """``(index, rows, stride)``: the records ``start..stop-1`` this sample will keep (and the newest),
-        read in blocks, so that catching up with a long run never holds all of its rows at once."""
-        stride = self.stride
-        while -(-stop // stride) > MAX_SAMPLES:
-            stride *= 2
-        wanted = np.unique(np.r_[np.arange(-(-start // stride) * stride, stop, stride), stop - 1])
-        wanted = wanted[(wanted >= start) & (wanted < stop)]
+    def read(self, ds: Any, start: int, stop: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """``(index, rows)``: the records ``start..stop-1`` this sample keeps after ``stop`` records, and the
+        newest, read in blocks, so that catching up with a long run never holds all of its rows at once."""
+        wanted = thinned_indices(stop, self.kept.capacity, start)
+        wanted = np.union1d(wanted, [stop - 1]) if stop > start else wanted
         parts = []
         for first in range(start, stop, block):
             rows = ds[first : min(first + block, stop)]
             pick = wanted[(wanted >= first) & (wanted < first + block)] - first
             parts.append(rows[pick])
         if not parts:
-            return wanted, np.zeros((0, *ds.shape[1:]), ds.dtype), stride
-        return wanted, np.concatenate(parts), stride
+            return wanted, np.zeros((0, *ds.shape[1:]), ds.dtype)
+        return wanted, np.concatenate(parts)
+
+    def add(self, index: np.ndarray, rows: np.ndarray) -> None:
+        """Take what :meth:`read` returned for the records after those taken so far."""
+        if not len(index):
+            return
+        stop = int(index[-1]) + 1
+        keep = np.isin(index, thinned_indices(stop, self.kept.capacity, self.kept.seen))
+        self.kept.extend(stop, index[keep], rows[keep])
+        self.newest = (stop - 1, np.asarray(rows[-1], dtype=np.float32))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(record indices, rows)``, the newest record included."""
-        index, rows = list(self.index), list(self.rows)
-        if self.last is not None and (not index or index[-1] != self.last[0]):
-            index.append(self.last[0])
-            rows.append(self.last[1])
-        if not rows:
+        """``(record indices, rows)``, the newest record included (new arrays)."""
+        if self.newest is None:
             return np.zeros(0, np.int64), np.zeros((0,), np.float32)
-        return np.asarray(index, np.int64), np.stack(rows)
+        newest, row = self.newest
+        index = self.kept.kept_steps().copy()
+        rows = self.kept.kept_rows().reshape(len(index), *row.shape)
+        if len(index) and index[-1] == newest:
+            return index, rows.copy()
+        return np.append(index, newest), np.concatenate([rows, row[None]])
 
 
 @dataclass
@@ -369,8 +357,8 @@ class Follower:
             for dataset in sampled:  # what the PCA panels draw: thinned, kept in memory
                 if dataset in info["outputs"]:
                     key = f"{name}/{dataset}"
-                    sample = self._samples.get(key) if n0 else None  # from record 0: a new sample
-                    new_samples[key] = (sample or Sample()).read(self._reader.output(name, dataset), n0, n1)
+                    sample = self._samples.get(key) or Sample()
+                    new_samples[key] = sample.read(self._reader.output(name, dataset), n0, n1)
         return new_agreement, new_targets, new_samples
 
     def _read_new(self) -> None:
@@ -391,8 +379,8 @@ class Follower:
                 self._agreement.setdefault(name, Growing(np.float32, (2,))).extend(shares)  # to the cheese, corner
             for name, lp in new_targets.items():
                 self._targets.setdefault(name, Growing(np.float32, lp.shape[1:])).extend(lp)
-            for name, (index, sample_rows, stride) in new_samples.items():
-                self._samples.setdefault(name, Sample()).add(index, sample_rows, stride)
+            for name, (index, sample_rows) in new_samples.items():
+                self._samples.setdefault(name, Sample()).add(index, sample_rows)
             for i, name in enumerate(new.scalar_names):
                 mask = new.scalar_keys == i
                 if name not in self._scalars:

@@ -235,137 +235,172 @@
 
   // A maze probe's vector field: the level drawn once, the arrows of the record at or before the step.
   function MazePanel(app, run, probe) {
+    const box = mazeBox(app, run, probe);
+    const self = { root: box.root, run: run, probe: probe, kind: "maze", cache: new Map(), wanted: null, epoch: null,
+      box: box, level: null, view: null, frame: null, cellIndex: null };
+    self.ready = loadMaze(app, self);
+    self.reset = function () { self.cache.clear(); };
+    self.draw = function (step) { return drawMazeStep(app, self, step); };
+    // For tests and tools: the pixel centre of cell i, relative to the canvas, and the hover text there.
+    box.root.trajhookCellPixel = function (i) {
+      return { x: self.view.X(self.level.cells[i][1]), y: self.view.Y(self.level.cells[i][0]) };
+    };
+    return self;
+  }
+
+  // The panel's frame: title, note, the run's colour, the "ended" note, the colour bar and the hover tip.
+  function mazeBox(app, run, probe) {
     const box = panelBox(app.sections.mazes, app.runs[run].name + " / " + probe + ": vector field",
       "Arrows: the policy's mean move (P_right - P_left, P_up - P_down); length = strength (at least 0.6 cell), " +
       "colour = strength (bar below); a dot: no direction. Rows count from the bottom, as drawn. " +
       "Hover a cell for its five direction probabilities.");
-    const self = { root: box.root, run: run, probe: probe, kind: "maze", cache: new Map(), wanted: null, epoch: null };
     box.root.dataset.run = String(run);
     box.root.dataset.probe = probe;
     box.root.style.borderColor = runColour(run);
     box.root.classList.add("run-framed");
-    const ended = document.createElement("div");
-    ended.className = "ended-note";
-    box.root.insertBefore(ended, box.body);
+    box.ended = document.createElement("div");
+    box.ended.className = "ended-note";
+    box.root.insertBefore(box.ended, box.body);
     box.root.appendChild(colourBar());
-    const tip = document.createElement("div");
-    tip.className = "trajhook-hover";
-    box.body.appendChild(tip);
-    let level = null, view = null, frame = null, cellIndex = null;
+    box.tip = document.createElement("div");
+    box.tip.className = "trajhook-hover";
+    box.body.appendChild(box.tip);
+    return box;
+  }
 
-    async function load() {
-      level = await app.source.maze(run, probe);
-      if (!level) return;
-      const rows = level.free.length, cols = level.free[0].length;
-      let r0 = rows, r1 = -1, c0 = cols, c1 = -1;
-      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) if (level.free[r][c]) {
-        r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c);
-      }
-      if (r1 < 0) { r0 = 0; r1 = rows - 1; c0 = 0; c1 = cols - 1; }
-      const spanX = c1 - c0 + 3, spanY = r1 - r0 + 3, px = Math.max(6, Math.floor(460 / Math.max(spanX, spanY)));
-      view = { x0: c0 - 1.5, y1: r1 + 1.5, px: px, width: spanX * px, height: spanY * px };
-      view.canvas = canvas(box.body, view.width, view.height);
-      view.level = document.createElement("canvas");
-      view.level.width = view.width;
-      view.level.height = view.height;
-      const ctx = view.level.getContext("2d");
-      ctx.fillStyle = WALL;
-      ctx.fillRect(0, 0, view.width, view.height);
-      ctx.fillStyle = FREE;
-      for (let r = r0 - 1; r <= r1 + 1; r++) for (let c = c0 - 1; c <= c1 + 1; c++) {
-        if (r >= 0 && c >= 0 && r < rows && c < cols && level.free[r][c]) {
-          ctx.fillRect(X(c - 0.5), Y(r + 0.5), px + 0.5, px + 0.5);
-        }
-      }
-      if (level.start) {
-        ctx.strokeStyle = "#1f77b4";
-        ctx.lineWidth = 2;
-        ctx.strokeRect(X(level.start[1] - 0.38), Y(level.start[0] + 0.38), 0.76 * px, 0.76 * px);
-      }
-      if (level.cheese) {
-        ctx.fillStyle = "#f2c200";
-        ctx.strokeStyle = "#000";
-        ctx.lineWidth = 1;
-        ctx.beginPath();
-        ctx.arc(X(level.cheese[1]), Y(level.cheese[0]), 0.36 * px, 0, 2 * Math.PI);
-        ctx.fill();
-        ctx.stroke();
-      }
-      cellIndex = new Map(level.cells.map(function (cell, i) { return [cell[0] + "," + cell[1], i]; }));
-      view.canvas.addEventListener("mousemove", hover);
-      view.canvas.addEventListener("mouseleave", function () { tip.style.display = "none"; });
-      paint();
+  // Fetch the level, draw it once (offscreen), wire the hover, then paint (no frame yet: the level alone).
+  async function loadMaze(app, self) {
+    const level = self.level = await app.source.maze(self.run, self.probe);
+    if (!level) return;
+    const view = self.view = mazeView(level, self.box.body);
+    drawLevel(view, level);
+    self.cellIndex = new Map(level.cells.map(function (cell, i) { return [cell[0] + "," + cell[1], i]; }));
+    view.canvas.addEventListener("mousemove", function (event) { mazeHover(self, event); });
+    view.canvas.addEventListener("mouseleave", function () { self.box.tip.style.display = "none"; });
+    paintMaze(self);
+  }
+
+  // The rows and columns of the free cells' bounding box (the whole grid if none is free).
+  function freeBounds(free) {
+    const rows = free.length, cols = free[0].length;
+    let r0 = rows, r1 = -1, c0 = cols, c1 = -1;
+    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) if (free[r][c]) {
+      r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c);
     }
-    function X(x) { return (x - view.x0) * view.px; }
-    function Y(y) { return (view.y1 - y) * view.px; }
+    if (r1 < 0) { r0 = 0; r1 = rows - 1; c0 = 0; c1 = cols - 1; }
+    return { r0: r0, r1: r1, c0: c0, c1: c1 };
+  }
 
-    function paint() {
-      const ctx = view.canvas.getContext("2d");
-      ctx.drawImage(view.level, 0, 0);
-      if (!frame) return;
-      for (let i = 0; i < frame.n; i++) {
-        const dx = frame.vectors[2 * i], dy = frame.vectors[2 * i + 1];
-        const pts = glyph(level.cells[i][0], level.cells[i][1], dx, dy, level.glyph);
-        ctx.fillStyle = arrowColour(Math.hypot(dx, dy) || 0);
-        ctx.beginPath();
-        ctx.moveTo(X(pts[0][0]), Y(pts[0][1]));
-        for (let k = 1; k < pts.length; k++) ctx.lineTo(X(pts[k][0]), Y(pts[k][1]));
-        ctx.closePath();
-        ctx.fill();
+  // Where the level is drawn: its free cells and a cell of wall around them, at most 460 px a side; X and Y map
+  // data coordinates (x = col, y = row from the bottom) to pixels. The shown canvas, and an offscreen one for the level.
+  function mazeView(level, parent) {
+    const k = freeBounds(level.free);
+    const spanX = k.c1 - k.c0 + 3, spanY = k.r1 - k.r0 + 3, px = Math.max(6, Math.floor(460 / Math.max(spanX, spanY)));
+    const view = { x0: k.c0 - 1.5, y1: k.r1 + 1.5, px: px, width: spanX * px, height: spanY * px, bounds: k };
+    view.X = function (x) { return (x - view.x0) * view.px; };
+    view.Y = function (y) { return (view.y1 - y) * view.px; };
+    view.canvas = canvas(parent, view.width, view.height);
+    view.level = document.createElement("canvas");
+    view.level.width = view.width;
+    view.level.height = view.height;
+    return view;
+  }
+
+  // The level into its offscreen canvas: walls, free cells, the start (a square) and the cheese (a disc).
+  function drawLevel(view, level) {
+    const ctx = view.level.getContext("2d"), k = view.bounds, px = view.px, X = view.X, Y = view.Y;
+    const rows = level.free.length, cols = level.free[0].length;
+    ctx.fillStyle = WALL;
+    ctx.fillRect(0, 0, view.width, view.height);
+    ctx.fillStyle = FREE;
+    for (let r = k.r0 - 1; r <= k.r1 + 1; r++) for (let c = k.c0 - 1; c <= k.c1 + 1; c++) {
+      if (r >= 0 && c >= 0 && r < rows && c < cols && level.free[r][c]) {
+        ctx.fillRect(X(c - 0.5), Y(r + 0.5), px + 0.5, px + 0.5);
       }
     }
-
-    function hoverText(i) {
-      const cell = level.cells[i];
-      const lines = ["cell (row " + cell[0] + " from the bottom, col " + cell[1] + " from the left)  step " + fmtStep(frame.step)];
-      if (frame.probs) {
-        level.directions.forEach(function (name, k) {
-          if (k < frame.dirs) lines.push(name + "  " + (frame.probs[frame.dirs * i + k] / 255).toFixed(3));
-        });
-      }
-      lines.push("arrow (" + frame.vectors[2 * i].toFixed(3) + ", " + frame.vectors[2 * i + 1].toFixed(3) + ")");
-      return lines.join("\n");
+    if (level.start) {
+      ctx.strokeStyle = "#1f77b4";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(X(level.start[1] - 0.38), Y(level.start[0] + 0.38), 0.76 * px, 0.76 * px);
     }
-
-    function hover(event) {
-      if (!frame) return;
-      const rect = view.canvas.getBoundingClientRect();
-      const x = (event.clientX - rect.left) / view.px + view.x0, y = view.y1 - (event.clientY - rect.top) / view.px;
-      const i = cellIndex.get(Math.round(y) + "," + Math.round(x));
-      if (i === undefined) { tip.style.display = "none"; return; }
-      tip.textContent = hoverText(i);
-      tip.style.display = "block";
-      tip.style.left = (event.clientX - rect.left + 14) + "px";
-      tip.style.top = (event.clientY - rect.top + 8) + "px";
+    if (level.cheese) {
+      ctx.fillStyle = "#f2c200";
+      ctx.strokeStyle = "#000";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.arc(X(level.cheese[1]), Y(level.cheese[0]), 0.36 * px, 0, 2 * Math.PI);
+      ctx.fill();
+      ctx.stroke();
     }
+  }
 
-    self.ready = load();
-    self.reset = function () { self.cache.clear(); };
-    self.draw = async function (step) {
-      self.wanted = step;
-      await self.ready;
-      const r = app.runs[run], at = atOrBefore(r.steps, step), record = r.steps[Math.max(0, at)];
-      markEnded(box.root, ended, r, step);
-      if (record === undefined || !level) { box.root.dataset.step = String(step); return; }
-      const key = r.epoch + ":" + record;
-      let decoded = self.cache.get(key);
-      if (!decoded) {
-        const buffer = await app.source.frame(run, probe, record);
-        if (!buffer) return;
-        decoded = decodeFrame(buffer);
-        self.cache.set(key, decoded);
-        if (self.cache.size > FRAME_CACHE) self.cache.delete(self.cache.keys().next().value);
-      }
-      if (self.wanted !== step) return; // a newer step was asked for meanwhile
-      frame = decoded;
-      paint();
-      box.root.trajhookFrame = frame;
-      box.root.dataset.recordStep = String(record);
-      box.root.dataset.step = String(step);
-    };
-    // For tests and tools: the pixel centre of cell i, relative to the canvas, and the hover text there.
-    box.root.trajhookCellPixel = function (i) { return { x: X(level.cells[i][1]), y: Y(level.cells[i][0]) }; };
-    return self;
+  // The level, then the frame's arrows (one glyph a cell, coloured by strength).
+  function paintMaze(self) {
+    const view = self.view, level = self.level, frame = self.frame, ctx = view.canvas.getContext("2d");
+    ctx.drawImage(view.level, 0, 0);
+    if (!frame) return;
+    for (let i = 0; i < frame.n; i++) {
+      const dx = frame.vectors[2 * i], dy = frame.vectors[2 * i + 1];
+      const pts = glyph(level.cells[i][0], level.cells[i][1], dx, dy, level.glyph);
+      ctx.fillStyle = arrowColour(Math.hypot(dx, dy) || 0);
+      ctx.beginPath();
+      ctx.moveTo(view.X(pts[0][0]), view.Y(pts[0][1]));
+      for (let k = 1; k < pts.length; k++) ctx.lineTo(view.X(pts[k][0]), view.Y(pts[k][1]));
+      ctx.closePath();
+      ctx.fill();
+    }
+  }
+
+  function mazeHoverText(level, frame, i) {
+    const cell = level.cells[i];
+    const lines = ["cell (row " + cell[0] + " from the bottom, col " + cell[1] + " from the left)  step " + fmtStep(frame.step)];
+    if (frame.probs) {
+      level.directions.forEach(function (name, k) {
+        if (k < frame.dirs) lines.push(name + "  " + (frame.probs[frame.dirs * i + k] / 255).toFixed(3));
+      });
+    }
+    lines.push("arrow (" + frame.vectors[2 * i].toFixed(3) + ", " + frame.vectors[2 * i + 1].toFixed(3) + ")");
+    return lines.join("\n");
+  }
+
+  function mazeHover(self, event) {
+    if (!self.frame) return;
+    const view = self.view, tip = self.box.tip, rect = view.canvas.getBoundingClientRect();
+    const x = (event.clientX - rect.left) / view.px + view.x0, y = view.y1 - (event.clientY - rect.top) / view.px;
+    const i = self.cellIndex.get(Math.round(y) + "," + Math.round(x));
+    if (i === undefined) { tip.style.display = "none"; return; }
+    tip.textContent = mazeHoverText(self.level, self.frame, i);
+    tip.style.display = "block";
+    tip.style.left = (event.clientX - rect.left + 14) + "px";
+    tip.style.top = (event.clientY - rect.top + 8) + "px";
+  }
+
+  // Draw the record at or before the step (its frame fetched once, then cached); a step asked for meanwhile wins.
+  async function drawMazeStep(app, self, step) {
+    self.wanted = step;
+    await self.ready;
+    const root = self.root, r = app.runs[self.run], at = atOrBefore(r.steps, step), record = r.steps[Math.max(0, at)];
+    markEnded(root, self.box.ended, r, step);
+    if (record === undefined || !self.level) { root.dataset.step = String(step); return; }
+    const key = r.epoch + ":" + record;
+    const decoded = self.cache.get(key) || await fetchFrame(app, self, key, record);
+    if (!decoded) return;
+    if (self.wanted !== step) return; // a newer step was asked for meanwhile
+    self.frame = decoded;
+    paintMaze(self);
+    root.trajhookFrame = decoded;
+    root.dataset.recordStep = String(record);
+    root.dataset.step = String(step);
+  }
+
+  // A record's frame from the source, decoded and cached (the oldest dropped past FRAME_CACHE); null if there is none.
+  async function fetchFrame(app, self, key, record) {
+    const buffer = await app.source.frame(self.run, self.probe, record);
+    if (!buffer) return null;
+    const decoded = decodeFrame(buffer);
+    self.cache.set(key, decoded);
+    if (self.cache.size > FRAME_CACHE) self.cache.delete(self.cache.keys().next().value);
+    return decoded;
   }
 
   function plotBox(left, top, width, height) { return { left: left, top: top, width: width, height: height }; }
@@ -492,129 +527,158 @@
   // the zoom: drag across a panel, double-click to reset), the EMA smoothing and the log y switch.
   function CurvePanel(app, spec) {
     const box = panelBox(app.sections.curves, spec.title, spec.note || "");
-    const width = 440, height = 220, b = plotBox(58, 22, width - 74, height - 58);
-    const base = canvas(box.body, width, height), overlay = canvas(box.body, width, height);
-    const self = { root: box.root, kind: "curves", spec: spec, series: [], wanted: null, xr: [0, 1] };
+    const width = 440, height = 220;
+    const self = { root: box.root, kind: "curves", spec: spec, series: [], wanted: null, xr: [0, 1],
+      width: width, height: height, b: plotBox(58, 22, width - 74, height - 58), X: null, Y: null, drag: null };
+    self.base = canvas(box.body, width, height);
+    self.overlay = canvas(box.body, width, height);
     box.root.classList.add("curve-panel");
     if (spec.kind === "scalar") box.root.dataset.scalar = spec.name;
     if (spec.kind === "agreement") box.root.dataset.agreement = spec.name;
     if (spec.kind === "targets") box.root.dataset.curves = "targets";
-    let X = null, Y = null, drag = null;
+    self.update = function () { updateCurvePanel(app, self); };
+    self.legend = document.createElement("div");
+    self.legend.className = "legend";
+    box.root.appendChild(self.legend);
+    self.draw = function (step) { drawCurveCursor(app, self, step); };
+    wireZoomDrag(app, self);
+    return self;
+  }
 
-    function seriesOf() {
-      const out = [];
-      const shown = app.runs.map(function (_, i) { return i; }).filter(function (i) { return !app.hidden.has(i) && app.curveData[i]; });
-      const several = shown.length > 1;
-      shown.forEach(function (run) {
-        const d = app.curveData[run], name = app.runs[run].name, prefix = several ? name + ": " : "";
-        if (spec.kind === "scalar" && d.scalars && d.scalars[spec.name]) {
-          out.push({ run: run, label: prefix + spec.name, s: d.scalars[spec.name], colour: runColour(run), dash: [], cursor: true });
-        }
-        if (spec.kind === "agreement") (d.agreement || []).forEach(function (a) {
-          if (a.probe !== spec.name) return;
-          out.push({ run: run, label: prefix + "to the cheese", s: a, colour: runColour(run), dash: [], cursor: true });
-          out.push({ run: run, label: prefix + "chance " + fmt(a.chance), chance: a.chance, colour: runColour(run), dash: [5, 4] });
-          if (a.corner) out.push({ run: run, label: prefix + "to the top-right corner", s: a.corner, colour: runColour(run), dash: [1, 3] });
-        });
-        if (spec.kind === "targets") (d.targets || []).forEach(function (t, j) {
-          out.push({ run: run, label: prefix + t.label, s: t, colour: several ? runColour(run) : PALETTE[j % PALETTE.length],
-            dash: several ? [[], [2, 2], [6, 3]][j % 3] : [] });
-        });
+  // The series a curve panel draws, run by run (the hidden runs left out; names prefixed when several are shown).
+  function curveSeries(app, spec) {
+    const out = [];
+    const shown = app.runs.map(function (_, i) { return i; }).filter(function (i) { return !app.hidden.has(i) && app.curveData[i]; });
+    const several = shown.length > 1;
+    shown.forEach(function (run) {
+      const d = app.curveData[run], name = app.runs[run].name, prefix = several ? name + ": " : "";
+      if (spec.kind === "scalar" && d.scalars && d.scalars[spec.name]) {
+        out.push({ run: run, label: prefix + spec.name, s: d.scalars[spec.name], colour: runColour(run), dash: [], cursor: true });
+      }
+      if (spec.kind === "agreement") (d.agreement || []).forEach(function (a) {
+        if (a.probe !== spec.name) return;
+        out.push({ run: run, label: prefix + "to the cheese", s: a, colour: runColour(run), dash: [], cursor: true });
+        out.push({ run: run, label: prefix + "chance " + fmt(a.chance), chance: a.chance, colour: runColour(run), dash: [5, 4] });
+        if (a.corner) out.push({ run: run, label: prefix + "to the top-right corner", s: a.corner, colour: runColour(run), dash: [1, 3] });
       });
-      return out;
+      if (spec.kind === "targets") (d.targets || []).forEach(function (t, j) {
+        out.push({ run: run, label: prefix + t.label, s: t, colour: several ? runColour(run) : PALETTE[j % PALETTE.length],
+          dash: several ? [[], [2, 2], [6, 3]][j % 3] : [] });
+      });
+    });
+    return out;
+  }
+
+  // A series as drawn: its values smoothed (not the targets') and, with ``logy``, as log10 (a chance line as it is).
+  function drawnSeries(x, spec, view, logy) {
+    if (x.chance !== undefined) return x;
+    let values = spec.kind === "targets" ? x.s.values : ema(x.s.values, view.ema);
+    if (logy) values = values.map(function (v) { return v !== null && v > 0 ? Math.log10(v) : null; });
+    return Object.assign({}, x, { steps: x.s.steps, values: values });
+  }
+
+  // The drawn values inside the x range (and each chance level): what the y range must hold.
+  function valuesInView(drawn, xr, logy) {
+    const inView = [];
+    drawn.forEach(function (x) {
+      if (x.chance !== undefined) { inView.push(logy ? (x.chance > 0 ? Math.log10(x.chance) : null) : x.chance); return; }
+      x.steps.forEach(function (t, i) { if (t >= xr[0] && t <= xr[1]) inView.push(x.values[i]); });
+    });
+    return inView;
+  }
+
+  // Redraw a curve panel from the data: axes, series and events on the base canvas, the legend, then the cursor.
+  function updateCurvePanel(app, self) {
+    const spec = self.spec, view = app.view, logy = view.logy && spec.kind !== "targets", b = self.b;
+    self.series = curveSeries(app, spec);
+    self.xr = view.zoom || app.fullRange();
+    const xr = self.xr;
+    const drawn = self.series.map(function (x) { return drawnSeries(x, spec, view, logy); });
+    const yr = range([valuesInView(drawn, xr, logy)]);
+    self.X = function (x) { return b.left + (x - xr[0]) / (xr[1] - xr[0] || 1) * b.width; };
+    self.Y = function (y) { return b.top + b.height - (y - yr[0]) / (yr[1] - yr[0] || 1) * b.height; };
+    const ctx = self.base.getContext("2d");
+    ctx.clearRect(0, 0, self.width, self.height);
+    drawAxes(ctx, b, xr, yr, "step", logy ? "log10" : "", "", logy);
+    drawCurves(ctx, app, self, drawn, logy);
+    self.drawn = drawn;
+    self.root.dataset.xRange = JSON.stringify(xr);
+    self.root.dataset.logY = logy ? "1" : "0";
+    self.root.dataset.ema = String(view.ema);
+    fillLegend(self.legend, self.series);
+    if (self.wanted !== null) self.draw(self.wanted);
+  }
+
+  // The series (a chance level as a flat line) and the shown runs' events (dashed), clipped to the plot.
+  function drawCurves(ctx, app, self, drawn, logy) {
+    const b = self.b, X = self.X, Y = self.Y;
+    ctx.save();
+    ctx.beginPath(); ctx.rect(b.left, b.top, b.width, b.height); ctx.clip();
+    drawn.forEach(function (x) {
+      ctx.strokeStyle = x.colour; ctx.lineWidth = 1.3; ctx.setLineDash(x.dash);
+      if (x.chance !== undefined) {
+        const y = Y(logy ? Math.log10(x.chance) : x.chance);
+        ctx.beginPath(); ctx.moveTo(b.left, y); ctx.lineTo(b.left + b.width, y); ctx.stroke();
+      } else polyline(ctx, x.steps, x.values, X, Y);
+    });
+    ctx.setLineDash([4, 3]); ctx.strokeStyle = "#888"; ctx.lineWidth = 1;
+    app.runs.forEach(function (r, i) {
+      if (app.hidden.has(i)) return;
+      r.events.forEach(function (e) { ctx.beginPath(); ctx.moveTo(X(e.step), b.top); ctx.lineTo(X(e.step), b.top + b.height); ctx.stroke(); });
+    });
+    ctx.restore();
+    ctx.setLineDash([]);
+  }
+
+  function fillLegend(legend, series) {
+    legend.innerHTML = "";
+    series.forEach(function (x) {
+      const span = document.createElement("span");
+      span.style.color = x.colour;
+      span.textContent = (x.dash.length ? "- - " : "\u2014 ") + x.label;
+      legend.appendChild(span);
+    });
+  }
+
+  // The overlay: the step's cursor line, each run's value there (a dot in its colour), and a zoom drag's band.
+  function drawCurveCursor(app, self, step) {
+    self.wanted = step;
+    const ctx = self.overlay.getContext("2d"), b = self.b, X = self.X;
+    ctx.clearRect(0, 0, self.width, self.height);
+    if (X && step >= self.xr[0] && step <= self.xr[1]) {
+      ctx.strokeStyle = "#555"; ctx.lineWidth = 1;
+      ctx.beginPath(); ctx.moveTo(X(step), b.top); ctx.lineTo(X(step), b.top + b.height); ctx.stroke();
+      (self.drawn || []).forEach(function (x) {  // each run's value at the step, a dot in its colour
+        if (!x.cursor) return;
+        const r = app.runs[x.run], last = r.steps[r.steps.length - 1];
+        const at = atOrBefore(x.steps, step);
+        if (at < 0 || step > last || x.values[at] === null) return;
+        ctx.fillStyle = x.colour; ctx.strokeStyle = "#fff"; ctx.lineWidth = 1.5;
+        ctx.beginPath(); ctx.arc(X(step), self.Y(x.values[at]), 4.5, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
+      });
     }
+    if (self.drag) {
+      ctx.fillStyle = "rgba(31,119,180,0.15)";
+      ctx.fillRect(Math.min(self.drag.x0, self.drag.x1), b.top, Math.abs(self.drag.x1 - self.drag.x0), b.height);
+    }
+    self.root.dataset.step = String(step);
+  }
 
-    self.update = function () {
-      const view = app.view, logy = view.logy && spec.kind !== "targets";
-      self.series = seriesOf();
-      self.xr = view.zoom || app.fullRange();
-      const xr = self.xr;
-      const drawn = self.series.map(function (x) {
-        if (x.chance !== undefined) return x;
-        let values = spec.kind === "targets" ? x.s.values : ema(x.s.values, view.ema);
-        if (logy) values = values.map(function (v) { return v !== null && v > 0 ? Math.log10(v) : null; });
-        return Object.assign({}, x, { steps: x.s.steps, values: values });
-      });
-      const inView = [];
-      drawn.forEach(function (x) {
-        if (x.chance !== undefined) { inView.push(logy ? (x.chance > 0 ? Math.log10(x.chance) : null) : x.chance); return; }
-        x.steps.forEach(function (t, i) { if (t >= xr[0] && t <= xr[1]) inView.push(x.values[i]); });
-      });
-      const yr = range([inView]);
-      X = function (x) { return b.left + (x - xr[0]) / (xr[1] - xr[0] || 1) * b.width; };
-      Y = function (y) { return b.top + b.height - (y - yr[0]) / (yr[1] - yr[0] || 1) * b.height; };
-      const ctx = base.getContext("2d");
-      ctx.clearRect(0, 0, width, height);
-      drawAxes(ctx, b, xr, yr, "step", logy ? "log10" : "", "", logy);
-      ctx.save();
-      ctx.beginPath(); ctx.rect(b.left, b.top, b.width, b.height); ctx.clip();
-      drawn.forEach(function (x) {
-        ctx.strokeStyle = x.colour; ctx.lineWidth = 1.3; ctx.setLineDash(x.dash);
-        if (x.chance !== undefined) {
-          const y = Y(logy ? Math.log10(x.chance) : x.chance);
-          ctx.beginPath(); ctx.moveTo(b.left, y); ctx.lineTo(b.left + b.width, y); ctx.stroke();
-        } else polyline(ctx, x.steps, x.values, X, Y);
-      });
-      ctx.setLineDash([4, 3]); ctx.strokeStyle = "#888"; ctx.lineWidth = 1;
-      app.runs.forEach(function (r, i) {
-        if (app.hidden.has(i)) return;
-        r.events.forEach(function (e) { ctx.beginPath(); ctx.moveTo(X(e.step), b.top); ctx.lineTo(X(e.step), b.top + b.height); ctx.stroke(); });
-      });
-      ctx.restore();
-      ctx.setLineDash([]);
-      self.drawn = drawn;
-      box.root.dataset.xRange = JSON.stringify(xr);
-      box.root.dataset.logY = logy ? "1" : "0";
-      box.root.dataset.ema = String(view.ema);
-      legend.innerHTML = "";
-      self.series.forEach(function (x) {
-        const span = document.createElement("span");
-        span.style.color = x.colour;
-        span.textContent = (x.dash.length ? "- - " : "\u2014 ") + x.label;
-        legend.appendChild(span);
-      });
-      if (self.wanted !== null) self.draw(self.wanted);
-    };
-    const legend = document.createElement("div");
-    legend.className = "legend";
-    box.root.appendChild(legend);
-
-    self.draw = function (step) {
-      self.wanted = step;
-      const ctx = overlay.getContext("2d");
-      ctx.clearRect(0, 0, width, height);
-      if (X && step >= self.xr[0] && step <= self.xr[1]) {
-        ctx.strokeStyle = "#555"; ctx.lineWidth = 1;
-        ctx.beginPath(); ctx.moveTo(X(step), b.top); ctx.lineTo(X(step), b.top + b.height); ctx.stroke();
-        (self.drawn || []).forEach(function (x) {  // each run's value at the step, a dot in its colour
-          if (!x.cursor) return;
-          const r = app.runs[x.run], last = r.steps[r.steps.length - 1];
-          const at = atOrBefore(x.steps, step);
-          if (at < 0 || step > last || x.values[at] === null) return;
-          ctx.fillStyle = x.colour; ctx.strokeStyle = "#fff"; ctx.lineWidth = 1.5;
-          ctx.beginPath(); ctx.arc(X(step), Y(x.values[at]), 4.5, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
-        });
-      }
-      if (drag) {
-        ctx.fillStyle = "rgba(31,119,180,0.15)";
-        ctx.fillRect(Math.min(drag.x0, drag.x1), b.top, Math.abs(drag.x1 - drag.x0), b.height);
-      }
-      box.root.dataset.step = String(step);
-    };
-
+  // Drag across the plot to zoom every curve panel to those steps; double-click to reset.
+  function wireZoomDrag(app, self) {
+    const overlay = self.overlay, b = self.b;
     function stepAt(event) {
       const rect = overlay.getBoundingClientRect(), x = event.clientX - rect.left;
       return { x: x, step: self.xr[0] + (x - b.left) / b.width * (self.xr[1] - self.xr[0]) };
     }
-    overlay.addEventListener("mousedown", function (e) { const p = stepAt(e); drag = { x0: p.x, x1: p.x, s0: p.step, s1: p.step }; });
-    overlay.addEventListener("mousemove", function (e) { if (drag) { const p = stepAt(e); drag.x1 = p.x; drag.s1 = p.step; self.draw(self.wanted); } });
+    overlay.addEventListener("mousedown", function (e) { const p = stepAt(e); self.drag = { x0: p.x, x1: p.x, s0: p.step, s1: p.step }; });
+    overlay.addEventListener("mousemove", function (e) { if (self.drag) { const p = stepAt(e); self.drag.x1 = p.x; self.drag.s1 = p.step; self.draw(self.wanted); } });
     window.addEventListener("mouseup", function () {
-      if (!drag) return;
-      const d = drag; drag = null;
+      if (!self.drag) return;
+      const d = self.drag; self.drag = null;
       if (Math.abs(d.x1 - d.x0) > 5) app.zoom(Math.min(d.s0, d.s1), Math.max(d.s0, d.s1)); else self.draw(self.wanted);
     });
     overlay.addEventListener("dblclick", function () { app.zoom(null); });
-    return self;
   }
 
   // The curve panels the data asks for, in a fixed order: scalars ("loss" first, then by name), agreement per maze
@@ -645,147 +709,187 @@
     const box = panelBox(app.sections.pcas, "", "");
     box.root.dataset.key = key;
     const width = 620, height = 460, b = plotBox(70, 20, width - 90, height - 70);
-    const base = canvas(box.body, width, height), overlay = canvas(box.body, width, height);
-    const layer = document.createElement("div");
-    layer.className = "pca-labels";
-    box.body.appendChild(layer);
-    const unplaced = document.createElement("div");
-    unplaced.className = "note unplaced";
-    box.root.appendChild(unplaced);
-    const readout = document.createElement("div");
-    readout.className = "readout icl";
-    box.root.appendChild(readout);
-    const self = { root: box.root, kind: "pca", data: null, wanted: null };
-    let X = null, Y = null, occ = null, labels = [], shown = [];
-    const room = plotBox(b.left, 2, b.width, b.top + b.height - 2);  // labels go in the plot or the empty margin above it
-
-    self.update = function (entry) {
-      self.data = entry;
-      shown = entry.runs.filter(function (r) { return !app.hidden.has(r.run); });
-      box.root.querySelector("h2").textContent = entry.title;
-      readout.className = entry.icl_tokens ? "readout icl" : "readout";
-      box.root.querySelector(".note").textContent = "x: the store's events (at the record at or before them); open circle: " +
-        "a finished run's offline turning point (the sharpest turn of its own trajectory, a candidate stage boundary). " +
-        "Dots: each run's record at the step. Basis fitted on " + fmtStep(entry.basis_records || 0) + " records" +
-        (entry.basis_final ? " (final: no run is writing)" : "; refitted when the record count doubles and once the runs stop") + ". " +
-        (entry.icl_tokens ? "ICL score = loss at token " + entry.icl_tokens[0] + " (or the prompt's last) - loss at token " +
-        entry.icl_tokens[1] + ", averaged over prompts; negative: later tokens are easier (in-context learning)." : "");
-      const xr = range(shown.map(function (r) { return r.x; })), yr = range(shown.map(function (r) { return r.y; }));
-      X = function (x) { return b.left + (x - xr[0]) / (xr[1] - xr[0]) * b.width; };
-      Y = function (y) { return b.top + b.height - (y - yr[0]) / (yr[1] - yr[0]) * b.height; };
-      const ctx = base.getContext("2d");
-      ctx.clearRect(0, 0, width, height);
-      const ratio = entry.explained.concat([0, 0]);
-      drawAxes(ctx, b, xr, yr, "PC1 (" + Math.round(100 * (ratio[0] || 0)) + "% of variance)", "PC2 (" + Math.round(100 * (ratio[1] || 0)) + "%)");
-      occ = Occupancy(width, height);
-      occ.mark(b.left - 1, b.top, b.left + b.width + 1, b.top + 1);  // the frame's top edge: labels above it stay clear
-      const lines = [], wanted = [];
-      shown.forEach(function (r) {
-        const colour = runColour(r.run);
-        ctx.strokeStyle = colour; ctx.lineWidth = 1.2;
-        polyline(ctx, r.x, r.y, X, Y);
-        const pts = [];
-        for (let i = 0; i < r.x.length; i++) if (r.x[i] !== null && r.y[i] !== null) pts.push([X(r.x[i]), Y(r.y[i])]); else pts.push(null);
-        for (let i = 1; i < pts.length; i++) if (pts[i] && pts[i - 1]) occ.segment(pts[i - 1][0], pts[i - 1][1], pts[i][0], pts[i][1], 1.5);
-        if (pts.length === 1 && pts[0]) occ.mark(pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2);
-        lines.push(pts);
-        (r.turns || []).forEach(function (t) {
-          if (t.xy[0] === null) return;
-          const x = X(t.xy[0]), y = Y(t.xy[1]);
-          ctx.strokeStyle = colour; ctx.lineWidth = 2;
-          ctx.beginPath(); ctx.arc(x, y, 9, 0, 2 * Math.PI); ctx.stroke();
-          occ.mark(x - 11, y - 11, x + 11, y + 11);
-          wanted.push({ x: x, y: y, colour: colour, text: (shown.length > 1 ? r.name + ": " : "") + "offline turn @ " + fmtStep(t.step) + " (finished run)" });
-        });
-        r.events.forEach(function (e) {
-          if (e.xy[0] === null) return;
-          const x = X(e.xy[0]), y = Y(e.xy[1]);
-          ctx.strokeStyle = "#000"; ctx.lineWidth = 2;
-          ctx.beginPath(); ctx.moveTo(x - 5, y - 5); ctx.lineTo(x + 5, y + 5); ctx.moveTo(x - 5, y + 5); ctx.lineTo(x + 5, y - 5); ctx.stroke();
-          occ.mark(x - 6, y - 6, x + 6, y + 6);
-          wanted.push({ x: x, y: y, colour: "#000", text: (shown.length > 1 ? r.name + ": " : "") + shortEventLabel(e.label) + " @ " + fmtStep(e.step) });
-        });
-      });
-      ctx.textAlign = "left"; ctx.font = "11px system-ui, sans-serif";
-      shown.forEach(function (r, i) {
-        const text = "\u2014 " + r.name;
-        ctx.fillStyle = runColour(r.run);
-        ctx.fillText(text, b.left + 6, b.top + 14 + 13 * i);
-        occ.mark(b.left + 4, b.top + 3 + 13 * i, b.left + 8 + ctx.measureText(text).width, b.top + 17 + 13 * i);
-      });
-      box.root.trajhookPolylines = lines;
-      // the labels: measured as drawn, then placed one by one where nothing is
-      layer.innerHTML = "";
-      labels = wanted.map(function (w) {
-        const span = document.createElement("span");
-        span.className = "pca-label";
-        span.textContent = w.text;
-        span.style.color = w.colour;
-        layer.appendChild(span);
-        return { w: w, span: span };
-      });
-      const missing = [], leaders = [];
-      labels.forEach(function (l) {
-        l.size = [l.span.offsetWidth, l.span.offsetHeight];
-        l.home = place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], null);
-        if (!l.home) { l.span.remove(); missing.push(l.w.text); return; }
-        occ.mark(l.home.x, l.home.y, l.home.x + l.home.w, l.home.y + l.home.h);
-        if (l.home.leader) { // drawn with the lines, and kept clear of the labels placed after it
-          const p = l.home.leader;
-          ctx.strokeStyle = l.w.colour; ctx.lineWidth = 1; ctx.setLineDash([2, 2]);
-          ctx.beginPath(); ctx.moveTo(p[0], p[1]); ctx.lineTo(p[2], p[3]); ctx.stroke(); ctx.setLineDash([]);
-          occ.segment(p[0], p[1], p[2], p[3], 1.5);
-          leaders.push([[p[0], p[1]], [p[2], p[3]]]);
-        }
-      });
-      labels = labels.filter(function (l) { return l.home; });
-      box.root.trajhookLeaders = leaders;
-      unplaced.textContent = missing.length ? "Not labelled in the picture (no free room): " + missing.join("; ") : "";
-      if (self.wanted !== null) self.draw(self.wanted);
-    };
-
-    function put(l, rect) {
-      l.at = rect;
-      l.span.style.visibility = rect ? "visible" : "hidden";
-      if (rect) { l.span.style.left = rect.x + "px"; l.span.style.top = rect.y + "px"; }
-    }
-
-    self.draw = function (step) {
-      self.wanted = step;
-      if (!self.data) return;
-      const ctx = overlay.getContext("2d");
-      ctx.clearRect(0, 0, width, height);
-      const xs = [], ys = [], out = [], cursors = [];
-      shown.forEach(function (r) {
-        const at = Math.max(0, atOrBefore(r.steps, step));
-        xs.push([r.x[at]]); ys.push([r.y[at]]);
-        const score = r.icl[at];
-        const text = r.name + ": step " + fmtStep(r.steps[at]);
-        out.push(self.data.icl_tokens ? text + ", ICL score " + (score === null || score === undefined ? "n/a" : score.toFixed(3)) : text);
-        if (r.x[at] === null) return;
-        const x = X(r.x[at]), y = Y(r.y[at]);
-        ctx.fillStyle = runColour(r.run); ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
-        ctx.beginPath(); ctx.arc(x, y, 7, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
-        ctx.strokeStyle = "#000"; ctx.lineWidth = 1;
-        ctx.beginPath(); ctx.arc(x, y, 8.5, 0, 2 * Math.PI); ctx.stroke();
-        cursors.push({ x: x - 10, y: y - 10, w: 20, h: 20 });
-      });
-      // a label under a cursor moves to the nearest free spot (back home once the cursor has passed), else hides
-      const hits = function (rect) { return cursors.some(function (o) { return rect.x < o.x + o.w && o.x < rect.x + rect.w && rect.y < o.y + o.h && o.y < rect.y + rect.h; }); };
-      labels.forEach(function (l) { put(l, hits(l.home) ? undefined : l.home); });
-      labels.forEach(function (l) {
-        if (l.at || l.home.leader) return;  // a label with a leader stays by it: hidden while the cursor is over it
-        const taken = cursors.concat(labels.filter(function (o) { return o.at; }).map(function (o) { return o.at; }));
-        const homes = labels.filter(function (o) { return o !== l; }).map(function (o) { return o.home; });
-        put(l, place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], taken.concat(homes), true) ||
-          place(occ, room, l.w.x, l.w.y, l.size[0], l.size[1], taken, true) || null);
-      });
-      box.root.trajhookCursors = cursors;
-      readout.textContent = out.join("   |   ");
-      box.root.dataset.cursor = JSON.stringify([xs, ys]);
-      box.root.dataset.step = String(step);
-    };
+    const self = { root: box.root, kind: "pca", data: null, wanted: null, width: width, height: height, b: b,
+      room: plotBox(b.left, 2, b.width, b.top + b.height - 2),  // labels go in the plot or the empty margin above it
+      X: null, Y: null, occ: null, labels: [], shown: [] };
+    self.base = canvas(box.body, width, height);
+    self.overlay = canvas(box.body, width, height);
+    self.layer = document.createElement("div");
+    self.layer.className = "pca-labels";
+    box.body.appendChild(self.layer);
+    self.unplaced = document.createElement("div");
+    self.unplaced.className = "note unplaced";
+    box.root.appendChild(self.unplaced);
+    self.readout = document.createElement("div");
+    self.readout.className = "readout icl";
+    box.root.appendChild(self.readout);
+    self.update = function (entry) { updatePcaPanel(app, self, entry); };
+    self.draw = function (step) { drawPcaCursors(self, step); };
     return self;
+  }
+
+  function pcaNote(entry) {
+    return "x: the store's events (at the record at or before them); open circle: " +
+      "a finished run's offline turning point (the sharpest turn of its own trajectory, a candidate stage boundary). " +
+      "Dots: each run's record at the step. Basis fitted on " + fmtStep(entry.basis_records || 0) + " records" +
+      (entry.basis_final ? " (final: no run is writing)" : "; refitted when the record count doubles and once the runs stop") + ". " +
+      (entry.icl_tokens ? "ICL score = loss at token " + entry.icl_tokens[0] + " (or the prompt's last) - loss at token " +
+      entry.icl_tokens[1] + ", averaged over prompts; negative: later tokens are easier (in-context learning)." : "");
+  }
+
+  // Redraw a PCA panel from the server's entry: axes, the shown runs' trajectories and marks, their names, the
+  // labels (placed where nothing is); then the cursors.
+  function updatePcaPanel(app, self, entry) {
+    const b = self.b;
+    self.data = entry;
+    self.shown = entry.runs.filter(function (r) { return !app.hidden.has(r.run); });
+    self.root.querySelector("h2").textContent = entry.title;
+    self.readout.className = entry.icl_tokens ? "readout icl" : "readout";
+    self.root.querySelector(".note").textContent = pcaNote(entry);
+    const xr = range(self.shown.map(function (r) { return r.x; })), yr = range(self.shown.map(function (r) { return r.y; }));
+    self.X = function (x) { return b.left + (x - xr[0]) / (xr[1] - xr[0]) * b.width; };
+    self.Y = function (y) { return b.top + b.height - (y - yr[0]) / (yr[1] - yr[0]) * b.height; };
+    const ctx = self.base.getContext("2d");
+    ctx.clearRect(0, 0, self.width, self.height);
+    const ratio = entry.explained.concat([0, 0]);
+    drawAxes(ctx, b, xr, yr, "PC1 (" + Math.round(100 * (ratio[0] || 0)) + "% of variance)", "PC2 (" + Math.round(100 * (ratio[1] || 0)) + "%)");
+    self.occ = Occupancy(self.width, self.height);
+    self.occ.mark(b.left - 1, b.top, b.left + b.width + 1, b.top + 1);  // the frame's top edge: labels above it stay clear
+    const drawn = drawTrajectories(ctx, self);
+    drawRunNames(ctx, self);
+    self.root.trajhookPolylines = drawn.lines;
+    placeLabels(ctx, self, drawn.wanted);
+    if (self.wanted !== null) self.draw(self.wanted);
+  }
+
+  // Each shown run's line, offline turns and events, marked as taken; returns the lines' pixel points and the
+  // labels wanted at the marks.
+  function drawTrajectories(ctx, self) {
+    const lines = [], wanted = [], X = self.X, Y = self.Y, occ = self.occ;
+    self.shown.forEach(function (r) {
+      const colour = runColour(r.run), who = self.shown.length > 1 ? r.name + ": " : "";
+      lines.push(drawTrajectory(ctx, self, r, colour));
+      (r.turns || []).forEach(function (t) {
+        if (t.xy[0] === null) return;
+        const x = X(t.xy[0]), y = Y(t.xy[1]);
+        ctx.strokeStyle = colour; ctx.lineWidth = 2;
+        ctx.beginPath(); ctx.arc(x, y, 9, 0, 2 * Math.PI); ctx.stroke();
+        occ.mark(x - 11, y - 11, x + 11, y + 11);
+        wanted.push({ x: x, y: y, colour: colour, text: who + "offline turn @ " + fmtStep(t.step) + " (finished run)" });
+      });
+      r.events.forEach(function (e) {
+        if (e.xy[0] === null) return;
+        const x = X(e.xy[0]), y = Y(e.xy[1]);
+        ctx.strokeStyle = "#000"; ctx.lineWidth = 2;
+        ctx.beginPath(); ctx.moveTo(x - 5, y - 5); ctx.lineTo(x + 5, y + 5); ctx.moveTo(x - 5, y + 5); ctx.lineTo(x + 5, y - 5); ctx.stroke();
+        occ.mark(x - 6, y - 6, x + 6, y + 6);
+        wanted.push({ x: x, y: y, colour: "#000", text: who + shortEventLabel(e.label) + " @ " + fmtStep(e.step) });
+      });
+    });
+    return { lines: lines, wanted: wanted };
+  }
+
+  // One run's trajectory line, its path marked as taken; returns its points in pixels (null where it has a gap).
+  function drawTrajectory(ctx, self, r, colour) {
+    const occ = self.occ;
+    ctx.strokeStyle = colour; ctx.lineWidth = 1.2;
+    polyline(ctx, r.x, r.y, self.X, self.Y);
+    const pts = [];
+    for (let i = 0; i < r.x.length; i++) if (r.x[i] !== null && r.y[i] !== null) pts.push([self.X(r.x[i]), self.Y(r.y[i])]); else pts.push(null);
+    for (let i = 1; i < pts.length; i++) if (pts[i] && pts[i - 1]) occ.segment(pts[i - 1][0], pts[i - 1][1], pts[i][0], pts[i][1], 1.5);
+    if (pts.length === 1 && pts[0]) occ.mark(pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2);
+    return pts;
+  }
+
+  // The shown runs' names, top left inside the plot, in their colours.
+  function drawRunNames(ctx, self) {
+    const b = self.b;
+    ctx.textAlign = "left"; ctx.font = "11px system-ui, sans-serif";
+    self.shown.forEach(function (r, i) {
+      const text = "\u2014 " + r.name;
+      ctx.fillStyle = runColour(r.run);
+      ctx.fillText(text, b.left + 6, b.top + 14 + 13 * i);
+      self.occ.mark(b.left + 4, b.top + 3 + 13 * i, b.left + 8 + ctx.measureText(text).width, b.top + 17 + 13 * i);
+    });
+  }
+
+  // The labels: measured as drawn, then placed one by one where nothing is (far ones with a dashed leader); those
+  // with no free room are listed under the plot.
+  function placeLabels(ctx, self, wanted) {
+    self.layer.innerHTML = "";
+    const labels = wanted.map(function (w) {
+      const span = document.createElement("span");
+      span.className = "pca-label";
+      span.textContent = w.text;
+      span.style.color = w.colour;
+      self.layer.appendChild(span);
+      return { w: w, span: span };
+    });
+    const missing = [], leaders = [];
+    labels.forEach(function (l) {
+      l.size = [l.span.offsetWidth, l.span.offsetHeight];
+      l.home = place(self.occ, self.room, l.w.x, l.w.y, l.size[0], l.size[1], null);
+      if (!l.home) { l.span.remove(); missing.push(l.w.text); return; }
+      self.occ.mark(l.home.x, l.home.y, l.home.x + l.home.w, l.home.y + l.home.h);
+      if (l.home.leader) { // drawn with the lines, and kept clear of the labels placed after it
+        const p = l.home.leader;
+        ctx.strokeStyle = l.w.colour; ctx.lineWidth = 1; ctx.setLineDash([2, 2]);
+        ctx.beginPath(); ctx.moveTo(p[0], p[1]); ctx.lineTo(p[2], p[3]); ctx.stroke(); ctx.setLineDash([]);
+        self.occ.segment(p[0], p[1], p[2], p[3], 1.5);
+        leaders.push([[p[0], p[1]], [p[2], p[3]]]);
+      }
+    });
+    self.labels = labels.filter(function (l) { return l.home; });
+    self.root.trajhookLeaders = leaders;
+    self.unplaced.textContent = missing.length ? "Not labelled in the picture (no free room): " + missing.join("; ") : "";
+  }
+
+  function putLabel(l, rect) {
+    l.at = rect;
+    l.span.style.visibility = rect ? "visible" : "hidden";
+    if (rect) { l.span.style.left = rect.x + "px"; l.span.style.top = rect.y + "px"; }
+  }
+
+  // The overlay: each shown run's record at the step (a dot), the readout, and the labels moved off the dots.
+  function drawPcaCursors(self, step) {
+    self.wanted = step;
+    if (!self.data) return;
+    const ctx = self.overlay.getContext("2d");
+    ctx.clearRect(0, 0, self.width, self.height);
+    const xs = [], ys = [], out = [], cursors = [];
+    self.shown.forEach(function (r) {
+      const at = Math.max(0, atOrBefore(r.steps, step));
+      xs.push([r.x[at]]); ys.push([r.y[at]]);
+      const score = r.icl[at];
+      const text = r.name + ": step " + fmtStep(r.steps[at]);
+      out.push(self.data.icl_tokens ? text + ", ICL score " + (score === null || score === undefined ? "n/a" : score.toFixed(3)) : text);
+      if (r.x[at] === null) return;
+      const x = self.X(r.x[at]), y = self.Y(r.y[at]);
+      ctx.fillStyle = runColour(r.run); ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.arc(x, y, 7, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
+      ctx.strokeStyle = "#000"; ctx.lineWidth = 1;
+      ctx.beginPath(); ctx.arc(x, y, 8.5, 0, 2 * Math.PI); ctx.stroke();
+      cursors.push({ x: x - 10, y: y - 10, w: 20, h: 20 });
+    });
+    moveLabels(self, cursors);
+    self.root.trajhookCursors = cursors;
+    self.readout.textContent = out.join("   |   ");
+    self.root.dataset.cursor = JSON.stringify([xs, ys]);
+    self.root.dataset.step = String(step);
+  }
+
+  // A label under a cursor moves to the nearest free spot (back home once the cursor has passed), else hides.
+  function moveLabels(self, cursors) {
+    const labels = self.labels;
+    const hits = function (rect) { return cursors.some(function (o) { return rect.x < o.x + o.w && o.x < rect.x + rect.w && rect.y < o.y + o.h && o.y < rect.y + rect.h; }); };
+    labels.forEach(function (l) { putLabel(l, hits(l.home) ? undefined : l.home); });
+    labels.forEach(function (l) {
+      if (l.at || l.home.leader) return;  // a label with a leader stays by it: hidden while the cursor is over it
+      const taken = cursors.concat(labels.filter(function (o) { return o.at; }).map(function (o) { return o.at; }));
+      const homes = labels.filter(function (o) { return o !== l; }).map(function (o) { return o.home; });
+      putLabel(l, place(self.occ, self.room, l.w.x, l.w.y, l.size[0], l.size[1], taken.concat(homes), true) ||
+        place(self.occ, self.room, l.w.x, l.w.y, l.size[0], l.size[1], taken, true) || null);
+    });
   }
 
   // -- the page ----------------------------------------------------------------------------------------------------
@@ -793,13 +897,46 @@
   function start() {
     const snapNode = document.getElementById("trajhook-snapshot");
     const source = snapNode ? snapshotSource(JSON.parse(snapNode.textContent)) : liveSource();
-    const slider = document.getElementById("step-slider");
-    const label = document.getElementById("step-label");
-    const followLabel = document.getElementById("follow-label");
-    const gotoBox = document.getElementById("goto");
-    const play = document.getElementById("play");
-    const emaBox = document.getElementById("ema"), logBox = document.getElementById("logy"), zoomReset = document.getElementById("zoom-reset");
+    const app = newApp(source);
+    app.fullRange = function () {
+      return app.axis.length ? [app.axis[0], Math.max(app.axis[app.axis.length - 1], app.axis[0] + 1)] : [0, 1];
+    };
+    app.zoom = function (lo, hi) {
+      app.view.zoom = lo === null || lo === undefined ? null : [lo, Math.max(hi, lo + 1)];
+      app.ui.zoomReset.style.display = app.view.zoom ? "" : "none";
+      app.curvePanels.forEach(function (p) { p.update(); });
+    };
+    app.setHidden = function (run, hidden) { setHidden(app, run, hidden); };
+    document.getElementById("runs").addEventListener("change", function (e) {
+      if (e.target.classList.contains("trajhook-run-toggle")) app.setHidden(parseInt(e.target.dataset.run, 10), !e.target.checked);
+    });
+    wireControls(app);
+    wireKeys(app);
+    document.addEventListener("visibilitychange", function () { if (!document.hidden && source.live) poll(app).catch(function () {}); });
+    window.trajhook = { app: app, show: function (i) { userMove(app, i); }, decodeFrame: decodeFrame, zoom: app.zoom,
+      setHidden: app.setHidden, format: { step: fmtStep, label: fmt, tick: fmtTick } };
+    loop(app).then(function () { document.body.dataset.ready = "1"; });
+  }
+
+  // The page's state: the runs and their step axis, the panels, the view (zoom, smoothing, log y), its controls
+  // (ui), and when the curves and PCA panels were last fetched and whether they are due again (jobs).
+  function newApp(source) {
+    const ui = {
+      slider: document.getElementById("step-slider"), label: document.getElementById("step-label"),
+      followLabel: document.getElementById("follow-label"), gotoBox: document.getElementById("goto"),
+      play: document.getElementById("play"), emaBox: document.getElementById("ema"), logBox: document.getElementById("logy"),
+      zoomReset: document.getElementById("zoom-reset"), timer: null,
+    };
     const panels = document.getElementById("panels");
+    return {
+      source: source, runs: [], axis: [], panels: panels, sections: pageSections(panels), hidden: new Set(),
+      mazes: new Map(), curvePanels: new Map(), curveData: [], pcas: new Map(), pcaData: [], index: 0,
+      following: true, head: null, state: null, view: { zoom: null, ema: 0, logy: false }, ui: ui,
+      jobs: { curvesAt: -1e9, pcaAt: -1e9, lastCounts: "", curvesDirty: false, pcaDirty: false },
+    };
+  }
+
+  function pageSections(panels) {
     const sections = {};
     ["mazes", "curves", "pcas"].forEach(function (name) { // a fixed order: served page and report alike
       const div = document.createElement("div");
@@ -808,262 +945,283 @@
       panels.appendChild(div);
       sections[name] = div;
     });
-    const app = {
-      source: source, runs: [], axis: [], panels: panels, sections: sections, hidden: new Set(),
-      mazes: new Map(), curvePanels: new Map(), curveData: [], pcas: new Map(), pcaData: [], index: 0,
-      following: true, head: null, state: null, view: { zoom: null, ema: 0, logy: false },
-    };
-    let curvesAt = -1e9, pcaAt = -1e9, lastCounts = "", timer = null, curvesDirty = false, pcaDirty = false;
+    return sections;
+  }
 
-    app.fullRange = function () {
-      return app.axis.length ? [app.axis[0], Math.max(app.axis[app.axis.length - 1], app.axis[0] + 1)] : [0, 1];
-    };
-    app.zoom = function (lo, hi) {
-      app.view.zoom = lo === null || lo === undefined ? null : [lo, Math.max(hi, lo + 1)];
-      zoomReset.style.display = app.view.zoom ? "" : "none";
-      app.curvePanels.forEach(function (p) { p.update(); });
-    };
+  function allPanels(app) {
+    return Array.from(app.mazes.values()).concat(Array.from(app.curvePanels.values()), Array.from(app.pcas.values()));
+  }
 
-    function allPanels() {
-      return Array.from(app.mazes.values()).concat(Array.from(app.curvePanels.values()), Array.from(app.pcas.values()));
-    }
+  function anyWriting(app) { return app.state ? app.state.runs.some(function (r) { return r.run_status === "writing"; }) : false; }
 
-    function anyWriting() { return app.state ? app.state.runs.some(function (r) { return r.run_status === "writing"; }) : false; }
+  function progress(app) {
+    if (!app.axis.length) return "";
+    const newer = app.axis.length - 1 - app.index;
+    app.ui.followLabel.dataset.newer = String(newer);
+    if (!app.following && newer > 0) return fmtStep(newer) + " newer record" + (newer === 1 ? "" : "s") + ", End to follow";
+    if (!app.source.live) return "";
+    return anyWriting(app) ? "\u25cf live" : "at the newest record";
+  }
 
-    function progress() {
-      if (!app.axis.length) return "";
-      const newer = app.axis.length - 1 - app.index;
-      followLabel.dataset.newer = String(newer);
-      if (!app.following && newer > 0) return fmtStep(newer) + " newer record" + (newer === 1 ? "" : "s") + ", End to follow";
-      if (!source.live) return "";
-      return anyWriting() ? "\u25cf live" : "at the newest record";
-    }
-
-    function show(i) {
-      if (!app.axis.length) return;
-      app.index = Math.max(0, Math.min(app.axis.length - 1, i));
-      const step = app.axis[app.index];
-      slider.max = String(app.axis.length - 1);
-      slider.value = String(app.index);
-      slider.dataset.step = String(step);
-      label.textContent = "step " + fmtStep(step) + "  (" + fmtStep(app.index + 1) + "/" + fmtStep(app.axis.length) + ")";
-      followLabel.textContent = progress();
-      document.body.dataset.index = String(app.index);
-      allPanels().forEach(function (panel) { // a hidden panel draws nothing, and counts as drawn
-        if (panel.root.style.display !== "none") panel.draw(step); else panel.root.dataset.step = String(step);
-      });
-    }
-
-    function ago(seconds) {
-      if (seconds === null || seconds === undefined) return "";
-      if (seconds < 90) return Math.max(0, Math.round(seconds)) + " s ago";
-      if (seconds < 5400) return Math.round(seconds / 60) + " min ago";
-      if (seconds < 172800) return (seconds / 3600).toFixed(1) + " h ago";
-      return Math.round(seconds / 86400) + " days ago";
-    }
-
-    function statusText(r) {
-      if (r.status !== "live") return r.message || r.status;
-      const words = STATUS_WORDS[r.run_status] || r.run_status;
-      return source.live ? words : "snapshot; the run was " + (r.run_status === "writing" ? "writing" : words);
-    }
-
-    // The runs table: one row per run, made once and updated in place (a checkbox or an open "metadata" survives
-    // every poll). The row carries data-run and data-run-status.
-    function updateRuns(state) {
-      const node = document.getElementById("runs");
-      let table = node.querySelector("table.runs");
-      if (!table) {
-        node.innerHTML = '<table class="runs"><tr>' + ["run (shown)", "records", "steps", "progress", "probes", "events",
-          "created", "status", "metadata"].map(function (h) { return "<th>" + h + "</th>"; }).join("") + "</tr></table>";
-        table = node.querySelector("table.runs");
-      }
-      state.runs.forEach(function (r, i) {
-        let row = table.querySelector('tr[data-run="' + i + '"]');
-        if (!row) {
-          row = document.createElement("tr");
-          row.dataset.run = String(i);
-          row.innerHTML = '<td><label><input type="checkbox" class="trajhook-run-toggle" data-run="' + i + '" checked> ' +
-            '<span class="swatch" style="background:' + runColour(i) + '"></span><span class="name"></span></label></td>' +
-            "<td></td><td></td><td></td><td></td><td></td><td></td><td class=\"trajhook-status\"></td>" +
-            "<td><details><summary>metadata</summary><pre></pre></details></td>";
-          table.appendChild(row);
-        }
-        const pace = (r.records_per_min !== null && r.records_per_min !== undefined ? fmt(r.records_per_min) + " records/min" : "") +
-          (source.live && r.newest_age_s !== null && r.newest_age_s !== undefined ? (r.records_per_min ? ", " : "") + "newest " + ago(r.newest_age_s) : "");
-        const texts = [fmtStep(r.records || 0), r.records ? fmtStep(r.first_step) + " .. " + fmtStep(r.last_step) : "", pace,
-          r.probes.map(function (p) { return p.name + " (" + p.kind + ")"; }).join(", "), String(r.events.length), r.created];
-        const cells = row.children;
-        row.querySelector(".name").textContent = r.name;
-        texts.forEach(function (text, k) { if (cells[k + 1].textContent !== text) cells[k + 1].textContent = text; });
-        row.dataset.runStatus = r.run_status || r.status;
-        const status = cells[7];
-        status.className = "trajhook-status " + r.status + " " + (r.run_status || "");
-        if (status.textContent !== statusText(r)) status.textContent = statusText(r);
-        const metadata = JSON.stringify((app.runs[i] && app.runs[i].metadata) || {}, null, 1), pre = row.querySelector("pre");
-        if (pre.textContent !== metadata) pre.textContent = metadata;
-      });
-    }
-
-    function updateCurves() {
-      const specs = curveSpecs(app.curveData.filter(function (_, i) { return !app.hidden.has(i); }));
-      const wanted = new Set(specs.map(function (s) { return s.id; }));
-      specs.forEach(function (spec) { if (!app.curvePanels.has(spec.id)) app.curvePanels.set(spec.id, CurvePanel(app, spec)); });
-      // a panel's place in the section follows the specs' order, also for panels added later
-      specs.forEach(function (spec) { sections.curves.appendChild(app.curvePanels.get(spec.id).root); });
-      app.curvePanels.forEach(function (p, id) {
-        p.root.style.display = wanted.has(id) ? "" : "none";
-        if (wanted.has(id)) p.update();
-      });
-    }
-
-    function updatePca() {
-      app.pcaData.forEach(function (entry) {
-        if (!app.pcas.has(entry.key)) app.pcas.set(entry.key, PcaPanel(app, entry.key));
-        app.pcas.get(entry.key).update(entry);
-      });
-    }
-
-    async function refreshCurves() {
-      app.curveData = await Promise.all(app.runs.map(function (_, i) { return source.curves(i).catch(function () { return null; }); }));
-      updateCurves();
-    }
-
-    async function refreshPca() {
-      app.pcaData = await source.pca().catch(function () { return []; });
-      updatePca();
-      // finished runs' offline turning points still being found on the server: ask again at the next PCA turn
-      if (app.pcaData.some(function (entry) { return entry.turns_pending; })) pcaDirty = true;
-    }
-
-    function visibleAxis() {
-      return mergeSorted(app.runs.filter(function (_, i) { return !app.hidden.has(i); }).map(function (r) { return r.steps; }));
-    }
-
-    app.setHidden = function (run, hidden) {
-      if (hidden) app.hidden.add(run); else app.hidden.delete(run);
-      const step = app.axis.length ? app.axis[app.index] : null;
-      app.axis = visibleAxis();
-      app.mazes.forEach(function (panel) { panel.root.style.display = app.hidden.has(panel.run) ? "none" : ""; });
-      updateCurves();
-      updatePca();
-      if (app.axis.length) show(app.following || step === null ? app.axis.length - 1 : Math.max(0, atOrBefore(app.axis, step)));
-    };
-    document.getElementById("runs").addEventListener("change", function (e) {
-      if (e.target.classList.contains("trajhook-run-toggle")) app.setHidden(parseInt(e.target.dataset.run, 10), !e.target.checked);
+  // Show the i-th step of the axis: the slider, its labels, and every panel drawn at that step.
+  function show(app, i) {
+    if (!app.axis.length) return;
+    const ui = app.ui;
+    app.index = Math.max(0, Math.min(app.axis.length - 1, i));
+    const step = app.axis[app.index];
+    ui.slider.max = String(app.axis.length - 1);
+    ui.slider.value = String(app.index);
+    ui.slider.dataset.step = String(step);
+    ui.label.textContent = "step " + fmtStep(step) + "  (" + fmtStep(app.index + 1) + "/" + fmtStep(app.axis.length) + ")";
+    ui.followLabel.textContent = progress(app);
+    document.body.dataset.index = String(app.index);
+    allPanels(app).forEach(function (panel) { // a hidden panel draws nothing, and counts as drawn
+      if (panel.root.style.display !== "none") panel.draw(step); else panel.root.dataset.step = String(step);
     });
+  }
 
-    async function poll() {
-      if (source.live && document.hidden) return;
-      const have = app.runs.map(function (r) { return r.epoch + ":" + r.steps.length; });
-      const state = await source.state(have);
-      app.state = state;
-      let changed = false;
-      state.runs.forEach(function (r, i) {
-        let run = app.runs[i];
-        if (!run || run.epoch !== r.epoch) {
-          run = app.runs[i] = { name: r.name, epoch: r.epoch, steps: [], events: [] };
-          app.mazes.forEach(function (panel) { if (panel.run === i) panel.reset(); });
-          changed = true;
-        }
-        if (r.steps_from === 0) {
-          if (r.steps.length !== run.steps.length) changed = true;
-          run.steps = r.steps;
-        } else if (r.steps.length) {
-          run.steps = run.steps.concat(r.steps);
-          changed = true;
-        }
-        if (r.metadata !== null && r.metadata !== undefined) run.metadata = r.metadata;
-        if (JSON.stringify(run.events) !== JSON.stringify(r.events)) changed = true;
-        run.events = r.events;
-        if (run.run_status !== r.run_status) { run.run_status = r.run_status; pcaDirty = true; }
-        r.mazes.forEach(function (probe) {
-          const key = i + "/" + probe;
-          if (!app.mazes.has(key)) {
-            app.mazes.set(key, MazePanel(app, i, probe));
-            if (app.hidden.has(i)) app.mazes.get(key).root.style.display = "none";
-          }
-        });
-      });
-      updateRuns(state);
-      const names = state.runs.map(function (r) { return r.name; }).join(", ");
-      const title = "trajhook" + (source.live ? (anyWriting() ? " (live)" : "") : " report") + ": " + names;
-      document.getElementById("title").textContent = title;
-      document.title = title;
-      document.getElementById("version").textContent = "trajhook " + state.version;
-      document.getElementById("snapshot-note").textContent = source.live ? "" :
-        "A snapshot of " + state.runs.length + " store" + (state.runs.length === 1 ? "" : "s") + " (" +
-        (state.stores || state.runs.map(function (r) { return r.name; })).join(", ") + ") made at " + (state.made || "?") +
-        ": it shows the records written by then and does not follow new ones.";
-      app.head = state.head_step;
-      slider.dataset.headStep = state.head_step === null ? "" : String(state.head_step);
-      const step = app.axis.length ? app.axis[app.index] : null;
-      if (changed) app.axis = visibleAxis();
-      const counts = app.runs.map(function (r) { return r.epoch + ":" + r.steps.length; }).join(",") +
-        JSON.stringify(app.runs.map(function (r) { return r.events; }));
-      if (counts !== lastCounts) { lastCounts = counts; curvesDirty = pcaDirty = true; }
-      const now = performance.now(), jobs = [];
-      if (curvesDirty && now - curvesAt >= CURVES_EVERY_MS) { curvesDirty = false; curvesAt = now; jobs.push(refreshCurves()); }
-      if (pcaDirty && now - pcaAt >= PCA_EVERY_MS) { pcaDirty = false; pcaAt = now; jobs.push(refreshPca()); }
-      if (app.axis.length && changed) {
-        if (app.following || step === null) show(app.axis.length - 1);
-        else show(Math.max(0, atOrBefore(app.axis, step)));
-      } else followLabel.textContent = progress();
-      // not awaited: a slow PCA must not hold back the next poll, nor the curves; panels these make draw the step too
-      jobs.forEach(function (job) { job.then(function () { show(app.index); }); });
-    }
+  function ago(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    if (seconds < 90) return Math.max(0, Math.round(seconds)) + " s ago";
+    if (seconds < 5400) return Math.round(seconds / 60) + " min ago";
+    if (seconds < 172800) return (seconds / 3600).toFixed(1) + " h ago";
+    return Math.round(seconds / 86400) + " days ago";
+  }
 
-    function userMove(i) {
-      app.following = i >= app.axis.length - 1;
-      show(i);
+  function statusText(app, r) {
+    if (r.status !== "live") return r.message || r.status;
+    const words = STATUS_WORDS[r.run_status] || r.run_status;
+    return app.source.live ? words : "snapshot; the run was " + (r.run_status === "writing" ? "writing" : words);
+  }
+
+  // The runs table: one row per run, made once and updated in place (a checkbox or an open "metadata" survives
+  // every poll). The row carries data-run and data-run-status.
+  function updateRuns(app, state) {
+    const node = document.getElementById("runs");
+    let table = node.querySelector("table.runs");
+    if (!table) {
+      node.innerHTML = '<table class="runs"><tr>' + ["run (shown)", "records", "steps", "progress", "probes", "events",
+        "created", "status", "metadata"].map(function (h) { return "<th>" + h + "</th>"; }).join("") + "</tr></table>";
+      table = node.querySelector("table.runs");
     }
-    slider.addEventListener("input", function () { userMove(parseInt(slider.value, 10)); });
-    gotoBox.addEventListener("change", function () {
-      const want = Number(gotoBox.value);
+    state.runs.forEach(function (r, i) { fillRunRow(app, runRow(table, i), r, i); });
+  }
+
+  function runRow(table, i) {
+    let row = table.querySelector('tr[data-run="' + i + '"]');
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.run = String(i);
+      row.innerHTML = '<td><label><input type="checkbox" class="trajhook-run-toggle" data-run="' + i + '" checked> ' +
+        '<span class="swatch" style="background:' + runColour(i) + '"></span><span class="name"></span></label></td>' +
+        "<td></td><td></td><td></td><td></td><td></td><td></td><td class=\"trajhook-status\"></td>" +
+        "<td><details><summary>metadata</summary><pre></pre></details></td>";
+      table.appendChild(row);
+    }
+    return row;
+  }
+
+  // A run's row, each cell written only when its text changed.
+  function fillRunRow(app, row, r, i) {
+    const live = app.source.live;
+    const pace = (r.records_per_min !== null && r.records_per_min !== undefined ? fmt(r.records_per_min) + " records/min" : "") +
+      (live && r.newest_age_s !== null && r.newest_age_s !== undefined ? (r.records_per_min ? ", " : "") + "newest " + ago(r.newest_age_s) : "");
+    const texts = [fmtStep(r.records || 0), r.records ? fmtStep(r.first_step) + " .. " + fmtStep(r.last_step) : "", pace,
+      r.probes.map(function (p) { return p.name + " (" + p.kind + ")"; }).join(", "), String(r.events.length), r.created];
+    const cells = row.children;
+    row.querySelector(".name").textContent = r.name;
+    texts.forEach(function (text, k) { if (cells[k + 1].textContent !== text) cells[k + 1].textContent = text; });
+    row.dataset.runStatus = r.run_status || r.status;
+    const status = cells[7];
+    status.className = "trajhook-status " + r.status + " " + (r.run_status || "");
+    if (status.textContent !== statusText(app, r)) status.textContent = statusText(app, r);
+    const metadata = JSON.stringify((app.runs[i] && app.runs[i].metadata) || {}, null, 1), pre = row.querySelector("pre");
+    if (pre.textContent !== metadata) pre.textContent = metadata;
+  }
+
+  function updateCurves(app) {
+    const specs = curveSpecs(app.curveData.filter(function (_, i) { return !app.hidden.has(i); }));
+    const wanted = new Set(specs.map(function (s) { return s.id; }));
+    specs.forEach(function (spec) { if (!app.curvePanels.has(spec.id)) app.curvePanels.set(spec.id, CurvePanel(app, spec)); });
+    // a panel's place in the section follows the specs' order, also for panels added later
+    specs.forEach(function (spec) { app.sections.curves.appendChild(app.curvePanels.get(spec.id).root); });
+    app.curvePanels.forEach(function (p, id) {
+      p.root.style.display = wanted.has(id) ? "" : "none";
+      if (wanted.has(id)) p.update();
+    });
+  }
+
+  function updatePca(app) {
+    app.pcaData.forEach(function (entry) {
+      if (!app.pcas.has(entry.key)) app.pcas.set(entry.key, PcaPanel(app, entry.key));
+      app.pcas.get(entry.key).update(entry);
+    });
+  }
+
+  async function refreshCurves(app) {
+    app.curveData = await Promise.all(app.runs.map(function (_, i) { return app.source.curves(i).catch(function () { return null; }); }));
+    updateCurves(app);
+  }
+
+  async function refreshPca(app) {
+    app.pcaData = await app.source.pca().catch(function () { return []; });
+    updatePca(app);
+    // finished runs' offline turning points still being found on the server: ask again at the next PCA turn
+    if (app.pcaData.some(function (entry) { return entry.turns_pending; })) app.jobs.pcaDirty = true;
+  }
+
+  function visibleAxis(app) {
+    return mergeSorted(app.runs.filter(function (_, i) { return !app.hidden.has(i); }).map(function (r) { return r.steps; }));
+  }
+
+  function setHidden(app, run, hidden) {
+    if (hidden) app.hidden.add(run); else app.hidden.delete(run);
+    const step = app.axis.length ? app.axis[app.index] : null;
+    app.axis = visibleAxis(app);
+    app.mazes.forEach(function (panel) { panel.root.style.display = app.hidden.has(panel.run) ? "none" : ""; });
+    updateCurves(app);
+    updatePca(app);
+    if (app.axis.length) show(app, app.following || step === null ? app.axis.length - 1 : Math.max(0, atOrBefore(app.axis, step)));
+  }
+
+  // One poll: the runs' new steps and state, the table and header; the curves and PCA fetched when due (not
+  // awaited); the slider kept at its step, or at the newest when following.
+  async function poll(app) {
+    if (app.source.live && document.hidden) return;
+    const have = app.runs.map(function (r) { return r.epoch + ":" + r.steps.length; });
+    const state = await app.source.state(have);
+    app.state = state;
+    let changed = false;
+    state.runs.forEach(function (r, i) { if (mergeRun(app, r, i)) changed = true; });
+    updateRuns(app, state);
+    updateHeader(app, state);
+    app.head = state.head_step;
+    app.ui.slider.dataset.headStep = state.head_step === null ? "" : String(state.head_step);
+    const step = app.axis.length ? app.axis[app.index] : null;
+    if (changed) app.axis = visibleAxis(app);
+    const jobs = dueJobs(app);
+    if (app.axis.length && changed) {
+      if (app.following || step === null) show(app, app.axis.length - 1);
+      else show(app, Math.max(0, atOrBefore(app.axis, step)));
+    } else app.ui.followLabel.textContent = progress(app);
+    // not awaited: a slow PCA must not hold back the next poll, nor the curves; panels these make draw the step too
+    jobs.forEach(function (job) { job.then(function () { show(app, app.index); }); });
+  }
+
+  // Take one run's state from a poll (a new epoch starts it afresh; steps come whole or as the new ones) and make
+  // its new maze panels. Whether its steps or events changed.
+  function mergeRun(app, r, i) {
+    let run = app.runs[i], changed = false;
+    if (!run || run.epoch !== r.epoch) {
+      run = app.runs[i] = { name: r.name, epoch: r.epoch, steps: [], events: [] };
+      app.mazes.forEach(function (panel) { if (panel.run === i) panel.reset(); });
+      changed = true;
+    }
+    if (r.steps_from === 0) {
+      if (r.steps.length !== run.steps.length) changed = true;
+      run.steps = r.steps;
+    } else if (r.steps.length) {
+      run.steps = run.steps.concat(r.steps);
+      changed = true;
+    }
+    if (r.metadata !== null && r.metadata !== undefined) run.metadata = r.metadata;
+    if (JSON.stringify(run.events) !== JSON.stringify(r.events)) changed = true;
+    run.events = r.events;
+    if (run.run_status !== r.run_status) { run.run_status = r.run_status; app.jobs.pcaDirty = true; }
+    r.mazes.forEach(function (probe) {
+      const key = i + "/" + probe;
+      if (!app.mazes.has(key)) {
+        app.mazes.set(key, MazePanel(app, i, probe));
+        if (app.hidden.has(i)) app.mazes.get(key).root.style.display = "none";
+      }
+    });
+    return changed;
+  }
+
+  // The title (live or report, and the runs' names), the version, and a snapshot's note.
+  function updateHeader(app, state) {
+    const live = app.source.live, names = state.runs.map(function (r) { return r.name; }).join(", ");
+    const title = "trajhook" + (live ? (anyWriting(app) ? " (live)" : "") : " report") + ": " + names;
+    document.getElementById("title").textContent = title;
+    document.title = title;
+    document.getElementById("version").textContent = "trajhook " + state.version;
+    document.getElementById("snapshot-note").textContent = live ? "" :
+      "A snapshot of " + state.runs.length + " store" + (state.runs.length === 1 ? "" : "s") + " (" +
+      (state.stores || state.runs.map(function (r) { return r.name; })).join(", ") + ") made at " + (state.made || "?") +
+      ": it shows the records written by then and does not follow new ones.";
+  }
+
+  // The curves and PCA fetches due now (started here): after new records or events, at most every CURVES_EVERY_MS
+  // and PCA_EVERY_MS.
+  function dueJobs(app) {
+    const due = app.jobs, now = performance.now(), jobs = [];
+    const counts = app.runs.map(function (r) { return r.epoch + ":" + r.steps.length; }).join(",") +
+      JSON.stringify(app.runs.map(function (r) { return r.events; }));
+    if (counts !== due.lastCounts) { due.lastCounts = counts; due.curvesDirty = due.pcaDirty = true; }
+    if (due.curvesDirty && now - due.curvesAt >= CURVES_EVERY_MS) { due.curvesDirty = false; due.curvesAt = now; jobs.push(refreshCurves(app)); }
+    if (due.pcaDirty && now - due.pcaAt >= PCA_EVERY_MS) { due.pcaDirty = false; due.pcaAt = now; jobs.push(refreshPca(app)); }
+    return jobs;
+  }
+
+  function userMove(app, i) {
+    app.following = i >= app.axis.length - 1;
+    show(app, i);
+  }
+
+  // The slider, the go-to box, the smoothing and log-y switches, the zoom reset and play.
+  function wireControls(app) {
+    const ui = app.ui;
+    ui.slider.addEventListener("input", function () { userMove(app, parseInt(ui.slider.value, 10)); });
+    ui.gotoBox.addEventListener("change", function () {
+      const want = Number(ui.gotoBox.value);
       if (!app.axis.length || !isFinite(want)) return;
       let i = Math.max(0, atOrBefore(app.axis, want));
       if (i + 1 < app.axis.length && Math.abs(app.axis[i + 1] - want) < Math.abs(app.axis[i] - want)) i += 1;
-      userMove(i);
+      userMove(app, i);
     });
-    emaBox.addEventListener("input", function () {
-      app.view.ema = Math.min(0.999, Math.max(0, Number(emaBox.value) || 0));
+    ui.emaBox.addEventListener("input", function () {
+      app.view.ema = Math.min(0.999, Math.max(0, Number(ui.emaBox.value) || 0));
       document.getElementById("ema-label").textContent = app.view.ema ? "EMA " + app.view.ema.toFixed(2) : "no smoothing";
       app.curvePanels.forEach(function (p) { p.update(); });
     });
-    logBox.addEventListener("change", function () { app.view.logy = logBox.checked; app.curvePanels.forEach(function (p) { p.update(); }); });
-    zoomReset.addEventListener("click", function () { app.zoom(null); });
-    function toggle() {
-      if (timer) { clearInterval(timer); timer = null; play.innerHTML = "&#9654; play"; return; }
-      if (app.index >= app.axis.length - 1) userMove(0);
-      play.innerHTML = "&#10073;&#10073; pause";
-      timer = setInterval(function () {
-        if (app.index >= app.axis.length - 1) { toggle(); return; }
-        userMove(app.index + 1);
-      }, 150);
-    }
-    play.addEventListener("click", toggle);
+    ui.logBox.addEventListener("change", function () { app.view.logy = ui.logBox.checked; app.curvePanels.forEach(function (p) { p.update(); }); });
+    ui.zoomReset.addEventListener("click", function () { app.zoom(null); });
+    ui.play.addEventListener("click", function () { togglePlay(app); });
+  }
+
+  // Play from the shown step (from the first at the end), a step every 150 ms, until the end or a pause.
+  function togglePlay(app) {
+    const ui = app.ui;
+    if (ui.timer) { clearInterval(ui.timer); ui.timer = null; ui.play.innerHTML = "&#9654; play"; return; }
+    if (app.index >= app.axis.length - 1) userMove(app, 0);
+    ui.play.innerHTML = "&#10073;&#10073; pause";
+    ui.timer = setInterval(function () {
+      if (app.index >= app.axis.length - 1) { togglePlay(app); return; }
+      userMove(app, app.index + 1);
+    }, 150);
+  }
+
+  // The keys: arrows a record, Page Up/Down a tenth of the axis, Home/End the ends, space play/pause.
+  function wireKeys(app) {
+    const ui = app.ui;
     document.addEventListener("keydown", function (e) {
-      if (e.target === gotoBox || e.target === emaBox) return;
-      if (e.target === slider && e.key !== " ") return; // the slider handles its own keys (and fires "input")
+      if (e.target === ui.gotoBox || e.target === ui.emaBox) return;
+      if (e.target === ui.slider && e.key !== " ") return; // the slider handles its own keys (and fires "input")
       const page = Math.max(1, Math.round(app.axis.length / 10));
       const moves = { ArrowRight: app.index + 1, ArrowLeft: app.index - 1, PageUp: app.index + page, PageDown: app.index - page,
         Home: 0, End: app.axis.length - 1 };
-      if (e.key in moves) { userMove(moves[e.key]); e.preventDefault(); }
-      else if (e.key === " ") { toggle(); e.preventDefault(); }
+      if (e.key in moves) { userMove(app, moves[e.key]); e.preventDefault(); }
+      else if (e.key === " ") { togglePlay(app); e.preventDefault(); }
     });
+  }
 
-    async function loop() {
-      try { await poll(); } catch (err) {
-        followLabel.textContent = source.live ? "server unreachable" : "error: " + err;
-        window.trajhookError = String(err && err.stack || err);
-        if (!source.live) throw err;
-      }
-      if (source.live) setTimeout(loop, POLL_MS);
+  async function loop(app) {
+    try { await poll(app); } catch (err) {
+      app.ui.followLabel.textContent = app.source.live ? "server unreachable" : "error: " + err;
+      window.trajhookError = String(err && err.stack || err);
+      if (!app.source.live) throw err;
     }
-    document.addEventListener("visibilitychange", function () { if (!document.hidden && source.live) poll().catch(function () {}); });
-    window.trajhook = { app: app, show: userMove, decodeFrame: decodeFrame, zoom: app.zoom, setHidden: app.setHidden,
-      format: { step: fmtStep, label: fmt, tick: fmtTick } };
-    loop().then(function () { document.body.dataset.ready = "1"; });
+    if (app.source.live) setTimeout(function () { loop(app); }, POLL_MS);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
