@@ -26,10 +26,16 @@ signal during a rollout drops the half-done rollout and saves the state at its s
 - *Procgen's reward alone* (``--shaping 0 --bump-penalty 0``). The earlier dense reward below was
   +0.1 for exactly the shortest-path move and -0.1 for every other (procgen's mazes are trees): the
   label the probe's agreement measures, so an agreement learned from it is no evidence.
-- *The whole maze in view* (``--canvas 128``): the frame is centred on the mouse on a 128x128 black
-  canvas, padding and not cropping, so every cell, the cheese included, stays in view; average-pooled
-  to 32x32. ``--canvas 64`` crops to about 7.5 cells around the mouse (the cheese out of view on 78 of
-  level 234's 126 cells).
+- *The whole maze in view* (``--canvas 128 --fovea``): the frame is centred on the mouse on a 128x128
+  black canvas, padding and not cropping, so every cell, the cheese included, stays in view; the net
+  sees it as 6 channels at 32x32, the canvas's middle 64x64 (about 15 cells) pooled 2x and the whole
+  canvas pooled 4x (``Fovea``). The whole canvas alone at 32x32 (``--no-fovea``) is about one pixel per
+  cell: the first run with these defaults used it, and after 1M env steps its field was nearly the same
+  on every cell (level 234: 0.37, the directions 0.2/0.32/0.31/0.17 everywhere). Fitted to shortest-path
+  moves as a check of the view (``docs/maze_views.py``, 150 levels, 1,500 steps), the net reads the
+  way from the fovea as well as from the local crop (held-out 0.80 and 0.83) and not from the whole
+  canvas alone (0.49), at about the same cost per step. ``--canvas 64`` crops to about 7.5 cells around
+  the mouse (the cheese out of view on 78 of level 234's 126 cells).
 - *A reverse curriculum* (``--reverse-curriculum``): the mouse starts at most D steps from the cheese
   (BFS), and D grows by one once 80% of the last 64 episodes at that distance found the cheese.
   It changes where an episode starts, never which move is right; ``start_distance`` and
@@ -144,6 +150,12 @@ parser.add_argument(
 parser.add_argument(
     "--canvas", type=int, default=128, choices=(64, 128), help="the centred view: 128 keeps the whole maze, 64 crops"
 )
+parser.add_argument(
+    "--fovea",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="with --canvas 128: the middle 64 at twice the resolution of the whole canvas, as 3 more channels",
+)
 parser.add_argument("--keypoints", action=argparse.BooleanOptionalAction, default=True, help="spatial soft-argmax")
 parser.add_argument("--frame-size", type=int, default=32, choices=(32, 64), help="frames average-pooled to this")
 parser.add_argument("--corner", type=int, default=5, help="cheese in the maze's top-right NxN cells; 0: procgen's")
@@ -181,7 +193,7 @@ parser.add_argument("--small", action="store_true", help="tiny settings for smok
 args = parser.parse_args()
 args.channels, args.far_probe = list(args.channels), list(args.far_probe)  # as a checkpoint stores them
 # what a checkpoint saved before an argument existed ran with: a resume compares these too
-LEGACY_ARGS = {"canvas": 64, "reverse_curriculum": False, "far_probe": []}
+LEGACY_ARGS = {"canvas": 64, "reverse_curriculum": False, "far_probe": [], "fovea": False}
 if len(args.far_probe) not in (0, 3):
     parser.error(f"--far-probe takes LEVEL ROW COL (or nothing), not {args.far_probe}")
 SMALL = {
@@ -244,6 +256,24 @@ class ConvSequence(nn.Module):
         return self.res_block1(self.res_block0(x))
 
 
+class Fovea(nn.Module):
+    """A fixed first layer: the mouse-centred 128x128 canvas (:class:`CentreOnMouse`) seen twice, as 6 channels
+    of ``frame_size`` x ``frame_size`` float frames: its middle 64x64 (about 15 cells around the mouse) pooled 2x,
+    and the whole canvas pooled 4x. The whole maze stays in view (every cell, the cheese included); the cells
+    near the mouse, where the walls decide the next move, are drawn twice as finely.
+    """
+
+    def __init__(self, frame_size=32):
+        super().__init__()
+        self.centre, self.frame_size = CentreOnMouse(128), frame_size
+
+    def forward(self, x):  # uint8 (b, 64, 64, 3) -> float (b, frame_size, frame_size, 6), 0..255
+        canvas = self.centre(x).permute((0, 3, 1, 2)).float()
+        near = nn.functional.adaptive_avg_pool2d(canvas[:, :, 32:96, 32:96], self.frame_size)
+        whole = nn.functional.adaptive_avg_pool2d(canvas, self.frame_size)
+        return torch.cat([near, whole], dim=1).permute((0, 2, 3, 1))
+
+
 class CentreOnMouse(nn.Module):
     """A fixed first layer: the 64x64 frame placed on a ``canvas`` x ``canvas`` black (wall) canvas with the
     mouse at its centre.
@@ -277,11 +307,12 @@ def layer_init(layer, std=2**0.5, bias_const=0.0):
 
 
 class Agent(nn.Module):
-    def __init__(self, channels, frame_size, keypoints=True, centred=True, canvas=128):
+    def __init__(self, channels, frame_size, keypoints=True, centred=True, canvas=128, fovea=True):
         super().__init__()
-        self.centre = CentreOnMouse(canvas) if centred else nn.Identity()
+        fovea = fovea and centred and canvas == 128
+        self.centre = Fovea(frame_size) if fovea else CentreOnMouse(canvas) if centred else nn.Identity()
         side = canvas if centred else 64
-        layers, c = [nn.AvgPool2d(side // frame_size)], 3  # 128x128 -> 32x32 by default
+        layers, c = [nn.Identity() if fovea else nn.AvgPool2d(side // frame_size)], 6 if fovea else 3
         for out in channels:
             layers.append(ConvSequence(c, out))
             c = out
@@ -296,7 +327,7 @@ class Agent(nn.Module):
         self.critic = layer_init(nn.Linear(256, 1), std=1)
 
     def hidden(self, x):
-        x = self.centre(x).permute((0, 3, 1, 2)) / 255.0  # uint8 "bhwc" -> float "bchw"
+        x = self.centre(x).permute((0, 3, 1, 2)) / 255.0  # "bhwc" 0..255 -> float "bchw"
         x = nn.functional.relu(self.convs(x)).flatten(2)  # (b, c, hw)
         features = [x.flatten(1)]
         if self.keypoints:  # spatial soft-argmax (Levine et al. 2016): where each channel fires
@@ -424,7 +455,7 @@ groups = [make_group(g, num) for g, num in enumerate(sizes)]
 group_envs = [range(start, start + num) for start, num in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
 distance_maps = [None] * args.num_envs  # BFS steps to the cheese, per environment's current episode
 grids, mouse = [None] * args.num_envs, [None] * args.num_envs  # each episode's maze, and the mouse's (row, col)
-agent = Agent(args.channels, args.frame_size, args.keypoints, args.centred, args.canvas)
+agent = Agent(args.channels, args.frame_size, args.keypoints, args.centred, args.canvas, args.fovea)
 optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
 
