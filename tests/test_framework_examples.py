@@ -162,6 +162,42 @@ def test_ppo_example_default_reward_is_procgens_alone(tmp_path):
     assert {r[1] for r in rows} <= {0.0, 10.0} and all((r[1] == 10.0) <= r[0] for r in rows)  # only at an end
 
 
+FOVEA_CHECK = """
+import json, runpy, sys
+import numpy as np, torch
+sys.argv = ["ppo", "--total-timesteps", "0", "--num-envs", "8", "--out", sys.argv[1]]
+g = runpy.run_path({script!r})
+from trajhook.probes.maze import load_maze_level
+level = load_maze_level(234, "easy", render_options=g["RENDER_OPTIONS"])
+frames = level.observations[::9]  # (14, 64, 64, 3) uint8, the mouse on 14 of the probe's cells
+view = g["Fovea"](32)(torch.from_numpy(frames)).numpy()
+channels = g["agent"].convs[1].conv.in_channels
+print(json.dumps({{"frames": frames.tolist(), "view": view.tolist(), "channels": channels}}))
+"""
+
+
+@pytest.mark.maze
+@pytest.mark.timeout(300)
+def test_ppo_example_fovea_keeps_every_pixel_and_the_mouse_in_the_middle(tmp_path):
+    """The default view, checked on the probe level's frames with numpy: the whole channels hold every pixel of
+    the frame (padding, not cropping: the cheese is always in view) and the near channels are the 64x64
+    window centred on the mouse, each pooled to 32x32."""
+    pytest.importorskip("procgen")
+    code = FOVEA_CHECK.format(script=str(EXAMPLES / "ppo_procgen_maze.py"))
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run.h5")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    frames, view = np.array(got["frames"], np.float64), np.array(got["view"], np.float64)
+    assert got["channels"] == 6 and view.shape == (len(frames), 32, 32, 6)
+    np.testing.assert_allclose(view[..., 3:].sum((1, 2)) * 16, frames.sum((1, 2)), rtol=1e-5)  # no pixel lost
+    for frame, near in zip(frames, view[..., :3], strict=True):
+        mouse = (frame[..., 1] > 200) & (frame[..., 0] < 160)  # procgen's plain green square
+        row, col = (round(float(np.mean(axis))) for axis in np.nonzero(mouse))
+        padded = np.pad(frame, ((64, 64), (64, 64), (0, 0)))
+        window = padded[row + 32 : row + 96, col + 32 : col + 96]  # frame pixel (row, col) at the window's (32, 32)
+        np.testing.assert_allclose(near, window.reshape(32, 2, 32, 2, 3).mean((1, 3)), atol=1e-3)
+
+
 @pytest.mark.maze
 @pytest.mark.timeout(300)
 def test_ppo_procgen_maze_resumes_after_sigterm_bit_for_bit(tmp_path):
