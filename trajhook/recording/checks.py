@@ -1,4 +1,6 @@
-"""Argument checks that need no model: shared by the :class:`~trajhook.Recorder` and every integration.
+"""Checks of what the user hands trajhook: the arguments before training (shared by the
+:class:`~trajhook.Recorder`, every integration and replay), then each step, scalar and probe record as it
+arrives (:func:`checked_step`, :func:`checked_scalar`, :func:`checked_record`).
 
 Each raises a :class:`~trajhook.TrajhookError` naming the argument, the value and the fix (``HINT:``),
 before training starts.

@@ -771,7 +771,7 @@ class StoreFollower:
         self.probes: dict[str, ProbeLayout] = {}
         self._file: h5py.File | None = None
         self._opened: tuple[int, int] | None = None  # the identity of the file last opened
-        self._counts = [0, 0, 0, 0]
+        self._counts = [0] * GENERATION  # rows committed per table
         self._generation: int | None = None
         self._started_over = True
 
@@ -872,7 +872,7 @@ class StoreFollower:
         return self.output(probe, output)[start:stop]
 
     def _start_over(self) -> None:
-        self._counts, self._generation, self._started_over = [0, 0, 0, 0], None, True
+        self._counts, self._generation, self._started_over = [0] * GENERATION, None, True
 
     def _committed(self) -> tuple[list[int], int]:
         assert self._file is not None
