@@ -69,9 +69,14 @@ def how_trained(meta: dict) -> str:
         else "a dense progress reward (+0.1 a cell closer to the cheese, -0.1 away or into a wall: the shortest-path "
         "label itself) besides procgen's"
     )
-    seen = (
-        "the whole maze in view" if view == "full" else "a 64x64 window centred on the mouse (about 7.5 cells each way)"
-    )
+    if view != "full":
+        seen = "a 64x64 window centred on the mouse (about 7.5 cells each way)"
+    elif not args.get("centred", True):
+        seen = "the whole maze in view (procgen's frame, pooled to 32x32)"
+    elif args.get("fovea", False):
+        seen = "the whole maze in view through a fovea (the cells near the mouse twice as fine)"
+    else:
+        seen = "the whole maze in view at about a pixel per cell"
     return f"PPO trained with {rewarded}, {seen}."
 
 

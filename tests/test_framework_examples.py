@@ -77,7 +77,11 @@ def test_ppo_procgen_maze_small_records_at_cleanrl_global_step(tmp_path):
     assert captions.count(log.metadata["command"]) == 4 and log.metadata["machine"]["cpu"] in captions
     # every caption opens with how the run was trained
     assert (
-        captions.count("PPO trained with procgen's own reward alone (10 at the cheese), the whole maze in view.") == 4
+        captions.count(
+            "PPO trained with procgen's own reward alone (10 at the cheese), the whole maze in view through a fovea "
+            "(the cells near the mouse twice as fine)."
+        )
+        == 4
     )
     assert log["maze"].metadata["render_options"] == {
         "use_monochrome_assets": True,
