@@ -34,8 +34,9 @@ signal during a rollout drops the half-done rollout and saves the state at its s
   on every cell (level 234: 0.37, the directions 0.2/0.32/0.31/0.17 everywhere). Fitted to shortest-path
   moves as a check of the view (``docs/maze_views.py``, 150 levels, 2,000 steps), the net reads the
   way from the fovea as well as from the local crop (held-out 0.88 and 0.88; procgen's own frame
-  pooled, uncentred, 0.84) and not from the whole canvas alone (0.55), at 1.1x its cost per step. ``--canvas 64`` crops to about 7.5 cells around
-  the mouse (the cheese out of view on 78 of level 234's 126 cells).
+  pooled, uncentred, 0.84) and not from the whole canvas alone (0.55), at 1.1x its cost per step.
+  ``--canvas 64`` crops to about 7.5 cells around the mouse (the cheese out of view on 78 of level
+  234's 126 cells).
 - *A reverse curriculum* (``--reverse-curriculum``): the mouse starts at most D steps from the cheese
   (BFS), and D grows by one once 80% of the last 64 episodes at that distance found the cheese.
   It changes where an episode starts, never which move is right; ``start_distance`` and
