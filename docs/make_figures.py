@@ -36,7 +36,16 @@ import h5py
 import numpy as np
 
 import trajhook
-from trajhook.analysis.maze import MOVES, bfs_distances, chance_agreement, goal_agreements, moved, shortest_path_moves
+from trajhook.analysis.maze import (
+    MOVES,
+    baseline_agreements,
+    bfs_distances,
+    chance_agreement,
+    goal_agreements,
+    moved,
+    shortest_path_moves,
+    where_ways_part,
+)
 
 
 def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
@@ -56,6 +65,24 @@ def goal_curves(log) -> dict[str, tuple[dict[str, np.ndarray], float]]:
         chance = chance_agreement(shortest_path_moves(grid, cheese, cells))
         curves[name] = ({goal: np.atleast_1d(a) for goal, a in goals.items()}, chance)
     return curves
+
+
+def print_baselines(log) -> None:
+    """What policies that know only the walls score on each probe level, and, at the last record, where the cells
+    whose ways to the cheese and to the corner part send the field's strongest move."""
+    for name in log:
+        meta = log[name].metadata
+        grid, cells, cheese = np.asarray(meta["grid"]), np.asarray(meta["cells"]), tuple(meta["cheese"])
+        base = ", ".join(f"{k} {v:.3f}" for k, v in baseline_agreements(grid, cells, cheese).items())
+        print(f"{name}: baselines to the cheese: {base}")
+        parts = where_ways_part(np.asarray(log[name]["direction_probs"][-1]), grid, cells, cheese)
+        print(
+            f"{name}: at step {int(log.steps[-1]):,}, on the cells whose ways part, the strongest move goes "
+            + "; ".join(
+                f"{k} ({p['cells']} cells): cheese {p['cheese']:.2f}, corner {p['corner']:.2f}"
+                for k, p in parts.items()
+            )
+        )
 
 
 def how_trained(meta: dict) -> str:
@@ -209,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     print("step       " + "  ".join(f"{name:>10}" for name in curves))
     for i, step in enumerate(steps):
         print(f"{int(step):<10} " + "  ".join(f"{agreement[i]:10.2f}" for agreement, _ in curves.values()))
+
+    print_baselines(log)
 
     # the agreement curves, and how the probe's field got there
     story = field_story(log[args.probe])

@@ -186,3 +186,70 @@ def chance_agreement(on_path: np.ndarray) -> float:
     """
     on_path = np.asarray(on_path, dtype=bool)
     return float(on_path.sum(axis=1).mean() / 4) if len(on_path) else 0.0
+
+
+PREFERENCE = (2, 1, 3, 0)
+"""The fixed preference baseline's order of moves: up, right, down, left (the first open one is taken)."""
+
+
+def baseline_agreements(grid: np.ndarray, cells: np.ndarray, goal: tuple[int, int]) -> dict[str, float]:
+    """What policies that know only the walls score against the shortest paths to ``goal``; each picks an open
+    move (one that does not run into a wall) on every cell, and the agreement counts ties as fractions:
+
+    - ``uniform``: each open move alike;
+    - ``preference``: the first open move of :data:`PREFERENCE` (up, right, down, left), which suits a goal
+      at the top right;
+    - ``greedy``: the open move that lands nearest the goal in a straight line (ties shared).
+
+    A learned field that finds the way scores above all three.
+
+    >>> grid = np.array([[100, 100, 100], [51, 51, 100], [2, 100, 100]])  # a U; the goal at the top left
+    >>> baseline_agreements(grid, np.array([[0, 0], [0, 1], [2, 2]]), (2, 0))
+    {'uniform': 0.6666666666666666, 'preference': 0.6666666666666666, 'greedy': 0.6666666666666666}
+    """
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    on_path = shortest_path_moves(grid, tuple(goal), cells)
+    scores: dict[str, list[float]] = {"uniform": [], "preference": [], "greedy": []}
+    for cell, good in zip(cells, on_path, strict=True):
+        lands = {k: moved(grid, (int(cell[0]), int(cell[1])), k) for k in range(len(MOVES))}
+        opened = [k for k, to in lands.items() if to != (cell[0], cell[1])]
+        if not opened:
+            continue
+        near = {k: float(np.hypot(lands[k][0] - goal[0], lands[k][1] - goal[1])) for k in opened}
+        nearest = [k for k in opened if near[k] == min(near.values())]
+        scores["uniform"].append(float(np.mean(good[opened])))
+        scores["preference"].append(float(good[next(k for k in PREFERENCE if k in opened)]))
+        scores["greedy"].append(float(np.mean(good[nearest])))
+    return {name: float(np.mean(values)) if values else 0.0 for name, values in scores.items()}
+
+
+def where_ways_part(
+    direction_probs: np.ndarray, grid: np.ndarray, cells: np.ndarray, cheese: tuple[int, int]
+) -> dict[str, dict[str, float]]:
+    """On the cells where the way to the cheese and the way to the corner share no move, the share whose strongest
+    move goes to each: on all of them, on the nearer half (by steps to the cheese) and on the farther half.
+
+    >>> grid = np.full((5, 5), 51); grid[1, 1:4] = 100; grid[2:4, 3] = 100; grid[2:4, 1] = 100
+    >>> grid[2, 1] = 2  # a U: the cheese up the left arm, the corner (3, 3) atop the right one
+    >>> cells = np.array([[1, 1], [1, 2], [1, 3], [2, 3]])
+    >>> right = np.tile([0.0, 1.0, 0.0, 0.0, 0.0], (4, 1))  # always right: the corner's way on the floor
+    >>> where_ways_part(right, grid, cells, (2, 1))["all"]
+    {'cells': 4, 'cheese': 0.0, 'corner': 0.5}
+    """
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    to_cheese = shortest_path_moves(grid, tuple(cheese), cells)
+    to_corner = shortest_path_moves(grid, corner_cell(grid), cells)
+    apart = ~(to_cheese & to_corner).any(axis=1) & to_cheese.any(axis=1) & to_corner.any(axis=1)
+    strongest = np.asarray(direction_probs, dtype=float)[:, :4].argmax(axis=-1)
+    picked = np.arange(len(cells))
+    steps = bfs_distances(grid, tuple(cheese))[cells[:, 0], cells[:, 1]]
+    middle = np.median(steps[apart]) if apart.any() else 0
+    parts = {"all": apart, "near": apart & (steps <= middle), "far": apart & (steps > middle)}
+    return {
+        name: {
+            "cells": int(mask.sum()),
+            "cheese": float(to_cheese[picked, strongest][mask].mean()) if mask.any() else 0.0,
+            "corner": float(to_corner[picked, strongest][mask].mean()) if mask.any() else 0.0,
+        }
+        for name, mask in parts.items()
+    }
