@@ -58,8 +58,8 @@ figures: export MPLBACKEND := Agg
 figures: export WANDB_MODE := offline
 figures: export WANDB_SILENT := true
 figures: $(MAZE_VENV)/.installed $(LM_VENV)/.installed browser
-	$(call figure,ppo_maze_training.gif ppo_maze_dynamics.png ppo_maze_agreement.png ppo_maze_fields.png,$(MAZE_VENV)/bin/python docs/make_figures.py docs/runs/ppo_procgen_maze.h5 --out-dir $(FIGURES))
-	$(call figure,ppo_reward/ppo_maze_agreement.png ppo_reward/ppo_maze_fields.png ppo_reward/ppo_maze_dynamics.png,$(MAZE_VENV)/bin/python docs/make_figures.py docs/runs/ppo_procgen_reward.h5 --out-dir $(FIGURES)/ppo_reward --no-gif)
+	$(call figure,ppo_maze_dynamics.png ppo_maze_agreement.png ppo_maze_fields.png,$(MAZE_VENV)/bin/python docs/make_figures.py docs/runs/ppo_procgen_maze.h5 --out-dir $(FIGURES) --no-gif)
+	$(call figure,ppo_reward/ppo_maze_training.gif ppo_reward/ppo_maze_agreement.png ppo_reward/ppo_maze_fields.png ppo_reward/ppo_maze_dynamics.png,$(MAZE_VENV)/bin/python docs/make_figures.py docs/runs/ppo_procgen_reward.h5 --out-dir $(FIGURES)/ppo_reward)
 	$(call figure,maze_agreement.png maze_vector_field.png,$(MAZE_VENV)/bin/python examples/maze_lightning.py --figures-dir $(FIGURES))
 	cp runs/maze.gif $(FIGURES)/maze_training.gif
 	@echo "figure: $(FIGURES)/maze_training.gif <- $(MAZE_VENV)/bin/python examples/maze_lightning.py (its runs/maze.gif)"
