@@ -75,4 +75,5 @@ if __name__ == "__main__":
     with torch.no_grad():
         direct = module(ROWS)
     torch.save({"ran": probe.ran, "direct": direct}, f"{out_dir}/rank{rank}.pt")
+    dist.barrier()  # as the sibling scripts do: without it, rank 1 once aborted in teardown under load
     dist.destroy_process_group()
