@@ -51,7 +51,7 @@ signal during a rollout drops the half-done rollout and saves the state at its s
 - *10 records per decade* of env steps to 1M, then every 100k: 12 records in the first 100k, so the
   early phases (walls, then the way) fall between records, not inside one gap.
 
-The run with these defaults (3.4M env steps) is the README's headline; README.md, "PPO on the maze", tells it.
+The run with these defaults (4.3M env steps) is the README's headline; README.md, "PPO on the maze", tells it.
 
 **The earlier run's choices, and why** (measured on this project's 2-core CPU sandbox, 2026-12-02;
 its flags: ``--shaping 0.1 --bump-penalty 0.1 --gamma 0.95 --gae-lambda 0.9 --canvas 64
