@@ -136,6 +136,18 @@ def corner_cell(grid: np.ndarray) -> tuple[int, int]:
     return int(rows.max()), int(cols.max())
 
 
+def cheese_and_corner_ways(
+    grid: np.ndarray, cells: np.ndarray, cheese: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`shortest_path_moves` from ``cells`` to the cheese and to the top-right corner (:func:`corner_cell`).
+
+    >>> grid = np.array([[51, 51, 51, 51], [51, 100, 100, 51], [51, 2, 100, 51], [51, 51, 51, 51]])
+    >>> [ways.astype(int).tolist() for ways in cheese_and_corner_ways(grid, np.array([[1, 2]]), (2, 1))]
+    [[[1, 0, 1, 0]], [[0, 0, 1, 0]]]
+    """
+    return shortest_path_moves(grid, tuple(cheese), cells), shortest_path_moves(grid, corner_cell(grid), cells)
+
+
 def goal_agreements(
     direction_probs: np.ndarray, grid: np.ndarray, cells: np.ndarray, cheese: tuple[int, int]
 ) -> dict[str, np.ndarray | float]:
@@ -152,8 +164,7 @@ def goal_agreements(
     >>> goal_agreements(right, grid, cells, (2, 1))  # the corner is (2, 2), the cheese (2, 1)
     {'cheese': 0.0, 'corner': 0.3333333333333333}
     """
-    cheese_moves = shortest_path_moves(grid, tuple(cheese), cells)
-    corner_moves = shortest_path_moves(grid, corner_cell(grid), cells)
+    cheese_moves, corner_moves = cheese_and_corner_ways(grid, cells, cheese)
     return {
         "cheese": path_agreement(direction_probs, cheese_moves),
         "corner": path_agreement(direction_probs, corner_moves),
@@ -172,7 +183,8 @@ def way_overlap(grid: np.ndarray, cells: np.ndarray, cheese: tuple[int, int]) ->
     corner = corner_cell(grid)
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
     cells = cells[~((cells[:, 0] == corner[0]) & (cells[:, 1] == corner[1]))]
-    shared = shortest_path_moves(grid, tuple(cheese), cells) & shortest_path_moves(grid, corner, cells)
+    to_cheese, to_corner = cheese_and_corner_ways(grid, cells, cheese)
+    shared = to_cheese & to_corner
     return float(shared.any(axis=1).mean())
 
 
@@ -237,8 +249,7 @@ def where_ways_part(
     {'cells': 4, 'cheese': 0.0, 'corner': 0.5}
     """
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
-    to_cheese = shortest_path_moves(grid, tuple(cheese), cells)
-    to_corner = shortest_path_moves(grid, corner_cell(grid), cells)
+    to_cheese, to_corner = cheese_and_corner_ways(grid, cells, cheese)
     apart = ~(to_cheese & to_corner).any(axis=1) & to_cheese.any(axis=1) & to_corner.any(axis=1)
     strongest = np.asarray(direction_probs, dtype=float)[:, :4].argmax(axis=-1)
     picked = np.arange(len(cells))

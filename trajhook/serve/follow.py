@@ -311,11 +311,11 @@ class Follower:
         for name, info in probes.items():  # the maze probes' shortest-path moves, for their agreement
             meta = info["metadata"]
             if info["kind"] == "maze" and "direction_probs" in info["outputs"] and meta.get("cheese") is not None:
-                from trajhook.analysis.maze import chance_agreement, corner_cell, shortest_path_moves
+                from trajhook.analysis.maze import chance_agreement, cheese_and_corner_ways
 
                 grid, cells = np.asarray(meta["grid"]), np.asarray(meta["cells"])
-                moves = shortest_path_moves(grid, tuple(meta["cheese"]), cells)
-                on_path[name] = (moves, chance_agreement(moves), shortest_path_moves(grid, corner_cell(grid), cells))
+                moves, corner_moves = cheese_and_corner_ways(grid, cells, tuple(meta["cheese"]))
+                on_path[name] = (moves, chance_agreement(moves), corner_moves)
         with self._lock:
             self._on_path = on_path
             self._attrs = dict(self._reader.attrs)
