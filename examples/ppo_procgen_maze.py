@@ -19,7 +19,9 @@ the level generator) every ``--checkpoint-every-s`` seconds and at exit, SIGTERM
 Rerun the same command and it resumes from there, bit for bit the run it would have been; the
 trajhook store resumes with it (the Recorder's ``state_dict`` is in the checkpoint, and a new
 Recorder on the same path drops any row written after the checkpoint, so no ghost rows). A
-signal during a rollout drops the half-done rollout and saves the state at its start.
+signal during a rollout drops the half-done rollout and saves the state at its start. Other
+arguments must match the checkpoint's, except ``--ent-coef``, which a resume may lower once the policy
+finds the cheese (each session's value is in the store's ``/sessions``).
 
 **The defaults** (2026-12-07), each a choice the issue of record asked for or a lever NOTES.md lists:
 
@@ -530,12 +532,16 @@ UNCHECKED_ARGS = {
     "log_every",
     "threads",
 }
+RETUNED_ARGS = {"ent_coef"}  # a resume may change these; the store's /sessions row records each session's values
 if resuming:
     ckpt = torch.load(checkpoint, weights_only=False)
     saved = {**LEGACY_ARGS, **ckpt["args"]}
     changed = {k: (v, getattr(args, k)) for k, v in saved.items() if k not in UNCHECKED_ARGS and getattr(args, k) != v}
+    retuned = {k: changed.pop(k) for k in RETUNED_ARGS & changed.keys()}
     if changed:
         sys.exit(f"{checkpoint} was saved with other arguments {changed} (saved, given); rerun with the saved ones")
+    for k, (was, now) in retuned.items():
+        print(f"--{k.replace('_', '-')} {was} -> {now} from here on (saved, given)", flush=True)
     agent.load_state_dict(ckpt["agent"])
     optimizer.load_state_dict(ckpt["optimizer"])
     rec.load_state_dict(ckpt["recorder"])
