@@ -8,7 +8,8 @@ probabilities of the held-out probe level, the level's grid and cheese, and the 
 (its command, arguments and machine). Writes
 
 - ``ppo_maze_agreement.png``: the share of probed cells whose strongest move starts a shortest
-  path to the cheese, against env steps, for every maze probe, with chance (a uniformly random move);
+  path to the cheese, against env steps, for every maze probe, with the best one-step baseline (a policy
+  that knows only the walls next to it, ``baseline_agreements``);
   beside it, for the drawn probe, that share on the nearest, middle and farthest third of the cells
   and the share whose strongest move runs into a wall (printed as a table too);
 - ``ppo_maze_fields.png``: the vector field at a few steps (``--steps``; default: the field's
@@ -40,7 +41,6 @@ from trajhook.analysis.maze import (
     MOVES,
     baseline_agreements,
     bfs_distances,
-    chance_agreement,
     goal_agreements,
     moved,
     shortest_path_moves,
@@ -49,12 +49,13 @@ from trajhook.analysis.maze import (
 
 
 def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
-    """probe name -> (agreement with the way to the cheese per record, chance) for every maze probe of a store."""
-    return {name: (goals["cheese"], chance) for name, (goals, chance) in goal_curves(log).items()}
+    """probe name -> (agreement with the way to the cheese per record, best one-step baseline) for every maze probe."""
+    return {name: (goals["cheese"], baseline) for name, (goals, baseline) in goal_curves(log).items()}
 
 
 def goal_curves(log) -> dict[str, tuple[dict[str, np.ndarray], float]]:
-    """probe name -> ({"cheese": agreement per record, "corner": the same towards the top-right corner}, chance)."""
+    """probe name -> ({"cheese": agreement per record, "corner": the same towards the top-right corner}, the best of
+    :func:`~trajhook.analysis.maze.baseline_agreements` towards the cheese)."""
     curves = {}
     for name in log:
         if log[name].kind != "maze":
@@ -62,8 +63,8 @@ def goal_curves(log) -> dict[str, tuple[dict[str, np.ndarray], float]]:
         meta = log[name].metadata
         grid, cells, cheese = np.asarray(meta["grid"]), np.asarray(meta["cells"]), tuple(meta["cheese"])
         goals = goal_agreements(np.asarray(log[name]["direction_probs"]), grid, cells, cheese)
-        chance = chance_agreement(shortest_path_moves(grid, cheese, cells))
-        curves[name] = ({goal: np.atleast_1d(a) for goal, a in goals.items()}, chance)
+        baseline = max(baseline_agreements(grid, cells, cheese).values())
+        curves[name] = ({goal: np.atleast_1d(a) for goal, a in goals.items()}, baseline)
     return curves
 
 
@@ -245,15 +246,15 @@ def main(argv: list[str] | None = None) -> None:
     for i, step in enumerate(steps):
         print(f"{int(step):<10} " + "  ".join(f"{story[k][i]:.2f}" for k in story))
     fig, (ax, ax_story) = plt.subplots(1, 2, figsize=(12.8, 3.8), dpi=100)
-    for name, (goals, chance) in goal_curves(log).items():
+    for name, (goals, baseline) in goal_curves(log).items():
         cells = len(log[name].metadata["cells"])
         (line,) = ax.plot(
             steps, goals["cheese"], marker=".", label=f"{name}: level {log[name].metadata['seed']}, {cells} cells"
         )
         ax.plot(steps, goals["corner"], color=line.get_color(), ls="--", lw=1, label=f"{name}: to the corner")
-        ax.axhline(chance, color=line.get_color(), ls=":", lw=1)
+        ax.axhline(baseline, color=line.get_color(), ls=":", lw=1)
     ax.set(xlabel="env steps", ylabel="strongest move on a shortest path", ylim=(0, 1.02))
-    ax.set_title("to the cheese (solid), to the top-right corner (dashed), chance (dotted)", fontsize=9)
+    ax.set_title("to the cheese (solid), to the top-right corner (dashed), best one-step baseline (dotted)", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     for key, label, style in (("near", "nearest", "-"), ("middle", "middle", "--"), ("far", "farthest", ":")):
         ax_story.plot(steps, story[key], ls=style, color="C0", label=f"on a shortest path: {label} third")
@@ -267,9 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     fig.tight_layout()
     fig.savefig(args.out_dir / "ppo_maze_agreement.png")
     plt.close(fig)
-    agreement, chance = curves[args.probe]
+    agreement, _ = curves[args.probe]
     summary = ", ".join(
-        f"{name} {a[0]:.2f} → {a[-1]:.2f} (best {a.max():.2f}, chance {c:.2f})" for name, (a, c) in curves.items()
+        f"{name} {a[0]:.2f} → {a[-1]:.2f} (best {a.max():.2f}; best one-step baseline {c:.2f})"
+        for name, (a, c) in curves.items()
     )
     captions.append(
         (
