@@ -159,6 +159,33 @@ def default_steps(steps: np.ndarray, agreement: np.ndarray, into_wall: np.ndarra
     return sorted({int(steps[i]) for i in chosen})
 
 
+PATH_ARGS = {"out", "checkpoint", "checkpoint_every_s", "log_every", "total_timesteps", "num_iterations"}
+
+
+def sessions_text(sessions: list[dict]) -> str:
+    """How a resumed run's later sessions differ from its first: where each began and the arguments it changed
+    (paths and logging left out), for the captions' "Trained by" line.
+
+    >>> first = {"first_step": 0, "metadata": {"args": {"threads": 1, "ent_coef": 0.03, "out": "a.h5"}}}
+    >>> later = {"first_step": 4096, "metadata": {"args": {"threads": 2, "ent_coef": 0.01, "out": "b.h5"}}}
+    >>> sessions_text([first, later])
+    '; resumed at env step 4,096 (--threads 2, --ent-coef 0.01)'
+    >>> sessions_text([first])
+    ''
+    """
+    parts, before = [], sessions[0]["metadata"].get("args", {}) if sessions else {}
+    for session in sessions[1:]:
+        now = session["metadata"].get("args", {})
+        changed = [
+            f"--{key.replace('_', '-')} {value}"
+            for key, value in now.items()
+            if key not in PATH_ARGS and before.get(key) != value
+        ]
+        parts.append(f"{int(session['first_step']):,}" + (f" ({', '.join(changed)})" if changed else ""))
+        before = now
+    return f"; resumed at env step{'s' if len(parts) > 1 else ''} {', '.join(parts)}" if parts else ""
+
+
 def machine_text(machine: dict) -> str:
     return f"{machine.get('cpu') or 'unknown CPU'}, {machine.get('cores', '?')} cores (host {machine.get('node', '?')})"
 
@@ -326,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
 
-    source = f"Trained by `{run_command}` on {trained_on}; drawn by {drawn_by} on {here}."
+    source = f"Trained by `{run_command}` on {trained_on}{sessions_text(log.sessions)}; drawn by {drawn_by} on {here}."
     text = "".join(f"**{name}**: {caption} {source}\n\n" for name, caption in captions)
     (args.out_dir / "ppo_maze_captions.md").write_text(text)
     print(text, end="")
