@@ -8,8 +8,8 @@ probabilities of the held-out probe level, the level's grid and cheese, and the 
 (its command, arguments and machine). Writes
 
 - ``ppo_maze_agreement.png``: the share of probed cells whose strongest move starts a shortest
-  path to the cheese, against env steps, for every maze probe, with the best one-step baseline (a policy
-  that knows only the walls next to it, ``baseline_agreements``);
+  path to the cheese, against env steps, for every maze probe, with the best one-step baseline (a move
+  chosen from the walls next to the mouse and, greedily, the straight line to the cheese: ``baseline_agreements``);
   beside it, for the drawn probe, that share on the nearest, middle and farthest third of the cells
   and the share whose strongest move runs into a wall (printed as a table too);
 - ``ppo_maze_fields.png``: the vector field at a few steps (``--steps``; default: the field's
