@@ -44,6 +44,7 @@ from trajhook.analysis.maze import (
     goal_agreements,
     moved,
     shortest_path_moves,
+    where_greedy_errs,
     where_ways_part,
 )
 
@@ -76,6 +77,12 @@ def print_baselines(log) -> None:
         grid, cells, cheese = np.asarray(meta["grid"]), np.asarray(meta["cells"]), tuple(meta["cheese"])
         base = ", ".join(f"{k} {v:.3f}" for k, v in baseline_agreements(grid, cells, cheese).items())
         print(f"{name}: baselines to the cheese: {base}")
+        errs = where_greedy_errs(np.asarray(log[name]["direction_probs"]), grid, cells, cheese)
+        print(
+            f"{name}: on the {errs['cells']} cells where the greedy move leaves the way, the strongest move is on it: "
+            + ", ".join(f"{a:.2f}" for a in np.atleast_1d(errs["agreement"])[-10:])
+            + " (the last 10 records)"
+        )
         parts = where_ways_part(np.asarray(log[name]["direction_probs"][-1]), grid, cells, cheese)
         print(
             f"{name}: at step {int(log.steps[-1]):,}, on the cells whose ways part, the strongest move goes "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trajhook.analysis.maze import corner_cell, goal_agreements, way_overlap
+from trajhook.analysis.maze import baseline_agreements, corner_cell, goal_agreements, way_overlap, where_greedy_errs
 from trajhook.errors import TrajhookError
 from trajhook.procgen_state import WALL
 
@@ -124,3 +124,44 @@ def test_bad_cheese_is_refused_naming_the_probe():
     start = MazeProbe(207, "easy", name="start", cheese=(1, 1))  # the mouse's start cell
     with pytest.raises(TrajhookError, match="the mouse's cell"):
         set_up(start)
+
+
+def one_step_moves(grid, cell, goal):
+    """The open moves from ``cell`` (no wall, inside the grid) and those landing nearest ``goal`` in a straight line,
+    written here from the grid alone."""
+    r, c = cell
+    opened = [
+        k
+        for k, (dr, dc) in enumerate(STEP)
+        if 0 <= r + dr < grid.shape[0] and 0 <= c + dc < grid.shape[1] and grid[r + dr, c + dc] != WALL
+    ]
+    line = {k: (r + STEP[k][0] - goal[0]) ** 2 + (c + STEP[k][1] - goal[1]) ** 2 for k in opened}
+    return opened, [k for k in opened if line[k] == min(line.values())]
+
+
+@pytest.mark.parametrize(("seed", "cheese"), [(234, None), FAR])
+def test_one_step_baselines_and_the_cells_where_greedy_errs_against_an_independent_bfs(seed, cheese):
+    probe = set_up(MazeProbe(seed, "easy", cheese=cheese))
+    grid, cells, goal = probe.grid, probe.cells, probe.cheese
+    dist = bfs(grid, goal)
+    uniform, preference, greedy, errs = [], [], [], []
+    for i, (r, c) in enumerate(cells.tolist()):
+        good = {k for k, (dr, dc) in enumerate(STEP) if dist.get((r + dr, c + dc), 10**9) == dist[(r, c)] - 1}
+        opened, nearest = one_step_moves(grid, (r, c), goal)
+        uniform.append(len(good & set(opened)) / len(opened))
+        preference.append(float(next(k for k in (2, 1, 3, 0) if k in opened) in good))  # up, right, down, left
+        greedy.append(len(good & set(nearest)) / len(nearest))
+        if good and not good & set(nearest):
+            errs.append(i)
+    expected = {"uniform": np.mean(uniform), "preference": np.mean(preference), "greedy": np.mean(greedy)}
+    assert baseline_agreements(grid, cells, goal) == pytest.approx(expected)
+    assert len(errs) >= 5  # the heuristic is wrong somewhere on both levels, so beating it means something
+    # a field heading down every shortest path is right on all of them; one heading the greedy way on none
+    path = heading_for(grid, cells, goal)
+    line = np.eye(5)[[one_step_moves(grid, tuple(cell), goal)[1][0] for cell in cells.tolist()]]
+    assert where_greedy_errs(path, grid, cells, goal) == {"cells": len(errs), "agreement": 1.0}
+    assert where_greedy_errs(line, grid, cells, goal) == {"cells": len(errs), "agreement": 0.0}
+    mixed = path.copy()
+    mixed[errs[::2]] = line[errs[::2]]
+    stack = where_greedy_errs(np.stack([path, mixed]), grid, cells, goal)["agreement"]
+    assert stack.tolist() == pytest.approx([1.0, 1 - len(errs[::2]) / len(errs)])

@@ -223,16 +223,47 @@ def baseline_agreements(grid: np.ndarray, cells: np.ndarray, goal: tuple[int, in
     on_path = shortest_path_moves(grid, tuple(goal), cells)
     scores: dict[str, list[float]] = {"uniform": [], "preference": [], "greedy": []}
     for cell, good in zip(cells, on_path, strict=True):
-        lands = {k: moved(grid, (int(cell[0]), int(cell[1])), k) for k in range(len(MOVES))}
-        opened = [k for k, to in lands.items() if to != (cell[0], cell[1])]
+        opened, nearest = _open_and_greedy_moves(grid, (int(cell[0]), int(cell[1])), goal)
         if not opened:
             continue
-        near = {k: float(np.hypot(lands[k][0] - goal[0], lands[k][1] - goal[1])) for k in opened}
-        nearest = [k for k in opened if near[k] == min(near.values())]
         scores["uniform"].append(float(np.mean(good[opened])))
         scores["preference"].append(float(good[next(k for k in PREFERENCE if k in opened)]))
         scores["greedy"].append(float(np.mean(good[nearest])))
     return {name: float(np.mean(values)) if values else 0.0 for name, values in scores.items()}
+
+
+def _open_and_greedy_moves(grid: np.ndarray, cell: tuple[int, int], goal: tuple[int, int]) -> tuple[list, list]:
+    """The moves from ``cell`` that do not run into a wall, and those of them landing nearest ``goal`` in a line."""
+    lands = {k: moved(grid, cell, k) for k in range(len(MOVES))}
+    opened = [k for k, to in lands.items() if to != cell]
+    near = {k: float(np.hypot(lands[k][0] - goal[0], lands[k][1] - goal[1])) for k in opened}
+    return opened, [k for k in opened if near[k] == min(near.values())]
+
+
+def where_greedy_errs(
+    direction_probs: np.ndarray, grid: np.ndarray, cells: np.ndarray, goal: tuple[int, int]
+) -> dict[str, float]:
+    """On the cells where the one-step greedy move (see :func:`baseline_agreements`) leaves every shortest path to
+    ``goal`` (the way first leads away from it), the share whose strongest move is on one: what a field knows
+    beyond the heuristic. ``direction_probs`` is ``(n, 5)`` or a stack ``(steps, n, 5)``.
+
+    >>> grid = np.full((6, 5), 51); grid[1, 1:4] = 100; grid[2:5, 3] = 100; grid[2:5, 1] = 100
+    >>> cells = np.array([[1, 2], [2, 3], [3, 3], [4, 3]])  # a U, the goal (4, 1) atop its left arm
+    >>> probs = np.eye(5)[[0, 3, 2, 3]]  # left, down, up, down; greedy on the right arm: up, as high as it goes
+    >>> where_greedy_errs(probs, grid, cells, (4, 1))  # (2, 3) and (3, 3) must go down first, and one does
+    {'cells': 2, 'agreement': 0.5}
+    """
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    on_path = shortest_path_moves(grid, tuple(goal), cells)
+    errs = np.zeros(len(cells), dtype=bool)
+    for i, (cell, good) in enumerate(zip(cells, on_path, strict=True)):
+        opened, nearest = _open_and_greedy_moves(grid, (int(cell[0]), int(cell[1])), goal)
+        errs[i] = bool(opened) and good.any() and not good[nearest].any()
+    if not errs.any():
+        return {"cells": 0, "agreement": float("nan")}
+    probs = np.asarray(direction_probs, dtype=float)
+    agreement = path_agreement(probs[..., errs, :], on_path[errs])
+    return {"cells": int(errs.sum()), "agreement": agreement}
 
 
 def where_ways_part(
