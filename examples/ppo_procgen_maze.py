@@ -20,8 +20,8 @@ Rerun the same command and it resumes from there, bit for bit the run it would h
 trajhook store resumes with it (the Recorder's ``state_dict`` is in the checkpoint, and a new
 Recorder on the same path drops any row written after the checkpoint, so no ghost rows). A
 signal during a rollout drops the half-done rollout and saves the state at its start. Other
-arguments must match the checkpoint's, except ``--ent-coef``, which a resume may lower once the policy
-finds the cheese (each session's value is in the store's ``/sessions``).
+arguments must match the checkpoint's, except ``--ent-coef`` and ``--learning-rate``, which a resume
+may lower once the policy finds the cheese (each session's values are in the store's ``/sessions``).
 
 **The defaults** (2026-12-07), each a choice the issue of record asked for or a lever NOTES.md lists:
 
@@ -532,7 +532,7 @@ UNCHECKED_ARGS = {
     "log_every",
     "threads",
 }
-RETUNED_ARGS = {"ent_coef"}  # a resume may change these; the store's /sessions row records each session's values
+RETUNED_ARGS = {"ent_coef", "learning_rate"}  # a resume may change these; /sessions records each session's values
 if resuming:
     ckpt = torch.load(checkpoint, weights_only=False)
     saved = {**LEGACY_ARGS, **ckpt["args"]}
@@ -544,6 +544,8 @@ if resuming:
         print(f"--{k.replace('_', '-')} {was} -> {now} from here on (saved, given)", flush=True)
     agent.load_state_dict(ckpt["agent"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = args.learning_rate  # the saved one unless retuned
     rec.load_state_dict(ckpt["recorder"])
     for env, envs, states in zip(groups, group_envs, ckpt["env_states"], strict=True):
         env.callmethod("set_state", states)
