@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from trajhook import load
 from trajhook.analysis.maze import goal_agreements
@@ -250,6 +251,20 @@ def test_ppo_procgen_maze_resumes_after_sigterm_bit_for_bit(tmp_path):
     assert [(e.step, e.label) for e in log.events] == [(e.step, e.label) for e in ref.events]  # stage events too
     assert len(ref.sessions) == 1 and len(log.sessions) == 2  # each session noted, the resumed one from its step
     assert log.sessions[0]["first_step"] == 0 and log.sessions[1]["first_step"] >= stopped_at
+
+    # a later resume may lower the entropy coefficient and the learning rate, and nothing else
+    refused = start("resumed.h5", *checkpoint, "--total-timesteps", "1408", "--gamma", "0.9")
+    out3 = refused.communicate(timeout=240)[0]
+    assert refused.returncode != 0 and "'gamma': (0.99, 0.9)" in out3, out3[-3000:]
+    retuned = ["--total-timesteps", "1408", "--ent-coef", "0.001", "--learning-rate", "0.0001"]
+    resumed = start("resumed.h5", *checkpoint, *retuned)
+    out4 = resumed.communicate(timeout=240)[0]
+    assert resumed.returncode == 0 and "--learning-rate 0.0005 -> 0.0001 from here on" in out4, out4[-3000:]
+    saved = torch.load(tmp_path / "ckpt" / "run.pt", weights_only=False)
+    assert saved["global_step"] == 1408 and saved["args"]["ent_coef"] == 0.001
+    assert {group["lr"] for group in saved["optimizer"]["param_groups"]} == {0.0001}
+    sessions = load(tmp_path / "resumed.h5").sessions
+    assert [s["metadata"]["args"]["ent_coef"] for s in sessions] == [0.03, 0.03, 0.001]
 
 
 @pytest.mark.maze
