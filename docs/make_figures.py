@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="vector fields at these recorded steps")
     parser.add_argument("--no-gif", action="store_true", help="skip the GIF (the slowest part)")
     parser.add_argument("--fps", type=float, default=6.0)
+    parser.add_argument("--gif-frames", type=int, default=80, help="at most this many frames (see gif_records)")
     parser.add_argument("--export", type=Path, default=None, help="also copy the store here, compacted")
     args = parser.parse_args(argv)
 
@@ -351,12 +352,13 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     if not args.no_gif:
-        write_dynamics_gif(log, args.out_dir / "ppo_maze_training.gif", args.probe, args.fps, trajectory)
+        shown = gif_records(len(steps), args.gif_frames)
+        write_dynamics_gif(log, args.out_dir / "ppo_maze_training.gif", args.probe, args.fps, trajectory, shown)
+        which = f"all {len(steps)} recorded steps" if len(shown) == len(steps) else gif_records_text(shown, steps)
         captions.append(
             (
                 "ppo_maze_training.gif",
-                f"{how_trained(meta)} The {args.probe} probe's field and its PCA trajectory at all {len(steps)} "
-                "recorded steps.",
+                f"{how_trained(meta)} The {args.probe} probe's field and its PCA trajectory at {which}.",
             )
         )
 
@@ -374,8 +376,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"exported {args.export}: {size / 1e6:.2f} MB (from {args.store.stat().st_size / 1e6:.2f} MB)")
 
 
-def write_dynamics_gif(log, path: Path, probe: str, fps: float, trajectory=None) -> None:
-    """One frame per record: the field beside the PCA trajectory with that record's point marked."""
+def gif_records(n: int, most: int) -> np.ndarray:
+    """Which of ``n`` records a GIF of at most ``most`` frames shows: every one of the first ``most // 2`` (the
+    log-spaced early records, where the field changes fastest) and the rest evenly, the last included.
+
+    >>> gif_records(5, 8).tolist(), gif_records(12, 8).tolist()
+    ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 6, 9, 11])
+    """
+    if n <= most:
+        return np.arange(n)
+    head = most // 2
+    tail = np.round(np.linspace(head, n - 1, most - head)).astype(int)
+    return np.unique(np.concatenate([np.arange(head), tail]))
+
+
+def gif_records_text(shown: np.ndarray, steps: np.ndarray) -> str:
+    """The caption's words for a thinned GIF's frames."""
+    head = int(np.argmax(np.diff(shown) > 1)) + 1  # the frames before the first skipped record
+    return (
+        f"{len(shown)} of its {len(steps)} records (every record to env step {int(steps[shown[head - 1]]):,}, "
+        f"then {len(shown) - head} spread evenly over the other {len(steps) - head}, the last included)"
+    )
+
+
+def write_dynamics_gif(log, path: Path, probe: str, fps: float, trajectory=None, shown=None) -> None:
+    """One frame per record shown (default: all): the field beside the PCA trajectory with that record's point
+    marked."""
     import imageio.v2 as imageio
     from tqdm.auto import tqdm
 
@@ -384,7 +410,7 @@ def write_dynamics_gif(log, path: Path, probe: str, fps: float, trajectory=None)
 
     frames = [
         figure_to_rgb(field_dynamics(log, step=int(step), probe=probe, trajectory=trajectory))
-        for step in tqdm(log.steps, desc="GIF frames", unit="frame")
+        for step in tqdm(np.asarray(log.steps)[shown if shown is not None else slice(None)], desc="GIF frames")
     ]
     imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
 
