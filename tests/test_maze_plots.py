@@ -184,3 +184,27 @@ def test_animation_frames_carry_a_progress_bar_along_the_bottom(fake_log):
         bottom = frame[-3]  # a pixel row inside the bar
         widths.append(np.all(np.abs(bottom.astype(int) - green) < 30, axis=1).mean())
     np.testing.assert_allclose(widths, [0.2, 0.4, 0.6, 0.8, 1.0], atol=0.02)  # frame i of 5: (i + 1) / 5
+
+
+def test_trajectory_labels_near_the_right_edge_stay_inside_the_axes():
+    """A turn and an event at the right end of the PCA trajectory: their labels are drawn inwards, on pixels."""
+    from trajhook.analysis.field import field_trajectory
+    from trajhook.plots.field import draw_field_trajectory
+    from trajhook.plots.figures import new_figure
+
+    steps = np.arange(0, 40_000_000, 1_000_000)
+    t = np.linspace(0, 1, len(steps))
+    fields = np.stack([10 * t, np.where(t < 0.85, 0.0, (t - 0.85) * 10)], axis=1)[:, None, :]  # along, then turning
+    trajectory = field_trajectory(steps, fields)
+    turn = int(trajectory.turns[0])
+    assert trajectory.coords[turn, 0] > np.percentile(trajectory.coords[:, 0], 80)  # the turn sits far right
+    fig = new_figure((5, 4))
+    ax = fig.add_subplot()
+    draw_field_trajectory(ax, trajectory, events=[(int(steps[-1]), "live PCA turn")], colorbar=False)
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    labels = [text for text in ax.texts if "turn" in text.get_text()]
+    assert len(labels) == 2
+    for text in labels:
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, (text.get_text(), extent, box)

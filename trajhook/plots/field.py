@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from trajhook.analysis.field import FieldTrajectory, field_trajectory, field_trajectory_from_log, maze_probe_name
-from trajhook.plots.figures import new_figure
+from trajhook.plots.figures import inward_label, new_figure
 from trajhook.plots.maze import vector_field
 from trajhook.plots.prompts import _events
 
@@ -48,13 +48,13 @@ def draw_field_trajectory(
         ax.figure.colorbar(points, ax=ax, label="step")
     for index in trajectory.turns:
         ax.scatter(*coords[index, :2], s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3)
-        ax.annotate(f"turn @ {steps[index]}", coords[index, :2], xytext=(8, -12), textcoords="offset points",
-                    color="C3", fontsize=8)  # fmt: skip
+        ax.annotate(f"turn @ {steps[index]}", coords[index, :2], color="C3", fontsize=8,
+                    **inward_label(coords, index, 8, -12))  # fmt: skip
     for event_step, label in _events(events):
         index = trajectory.index_of(event_step)
         ax.scatter(*coords[index, :2], marker="x", s=60, color="k", zorder=3)
-        ax.annotate(f"{_short(label)} ({event_step})", coords[index, :2], xytext=(6, 6), textcoords="offset points",
-                    fontsize=8)  # fmt: skip
+        ax.annotate(f"{_short(label)} ({event_step})", coords[index, :2], fontsize=8,
+                    **inward_label(coords, index, 6, 6))  # fmt: skip
     if step is not None:
         index = trajectory.index_of(step)
         ax.scatter(*coords[index, :2], marker="o", s=110, color=CURRENT_COLOR, edgecolors="k", zorder=4,

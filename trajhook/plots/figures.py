@@ -33,3 +33,19 @@ def figure_to_rgb(fig: Figure) -> np.ndarray:
         FigureCanvasAgg(fig)
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def inward_label(coords: np.ndarray, index: int, dx: float, dy: float) -> dict:
+    """``annotate`` keywords that put point ``index``'s label on the side towards the middle of ``coords``
+    (offset ``dx``, ``dy`` points), so a label on the right edge does not run off the axes.
+
+    >>> coords = np.array([[0.0, 0.0], [1.0, 0.0], [4.0, 0.0]])
+    >>> inward_label(coords, 0, 8, -12), inward_label(coords, 2, 8, -12)["ha"]
+    ({'xytext': (8, -12), 'textcoords': 'offset points', 'ha': 'left'}, 'right')
+    """
+    right_half = coords[index, 0] > coords[:, 0].mean()
+    return {
+        "xytext": (-dx if right_half else dx, dy),
+        "textcoords": "offset points",
+        "ha": "right" if right_half else "left",
+    }

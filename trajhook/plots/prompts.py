@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from trajhook.analysis.trajectory import trajectory_pca, turning_points
-from trajhook.plots.figures import new_figure
+from trajhook.plots.figures import inward_label, new_figure
 
 
 def _events(events: Iterable[Any]) -> list[tuple[int, str]]:
@@ -95,19 +95,11 @@ def pca_trajectory(
     if len(coords) >= 3 and n_turning_points > 0:
         for index in turning_points(coords, n=n_turning_points, smoothing=smoothing):
             ax.scatter(*coords[index], s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3)
-            right_half = coords[index, 0] > coords[:, 0].mean()
-            ax.annotate(
-                f"turn @ {steps[index]}", coords[index], xytext=(-10 if right_half else 10, -14),
-                textcoords="offset points", color="C3", ha="right" if right_half else "left",
-            )  # fmt: skip
+            ax.annotate(f"turn @ {steps[index]}", coords[index], color="C3", **inward_label(coords, index, 10, -14))
     for step, label in events:
         index = int(np.argmin(np.abs(steps - step)))
         ax.scatter(*coords[index], marker="x", s=70, color="k", zorder=3)
-        right_half = coords[index, 0] > coords[:, 0].mean()
-        ax.annotate(
-            f"{label} ({step})", coords[index], xytext=(-8 if right_half else 8, 6), textcoords="offset points",
-            fontsize=8, ha="right" if right_half else "left",
-        )  # fmt: skip
+        ax.annotate(f"{label} ({step})", coords[index], fontsize=8, **inward_label(coords, index, 8, 6))
     ratio = pca.explained_variance_ratio
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})" if len(ratio) > 1 else "PC2")
@@ -271,12 +263,12 @@ def pca_trajectories(
         if len(coords) >= 5 and n_turning_points > 0:
             for index in turning_points(coords, n=n_turning_points, smoothing=smoothing):
                 ax.scatter(*coords[index], s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3)
-                ax.annotate(f"turn @ {steps[index]}", coords[index], xytext=(8, -12), textcoords="offset points",
-                            color="C3", fontsize=8)  # fmt: skip
+                ax.annotate(f"turn @ {steps[index]}", coords[index], color="C3", fontsize=8,
+                            **inward_label(coords, index, 8, -12))  # fmt: skip
         for step, label in _events(events):
             index = int(np.argmin(np.abs(steps - step)))
             ax.scatter(*coords[index], marker="x", s=70, color="k", zorder=3)
-            ax.annotate(f"{label} ({step})", coords[index], xytext=(6, 6), textcoords="offset points", fontsize=8)
+            ax.annotate(f"{label} ({step})", coords[index], fontsize=8, **inward_label(coords, index, 6, 6))
     ratio = pca.explained_variance_ratio
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})" if len(ratio) > 1 else "PC2")
