@@ -49,9 +49,10 @@ from trajhook.analysis.maze import (
 )
 
 
-def agreement_curves(log) -> dict[str, tuple[np.ndarray, float]]:
-    """probe name -> (agreement with the way to the cheese per record, best one-step baseline) for every maze probe."""
-    return {name: (goals["cheese"], baseline) for name, (goals, baseline) in goal_curves(log).items()}
+def agreement_curves(by_goal: dict) -> dict[str, tuple[np.ndarray, float]]:
+    """probe name -> (agreement with the way to the cheese per record, best one-step baseline), from
+    :func:`goal_curves`."""
+    return {name: (goals["cheese"], baseline) for name, (goals, baseline) in by_goal.items()}
 
 
 def goal_curves(log) -> dict[str, tuple[dict[str, np.ndarray], float]]:
@@ -69,21 +70,23 @@ def goal_curves(log) -> dict[str, tuple[dict[str, np.ndarray], float]]:
     return curves
 
 
-def print_baselines(log) -> None:
-    """What policies that know only the walls score on each probe level, and, at the last record, where the cells
-    whose ways to the cheese and to the corner part send the field's strongest move."""
-    for name in log:
+def print_baselines(log, names) -> None:
+    """What policies that know only the walls score on each maze probe's level (``names``), how the field does where
+    the greedy one errs, and, at the last record, where the cells whose ways to the cheese and to the corner part
+    send the field's strongest move."""
+    for name in names:
         meta = log[name].metadata
         grid, cells, cheese = np.asarray(meta["grid"]), np.asarray(meta["cells"]), tuple(meta["cheese"])
+        probs = np.asarray(log[name]["direction_probs"])
         base = ", ".join(f"{k} {v:.3f}" for k, v in baseline_agreements(grid, cells, cheese).items())
         print(f"{name}: baselines to the cheese: {base}")
-        errs = where_greedy_errs(np.asarray(log[name]["direction_probs"]), grid, cells, cheese)
+        errs = where_greedy_errs(probs, grid, cells, cheese)
         print(
             f"{name}: on the {errs['cells']} cells where the greedy move leaves the way, the strongest move is on it: "
             + ", ".join(f"{a:.2f}" for a in np.atleast_1d(errs["agreement"])[-10:])
             + " (the last 10 records)"
         )
-        parts = where_ways_part(np.asarray(log[name]["direction_probs"][-1]), grid, cells, cheese)
+        parts = where_ways_part(probs[-1], grid, cells, cheese)
         print(
             f"{name}: at step {int(log.steps[-1]):,}, on the cells whose ways part, the strongest move goes "
             + "; ".join(
@@ -257,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     log = trajhook.load(args.store)
     steps = np.asarray(log.steps)
     meta = log.metadata
-    curves = agreement_curves(log)
+    by_goal = goal_curves(log)
+    curves = agreement_curves(by_goal)
     if args.probe not in curves:
         sys.exit(f"{args.store} has no maze probe {args.probe!r}; its maze probes: {sorted(curves)}")
     run_command = meta.get("command", "examples/ppo_procgen_maze.py (command not recorded)")
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, step in enumerate(steps):
         print(f"{int(step):<10} " + "  ".join(f"{agreement[i]:10.2f}" for agreement, _ in curves.values()))
 
-    print_baselines(log)
+    print_baselines(log, by_goal)
 
     # the agreement curves, and how the probe's field got there
     story = field_story(log[args.probe])
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, step in enumerate(steps):
         print(f"{int(step):<10} " + "  ".join(f"{story[k][i]:.2f}" for k in story))
     fig, (ax, ax_story) = plt.subplots(1, 2, figsize=(12.8, 3.8), dpi=100)
-    for name, (goals, baseline) in goal_curves(log).items():
+    for name, (goals, baseline) in by_goal.items():
         cells = len(log[name].metadata["cells"])
         (line,) = ax.plot(
             steps, goals["cheese"], marker=".", label=f"{name}: level {log[name].metadata['seed']}, {cells} cells"
